@@ -1,0 +1,42 @@
+# Two commands a user needs: `make demo` and `make test`. Both install what
+# a fresh Debian machine lacks (apt, when run as root) before building.
+
+CARGO ?= cargo
+APT_PACKAGES := libclang-dev g++ make
+
+.PHONY: demo test deps build fmt lint
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain"; exit 1; }
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# Starts a local 3-node cluster, writes, kills the leader, reads everything
+# back, restarts the node, stops.
+demo: build
+	$(CARGO) run --release -q -p streamshield-client --bin streamshield -- local demo
+
+fmt:
+	$(CARGO) fmt --all
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# fmt and clippy checks, unit tests, openraft's storage suite and the
+# integration tests against real server processes.
+test: lint
+	$(CARGO) test --workspace

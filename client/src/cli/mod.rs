@@ -1,0 +1,98 @@
+//! Argument parsing and dispatch of the `streamshield` CLI.
+
+mod cluster;
+mod data;
+mod local_cmd;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use streamshield_client::{Client, ClientConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "streamshield", version, about = "StreamShield command line")]
+pub struct Args {
+    /// Comma-separated host:port of any cluster nodes.
+    #[arg(
+        long,
+        global = true,
+        env = "STREAMSHIELD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7070"
+    )]
+    pub endpoints: Vec<String>,
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a call (with its retries) after this many seconds.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub timeout: f64,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Every node's role, term, leader and indexes.
+    Status,
+    /// Create and inspect jobs.
+    #[command(subcommand)]
+    Jobs(data::JobsCmd),
+    /// Write a value (creates the state table on first write).
+    Put(data::PutArgs),
+    /// Read a value (linearizable unless --stale).
+    Get(data::GetArgs),
+    /// Delete a key.
+    Delete(data::KeyArgs),
+    /// List keys of a state table in key order.
+    Scan(data::ScanArgs),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Members(cluster::MembersCmd),
+    /// Ask a node to build a snapshot now (which also purges its log).
+    Snapshot {
+        /// The node to ask (default: every endpoint).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Local clusters of server processes, for trying things out.
+    #[command(subcommand)]
+    Local(local_cmd::LocalCmd),
+}
+
+impl Args {
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let mut cfg = ClientConfig::new(
+            self.endpoints
+                .iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty()),
+        );
+        cfg.deadline = Duration::from_secs_f64(self.timeout.max(0.1));
+        Ok(Client::new(cfg)?)
+    }
+}
+
+/// Prints `value` as JSON when asked to, else the human form.
+pub fn emit(json: bool, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        Cmd::Status => cluster::status(&args).await,
+        Cmd::Jobs(c) => data::jobs(&args, c).await,
+        Cmd::Put(p) => data::put(&args, p).await,
+        Cmd::Get(g) => data::get(&args, g).await,
+        Cmd::Delete(k) => data::delete(&args, k).await,
+        Cmd::Scan(s) => data::scan(&args, s).await,
+        Cmd::Members(m) => cluster::members(&args, m).await,
+        Cmd::Snapshot { node } => cluster::snapshot(&args, node.as_deref()).await,
+        Cmd::Local(l) => local_cmd::run(&args, l).await,
+    }
+}

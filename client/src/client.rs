@@ -1,0 +1,641 @@
+//! The typed async client: leader routing, retries with backoff under a
+//! deadline, and exactly-once write retries.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rand::Rng;
+use streamshield_proto::v1::{self as pb, admin_client::AdminClient, state_client::StateClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::batch::WriteBatch;
+use crate::error::ClientError;
+
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How a client reaches the cluster and how long it keeps trying.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of any nodes; the rest are discovered.
+    pub endpoints: Vec<String>,
+    /// A call (with all its retries) gives up after this. Default 10 s.
+    pub deadline: Duration,
+    /// One attempt on one node gives up after this. Default 3 s.
+    pub attempt_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Read freshness, see `Consistency` in state.proto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    #[default]
+    Linearizable,
+    Stale,
+}
+
+impl Consistency {
+    fn to_pb(self) -> i32 {
+        match self {
+            Self::Linearizable => pb::Consistency::Linearizable as i32,
+            Self::Stale => pb::Consistency::Stale as i32,
+        }
+    }
+}
+
+/// A successful write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    /// Raft log index that carried the write.
+    pub index: u64,
+    /// Per op, the key's version after it (0 for deletes).
+    pub versions: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    pub prefix: Vec<u8>,
+    pub start_after: Vec<u8>,
+    pub limit: u32,
+    pub consistency: Consistency,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanPage {
+    pub kvs: Vec<pb::KeyValue>,
+    pub more: bool,
+    pub applied_index: u64,
+}
+
+struct Inner {
+    config: ClientConfig,
+    channels: Mutex<HashMap<String, Channel>>,
+    leader: Mutex<Option<String>>,
+    next_endpoint: AtomicUsize,
+    client_id: u64,
+    next_seq: AtomicU64,
+    in_flight: Mutex<BTreeSet<u64>>,
+}
+
+/// A handle to a cluster; cheap to clone and safe to share.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// Where a retried call goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Leader,
+    Any,
+}
+
+fn not_leader_hint(s: &Status) -> Option<Option<String>> {
+    if s.details().is_empty() {
+        return None;
+    }
+    match pb::ErrorDetail::decode(s.details()).ok()?.kind? {
+        pb::error_detail::Kind::NotLeader(n) => {
+            Some((!n.leader_addr.is_empty()).then_some(n.leader_addr))
+        }
+    }
+}
+
+/// Codes after which the same call may succeed on another try.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+    )
+}
+
+impl Client {
+    /// Prepares connections to `config.endpoints`; nothing is dialled until
+    /// the first call.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::BadEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".into(),
+            });
+        }
+        let client_id = loop {
+            let id: u64 = rand::rng().random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let c = Self {
+            inner: Arc::new(Inner {
+                config,
+                channels: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                next_endpoint: AtomicUsize::new(0),
+                client_id,
+                next_seq: AtomicU64::new(1),
+                in_flight: Mutex::new(BTreeSet::new()),
+            }),
+        };
+        for e in c.inner.config.endpoints.clone() {
+            c.channel(&e)?;
+        }
+        Ok(c)
+    }
+
+    /// Shorthand for `Client::new(ClientConfig::new(endpoints))`.
+    pub fn connect(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, ClientError> {
+        Self::new(ClientConfig::new(endpoints))
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.config.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut map = self.inner.channels.lock().expect("channel map");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let bad = |reason: String| ClientError::BadEndpoint {
+            endpoint: addr.to_string(),
+            reason,
+        };
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(self.inner.config.attempt_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn pick(&self, route: Route) -> String {
+        if route == Route::Leader {
+            if let Some(l) = self.inner.leader.lock().expect("leader").clone() {
+                return l;
+            }
+        }
+        let eps = &self.inner.config.endpoints;
+        let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        eps[i % eps.len()].clone()
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        *self.inner.leader.lock().expect("leader") = addr;
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or the deadline
+    /// passes; follows NotLeader hints and backs off (with jitter) between
+    /// attempts on unavailable nodes.
+    async fn with_retries<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.inner.config.deadline;
+        let mut backoff = Duration::from_millis(10);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let addr = self.pick(route);
+            let status = match call(self.channel(&addr)?).await {
+                Ok(v) => {
+                    if route == Route::Leader {
+                        self.set_leader(Some(addr));
+                    }
+                    return Ok(v);
+                }
+                Err(s) => s,
+            };
+            let hint = not_leader_hint(&status);
+            if hint.is_none() && !retryable(status.code()) {
+                return Err(ClientError::from_status(&status));
+            }
+            if Instant::now() >= deadline {
+                return Err(match status.code() {
+                    Code::DeadlineExceeded => {
+                        ClientError::DeadlineExceeded(status.message().to_string())
+                    }
+                    _ => ClientError::Unavailable {
+                        attempts,
+                        last: format!("{addr}: {}", status.message()),
+                    },
+                });
+            }
+            match hint {
+                // Straight to the node named as leader, no pause.
+                Some(Some(leader)) if leader != addr => {
+                    self.set_leader(Some(leader));
+                    continue;
+                }
+                _ => self.set_leader(None),
+            }
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+            let pause = (backoff + Duration::from_millis(jitter))
+                .min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    fn state(ch: Channel) -> StateClient<Channel> {
+        StateClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Applies `batch` atomically. A condition that does not hold is
+    /// [`ClientError::ConditionFailed`]. Retries after an unknown outcome
+    /// carry the same sequence number, so the write applies at most once.
+    pub async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ClientError> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner.in_flight.lock().expect("in flight").insert(seq);
+        let result = self
+            .with_retries(Route::Leader, |ch| {
+                let acked_below = *self
+                    .inner
+                    .in_flight
+                    .lock()
+                    .expect("in flight")
+                    .first()
+                    .unwrap_or(&seq);
+                let req = pb::WriteRequest {
+                    shard: 0,
+                    job: batch.job.clone(),
+                    ops: batch.ops.clone(),
+                    conditions: batch.conditions.clone(),
+                    client_id: self.inner.client_id,
+                    seq,
+                    acked_below,
+                    mode: pb::WriteMode::Sync as i32,
+                };
+                async move { Self::state(ch).write(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        // Once this call returns the seq is never sent again, whatever the
+        // outcome, so the server may forget its answer.
+        self.inner.in_flight.lock().expect("in flight").remove(&seq);
+        let w = result?;
+        if !w.succeeded {
+            return Err(ClientError::ConditionFailed {
+                failed_condition: w.failed_condition.unwrap_or(0),
+                current: w.current,
+            });
+        }
+        Ok(WriteResult {
+            index: w.index,
+            versions: w.versions,
+        })
+    }
+
+    pub async fn put(
+        &self,
+        job: &str,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(WriteBatch::new(job).put(state, key, value))
+            .await
+    }
+
+    pub async fn delete(
+        &self,
+        job: &str,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<WriteResult, ClientError> {
+        self.write(WriteBatch::new(job).delete(state, key)).await
+    }
+
+    /// Sets `key` to `new` only if it currently holds `expected` (`None` =
+    /// absent).
+    pub async fn compare_and_swap(
+        &self,
+        job: &str,
+        state: &str,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: impl Into<Vec<u8>>,
+    ) -> Result<WriteResult, ClientError> {
+        let b = WriteBatch::new(job);
+        let b = match expected {
+            None => b.if_absent(state, key),
+            Some(v) => b.if_value(state, key, v),
+        };
+        self.write(b.put(state, key, new)).await
+    }
+
+    pub async fn get(
+        &self,
+        job: &str,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<Option<pb::KeyValue>, ClientError> {
+        let req = pb::GetRequest {
+            shard: 0,
+            job: job.into(),
+            state: state.into(),
+            key: key.into(),
+            consistency: consistency.to_pb(),
+        };
+        let route = if consistency == Consistency::Stale {
+            Route::Any
+        } else {
+            Route::Leader
+        };
+        let r = self
+            .with_retries(route, |ch| {
+                let req = req.clone();
+                async move { Self::state(ch).get(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(r.kv)
+    }
+
+    /// A stale read from one particular node, with the index it had applied.
+    pub async fn get_from(
+        &self,
+        addr: &str,
+        job: &str,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<pb::GetResponse, ClientError> {
+        let req = pb::GetRequest {
+            shard: 0,
+            job: job.into(),
+            state: state.into(),
+            key: key.into(),
+            consistency: pb::Consistency::Stale as i32,
+        };
+        Self::state(self.channel(addr)?)
+            .get(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status(&s))
+    }
+
+    pub async fn scan(
+        &self,
+        job: &str,
+        state: &str,
+        opts: ScanOptions,
+    ) -> Result<ScanPage, ClientError> {
+        let req = pb::ScanRequest {
+            shard: 0,
+            job: job.into(),
+            state: state.into(),
+            prefix: opts.prefix,
+            start_after: opts.start_after,
+            limit: opts.limit,
+            consistency: opts.consistency.to_pb(),
+        };
+        let route = if opts.consistency == Consistency::Stale {
+            Route::Any
+        } else {
+            Route::Leader
+        };
+        let r = self
+            .with_retries(route, |ch| {
+                let req = req.clone();
+                async move { Self::state(ch).scan(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        Ok(ScanPage {
+            kvs: r.kvs,
+            more: r.more,
+            applied_index: r.applied_index,
+        })
+    }
+
+    /// Every key of a state table with `prefix`, page by page.
+    pub async fn scan_all(
+        &self,
+        job: &str,
+        state: &str,
+        prefix: &[u8],
+        consistency: Consistency,
+    ) -> Result<Vec<pb::KeyValue>, ClientError> {
+        let mut out: Vec<pb::KeyValue> = Vec::new();
+        loop {
+            let opts = ScanOptions {
+                prefix: prefix.to_vec(),
+                start_after: out.last().map(|kv| kv.key.clone()).unwrap_or_default(),
+                limit: 1000,
+                consistency,
+            };
+            let page = self.scan(job, state, opts).await?;
+            out.extend(page.kvs);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn admin(ch: Channel) -> AdminClient<Channel> {
+        AdminClient::new(ch)
+    }
+
+    pub async fn create_job(&self, job: &str, key_groups: u32) -> Result<pb::JobInfo, ClientError> {
+        let req = pb::CreateJobRequest {
+            job: job.into(),
+            key_groups,
+        };
+        let r = self
+            .with_retries(Route::Leader, |ch| {
+                let req = req.clone();
+                async move {
+                    Self::admin(ch)
+                        .create_job(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        r.job.ok_or_else(|| ClientError::Server {
+            code: Code::Internal,
+            message: "create_job answered without a job".into(),
+        })
+    }
+
+    pub async fn describe_job(&self, job: &str) -> Result<pb::JobInfo, ClientError> {
+        let req = pb::DescribeJobRequest { job: job.into() };
+        let r = self
+            .with_retries(Route::Leader, |ch| {
+                let req = req.clone();
+                async move {
+                    Self::admin(ch)
+                        .describe_job(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        r.job.ok_or_else(|| ClientError::Server {
+            code: Code::Internal,
+            message: "describe_job answered without a job".into(),
+        })
+    }
+
+    /// One node's own view of the cluster, without retries.
+    pub async fn node_status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
+        Self::admin(self.channel(addr)?)
+            .status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| ClientError::from_status(&s))
+    }
+
+    /// Every known node's status: the given endpoints plus every member any
+    /// of them reports. Unreachable nodes come back as errors.
+    pub async fn cluster_status(&self) -> Vec<(String, Result<pb::StatusResponse, ClientError>)> {
+        let mut addrs: Vec<String> = self.endpoints().to_vec();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < addrs.len() {
+            let addr = addrs[i].clone();
+            let r = self.node_status(&addr).await;
+            if let Ok(s) = &r {
+                for m in &s.members {
+                    if !addrs.contains(&m.addr) {
+                        addrs.push(m.addr.clone());
+                    }
+                }
+            }
+            out.push((addr, r));
+            i += 1;
+        }
+        out
+    }
+
+    pub async fn add_learner(
+        &self,
+        id: u64,
+        addr: &str,
+        blocking: bool,
+    ) -> Result<pb::MembershipResponse, ClientError> {
+        let req = pb::AddLearnerRequest {
+            id,
+            addr: addr.into(),
+            blocking,
+        };
+        self.with_retries(Route::Leader, |ch| {
+            let req = req.clone();
+            async move {
+                Self::admin(ch)
+                    .add_learner(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn change_membership(
+        &self,
+        voters: Vec<u64>,
+        retain: bool,
+    ) -> Result<pb::MembershipResponse, ClientError> {
+        let req = pb::ChangeMembershipRequest { voters, retain };
+        self.with_retries(Route::Leader, |ch| {
+            let req = req.clone();
+            async move {
+                Self::admin(ch)
+                    .change_membership(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Asks one node to build a snapshot now; returns its snapshot index.
+    pub async fn trigger_snapshot(&self, addr: &str) -> Result<u64, ClientError> {
+        Self::admin(self.channel(addr)?)
+            .trigger_snapshot(pb::TriggerSnapshotRequest {})
+            .await
+            .map(|r| r.into_inner().snapshot_index)
+            .map_err(|s| ClientError::from_status(&s))
+    }
+
+    /// The leader's address as the cluster reports it, waiting up to the
+    /// client deadline for one to be elected.
+    pub async fn wait_for_leader(&self) -> Result<(u64, String), ClientError> {
+        let deadline = Instant::now() + self.inner.config.deadline;
+        loop {
+            for (_, r) in self.cluster_status().await {
+                if let Ok(s) = r {
+                    if s.role == pb::Role::Leader as i32 {
+                        return Ok((s.id, s.addr));
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Unavailable {
+                    attempts: 0,
+                    last: "no node reports itself leader".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_detail_is_read() {
+        let detail = pb::ErrorDetail {
+            kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader {
+                leader_id: 2,
+                leader_addr: "127.0.0.1:5".into(),
+            })),
+        };
+        let s = Status::with_details(Code::Unavailable, "not leader", detail.encode_to_vec().into());
+        assert_eq!(not_leader_hint(&s), Some(Some("127.0.0.1:5".to_string())));
+        let unknown = pb::ErrorDetail {
+            kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader::default())),
+        };
+        let s = Status::with_details(Code::Unavailable, "no leader", unknown.encode_to_vec().into());
+        assert_eq!(not_leader_hint(&s), Some(None));
+        assert_eq!(not_leader_hint(&Status::unavailable("connection refused")), None);
+    }
+
+    #[test]
+    fn only_transient_codes_are_retried() {
+        assert!(retryable(Code::Unavailable));
+        assert!(retryable(Code::DeadlineExceeded));
+        for final_code in [Code::NotFound, Code::InvalidArgument, Code::AlreadyExists, Code::FailedPrecondition, Code::OutOfRange] {
+            assert!(!retryable(final_code), "{final_code:?}");
+        }
+    }
+
+    #[test]
+    fn needs_an_endpoint_and_rejects_bad_ones() {
+        assert!(matches!(Client::connect(Vec::<String>::new()), Err(ClientError::BadEndpoint { .. })));
+        assert!(matches!(Client::connect(["not a host"]), Err(ClientError::BadEndpoint { .. })));
+    }
+}

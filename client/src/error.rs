@@ -1,0 +1,73 @@
+//! Errors a client call ends with, by what the caller should do about them.
+
+use streamshield_proto::v1 as pb;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No node could serve the call before the deadline (no leader, no
+    /// quorum, nodes down). For a write the outcome is unknown: it may
+    /// still have been applied.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    /// The call's own deadline passed; for a write the outcome is unknown.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A condition of a conditional write did not hold; nothing was written.
+    #[error("condition {failed_condition} failed (current: {})", describe(current))]
+    ConditionFailed {
+        failed_condition: u32,
+        current: Option<pb::KeyValue>,
+    },
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    #[error("bad endpoint {endpoint:?}: {reason}")]
+    BadEndpoint { endpoint: String, reason: String },
+    #[error("server error ({code:?}): {message}")]
+    Server { code: Code, message: String },
+}
+
+fn describe(kv: &Option<pb::KeyValue>) -> String {
+    match kv {
+        None => "absent".to_string(),
+        Some(kv) => format!("version {}", kv.version),
+    }
+}
+
+impl ClientError {
+    /// Maps a final (not retried) status.
+    pub fn from_status(s: &Status) -> Self {
+        let m = s.message().to_string();
+        match s.code() {
+            Code::NotFound => Self::NotFound(m),
+            Code::AlreadyExists => Self::AlreadyExists(m),
+            Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument(m),
+            Code::FailedPrecondition => Self::FailedPrecondition(m),
+            Code::DeadlineExceeded => Self::DeadlineExceeded(m),
+            Code::Unavailable => Self::Unavailable {
+                attempts: 1,
+                last: m,
+            },
+            code => Self::Server { code, message: m },
+        }
+    }
+
+    /// The gRPC code this error stands for, for callers that report codes.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Unavailable { .. } => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::InvalidArgument(_) | Self::BadEndpoint { .. } => Code::InvalidArgument,
+            Self::ConditionFailed { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Server { code, .. } => *code,
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Local clusters of real `streamshield-server` processes on loopback, for
+//! the CLI's `local` commands, the demo and integration tests.
+//!
+//! A cluster lives in one directory: `node-<id>/` (data), `node-<id>.log`,
+//! `node-<id>.pid`, `endpoints` (comma-separated `host:port`) and
+//! `nodes` (one `id addr metrics_addr` line per node, so a restart reuses
+//! the addresses that the Raft membership recorded).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the server binary to run.
+pub const SERVER_BIN_ENV: &str = "STREAMSHIELD_SERVER_BIN";
+
+/// One node's fixed identity in a local cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub id: u64,
+    pub addr: String,
+    pub metrics_addr: String,
+}
+
+/// A running (or stopped) local cluster.
+pub struct LocalCluster {
+    dir: PathBuf,
+    server_bin: PathBuf,
+    specs: BTreeMap<u64, NodeSpec>,
+    /// Processes this handle started; killed when it is dropped unless
+    /// detached.
+    children: BTreeMap<u64, Child>,
+    founders: Vec<u64>,
+    extra_args: Vec<String>,
+    detached: bool,
+}
+
+/// A free loopback port: bound, read and released. Another process can in
+/// principle take it in between; callers retry a failed start.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the server binary is: `$STREAMSHIELD_SERVER_BIN`, else next to
+/// the running executable (or its parent, for test binaries in `deps/`).
+pub fn find_server_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(SERVER_BIN_ENV) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        dir.join("streamshield-server"),
+        dir.parent()?.join("streamshield-server"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // Signal 0 checks for existence without touching the process.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn signal(pid: i32, sig: i32) {
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+impl LocalCluster {
+    /// Lays out a new cluster of `n` founding voters in `dir`, or loads the
+    /// layout already there, and starts every node.
+    pub fn start(
+        dir: &Path,
+        n: u64,
+        server_bin: &Path,
+        extra_args: &[String],
+        detached: bool,
+    ) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            server_bin: server_bin.to_path_buf(),
+            specs: BTreeMap::new(),
+            children: BTreeMap::new(),
+            founders: Vec::new(),
+            extra_args: extra_args.to_vec(),
+            detached,
+        };
+        let layout = dir.join("nodes");
+        if layout.exists() {
+            c.load_layout()?;
+        } else {
+            for id in 1..=n {
+                c.specs.insert(id, c.new_spec(id)?);
+            }
+            c.founders = (1..=n).collect();
+            c.save_layout()?;
+        }
+        for id in c.founders.clone() {
+            c.start_node(id)?;
+        }
+        Ok(c)
+    }
+
+    /// Attaches to a cluster that `local up` started earlier.
+    pub fn open(dir: &Path, server_bin: &Path) -> io::Result<Self> {
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            server_bin: server_bin.to_path_buf(),
+            specs: BTreeMap::new(),
+            children: BTreeMap::new(),
+            founders: Vec::new(),
+            extra_args: Vec::new(),
+            detached: true,
+        };
+        c.load_layout()?;
+        Ok(c)
+    }
+
+    fn new_spec(&self, id: u64) -> io::Result<NodeSpec> {
+        Ok(NodeSpec {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+        })
+    }
+
+    fn load_layout(&mut self) -> io::Result<()> {
+        let text = fs::read_to_string(self.dir.join("nodes"))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let bad = || {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad line in nodes file: {line:?}"),
+                )
+            };
+            if parts.len() != 4 {
+                return Err(bad());
+            }
+            let id: u64 = parts[0].parse().map_err(|_| bad())?;
+            self.specs.insert(
+                id,
+                NodeSpec {
+                    id,
+                    addr: parts[1].to_string(),
+                    metrics_addr: parts[2].to_string(),
+                },
+            );
+            if parts[3] == "founder" {
+                self.founders.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn save_layout(&self) -> io::Result<()> {
+        let mut text = String::new();
+        for s in self.specs.values() {
+            let role = if self.founders.contains(&s.id) {
+                "founder"
+            } else {
+                "joined"
+            };
+            text.push_str(&format!("{} {} {} {role}\n", s.id, s.addr, s.metrics_addr));
+        }
+        fs::write(self.dir.join("nodes"), text)?;
+        let eps: Vec<&str> = self.specs.values().map(|s| s.addr.as_str()).collect();
+        fs::write(self.dir.join("endpoints"), eps.join(",") + "\n")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn specs(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.specs.values()
+    }
+
+    pub fn spec(&self, id: u64) -> Option<&NodeSpec> {
+        self.specs.get(&id)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.specs.values().map(|s| s.addr.clone()).collect()
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    fn pid_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.pid"))
+    }
+
+    /// The pid recorded for a node, if that process is alive.
+    pub fn pid(&self, id: u64) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.pid_path(id))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        pid_alive(pid).then_some(pid)
+    }
+
+    /// Starts node `id` (already laid out) from its data directory.
+    pub fn start_node(&mut self, id: u64) -> io::Result<()> {
+        let spec = self
+            .specs
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no node {id}")))?;
+        if let Some(pid) = self.pid(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("node {id} is already running as pid {pid}"),
+            ));
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))?;
+        let mut cmd = Command::new(&self.server_bin);
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&spec.addr)
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--metrics-listen")
+            .arg(&spec.metrics_addr)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.founders.contains(&id) {
+            let founders: Vec<String> = self
+                .founders
+                .iter()
+                .filter_map(|f| self.specs.get(f))
+                .map(|s| format!("{}={}", s.id, s.addr))
+                .collect();
+            cmd.arg("--initial-cluster").arg(founders.join(","));
+        }
+        if self.detached {
+            use std::os::unix::process::CommandExt;
+            // Its own session: the node outlives the CLI that started it
+            // and is not hit by the terminal's Ctrl-C.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::setsid();
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", self.server_bin.display()),
+            )
+        })?;
+        fs::write(self.pid_path(id), format!("{}\n", child.id()))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    /// Adds a node that joins later (not a founding voter), and starts it.
+    pub fn add_node(&mut self, id: u64) -> io::Result<NodeSpec> {
+        if self.specs.contains_key(&id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("node {id} exists"),
+            ));
+        }
+        let spec = self.new_spec(id)?;
+        self.specs.insert(id, spec.clone());
+        self.save_layout()?;
+        self.start_node(id)?;
+        Ok(spec)
+    }
+
+    /// `kill -9` of one node; returns once the process is gone.
+    pub fn kill(&mut self, id: u64) -> io::Result<()> {
+        self.stop_node(id, libc::SIGKILL, Duration::from_secs(10))
+    }
+
+    /// SIGTERM, then SIGKILL if the node has not exited within `grace`.
+    pub fn terminate(&mut self, id: u64, grace: Duration) -> io::Result<()> {
+        self.stop_node(id, libc::SIGTERM, grace)
+    }
+
+    /// SIGSTOP / SIGCONT of one node.
+    pub fn pause(&self, id: u64, paused: bool) {
+        if let Some(pid) = self.pid(id) {
+            signal(pid, if paused { libc::SIGSTOP } else { libc::SIGCONT });
+        }
+    }
+
+    fn stop_node(&mut self, id: u64, sig: i32, grace: Duration) -> io::Result<()> {
+        let Some(pid) = self.pid(id) else {
+            self.children.remove(&id);
+            return Ok(());
+        };
+        signal(pid, sig);
+        let deadline = Instant::now() + grace;
+        loop {
+            // Our own child must be reaped to stop being "alive".
+            if let Some(child) = self.children.get_mut(&id) {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+            } else if !pid_alive(pid) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                signal(pid, libc::SIGKILL);
+                if let Some(child) = self.children.get_mut(&id) {
+                    child.wait()?;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.children.remove(&id);
+        let _ = fs::remove_file(self.pid_path(id));
+        Ok(())
+    }
+
+    /// Stops every node: SIGTERM, and SIGKILL after `grace`.
+    pub fn stop_all(&mut self, grace: Duration) -> io::Result<()> {
+        let ids: Vec<u64> = self.specs.keys().copied().collect();
+        for id in &ids {
+            if let Some(pid) = self.pid(*id) {
+                signal(pid, libc::SIGTERM);
+            }
+        }
+        for id in ids {
+            self.terminate(id, grace)?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the processes running when this handle is dropped.
+    pub fn detach(&mut self) {
+        self.detached = true;
+        self.children.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        for (id, child) in self.children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = fs::remove_file(self.dir.join(format!("node-{id}.pid")));
+        }
+    }
+}

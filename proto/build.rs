@@ -1,0 +1,28 @@
+//! Compiles the `.proto` files with protox (pure Rust, no system `protoc`)
+//! and hands the descriptors to tonic-prost-build.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/streamshield/v1/state.proto",
+    "proto/streamshield/v1/admin.proto",
+    "proto/streamshield/v1/raft.proto",
+    "proto/streamshield/v1/errors.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Served by gRPC reflection so grpcurl and friends work without the files.
+    std::fs::write(out.join("streamshield_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Short `Display` forms for messages that Raft logs and traces print.
+
+use std::fmt;
+
+use crate::v1::{command, command_response, Command, CommandResponse};
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Some(command::Kind::Write(w)) => write!(
+                f,
+                "write(job={}, ops={}, conditions={}, client={}, seq={})",
+                w.job,
+                w.ops.len(),
+                w.conditions.len(),
+                w.client_id,
+                w.seq
+            ),
+            Some(command::Kind::CreateJob(c)) => {
+                write!(f, "create_job({}, key_groups={})", c.job, c.key_groups)
+            }
+            None => write!(f, "empty"),
+        }
+    }
+}
+
+impl fmt::Display for CommandResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Some(command_response::Kind::Write(w)) => {
+                write!(f, "write(succeeded={}, index={})", w.succeeded, w.index)
+            }
+            Some(command_response::Kind::JobCreated(j)) => write!(f, "job_created({})", j.job),
+            Some(command_response::Kind::Error(e)) => write!(f, "error({}: {})", e.code, e.message),
+            Some(command_response::Kind::None(_)) | None => write!(f, "none"),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Server configuration: one struct with documented defaults, read from a
+//! TOML file and then overridden by flags and environment variables (the
+//! binary's job), checked by [`ServerConfig::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a state node needs to run. Defaults are documented on each
+/// field and are the ones a local 3-node cluster on loopback wants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This node's Raft id; unique in the cluster, never 0. Default 1.
+    pub id: u64,
+    /// Address to listen on for every gRPC service. Default `127.0.0.1:7070`.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this one. Default: the
+    /// address actually bound.
+    pub advertise: Option<String>,
+    /// Where the Raft log, the state machine and snapshots live. Default `./data`.
+    pub data_dir: PathBuf,
+    /// `id=host:port` of every founding voter. A pristine node with this set
+    /// initializes the cluster; a node joining later leaves it empty and is
+    /// added with `members add`. Default empty.
+    pub initial_cluster: Vec<String>,
+    /// Where `/metrics` (Prometheus text format) is served; none if unset.
+    pub metrics_listen: Option<SocketAddr>,
+    pub raft: RaftTuning,
+    pub limits: Limits,
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTuning {
+    /// Leader heartbeat period. Default 100 ms.
+    pub heartbeat_ms: u64,
+    /// A follower campaigns after a random timeout in [min, max]. Default 500..1000 ms.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries. Default 20,000.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up by log instead of by snapshot. Default 1,000.
+    pub logs_kept_after_snapshot: u64,
+    /// Bytes per snapshot chunk on the wire. Default 1 MiB.
+    pub snapshot_chunk_bytes: usize,
+    /// Entries per AppendEntries RPC. Default 1,000.
+    pub max_entries_per_append: u64,
+}
+
+/// Input limits: larger requests are refused with INVALID_ARGUMENT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Default 4 KiB.
+    pub max_key_bytes: usize,
+    /// Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Sum of keys and values of one write request. Default 4 MiB.
+    pub max_batch_bytes: usize,
+    /// Ops plus conditions of one write request. Default 10,000.
+    pub max_ops_per_batch: usize,
+    /// Job and state table names. Default 128 bytes.
+    pub max_name_bytes: usize,
+    /// Page size a scan may ask for; larger asks are cut to it. Default 10,000.
+    pub max_scan_limit: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            listen: "127.0.0.1:7070".parse().expect("valid literal"),
+            advertise: None,
+            data_dir: PathBuf::from("data"),
+            initial_cluster: Vec::new(),
+            metrics_listen: None,
+            raft: RaftTuning::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 20_000,
+            logs_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            max_entries_per_append: 1_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 4 << 10,
+            max_value_bytes: 1 << 20,
+            max_batch_bytes: 4 << 20,
+            max_ops_per_batch: 10_000,
+            max_name_bytes: 128,
+            max_scan_limit: 10_000,
+        }
+    }
+}
+
+/// A configuration that cannot run, and why.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("node id must not be 0")]
+    ZeroId,
+    #[error("initial_cluster entry {entry:?} is not `id=host:port`")]
+    BadPeer { entry: String },
+    #[error("initial_cluster does not contain this node's id {id}")]
+    SelfNotInCluster { id: u64 },
+    #[error("initial_cluster names node {id} twice")]
+    DuplicatePeer { id: u64 },
+    #[error("election timeout must satisfy heartbeat < min <= max, got heartbeat {heartbeat} min {min} max {max}")]
+    Timing { heartbeat: u64, min: u64, max: u64 },
+    #[error("limit {name} must be greater than 0")]
+    ZeroLimit { name: &'static str },
+    #[error(
+        "max_batch_bytes ({batch}) must be at least max_key_bytes + max_value_bytes ({needed})"
+    )]
+    BatchTooSmall { batch: usize, needed: usize },
+    #[error("snapshot_every must be greater than 0")]
+    ZeroSnapshotEvery,
+}
+
+impl ServerConfig {
+    /// Reads a TOML file; fields it does not name keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        let peers = self.initial_peers()?;
+        if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
+            return Err(ConfigError::SelfNotInCluster { id: self.id });
+        }
+        let r = &self.raft;
+        if !(r.heartbeat_ms > 0
+            && r.heartbeat_ms < r.election_timeout_min_ms
+            && r.election_timeout_min_ms <= r.election_timeout_max_ms)
+        {
+            return Err(ConfigError::Timing {
+                heartbeat: r.heartbeat_ms,
+                min: r.election_timeout_min_ms,
+                max: r.election_timeout_max_ms,
+            });
+        }
+        if r.snapshot_every == 0 {
+            return Err(ConfigError::ZeroSnapshotEvery);
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_key_bytes", l.max_key_bytes),
+            ("max_value_bytes", l.max_value_bytes),
+            ("max_batch_bytes", l.max_batch_bytes),
+            ("max_ops_per_batch", l.max_ops_per_batch),
+            ("max_name_bytes", l.max_name_bytes),
+            ("max_scan_limit", l.max_scan_limit as usize),
+            ("snapshot_chunk_bytes", r.snapshot_chunk_bytes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroLimit { name });
+            }
+        }
+        if l.max_batch_bytes < l.max_key_bytes + l.max_value_bytes {
+            return Err(ConfigError::BatchTooSmall {
+                batch: l.max_batch_bytes,
+                needed: l.max_key_bytes + l.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The founding voters as `(id, address)`.
+    pub fn initial_peers(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        let mut out: Vec<(u64, String)> = Vec::new();
+        for entry in &self.initial_cluster {
+            let bad = || ConfigError::BadPeer {
+                entry: entry.clone(),
+            };
+            let (id, addr) = entry.split_once('=').ok_or_else(bad)?;
+            let id: u64 = id.trim().parse().map_err(|_| bad())?;
+            let addr = addr.trim();
+            if id == 0 || addr.is_empty() || !addr.contains(':') {
+                return Err(bad());
+            }
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(ConfigError::DuplicatePeer { id });
+            }
+            out.push((id, addr.to_string()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ServerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let c = ServerConfig::from_toml(
+            "id = 3\ninitial_cluster = [\"1=a:1\", \"3=c:3\"]\n[limits]\nmax_key_bytes = 100\n",
+        )
+        .unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.limits.max_key_bytes, 100);
+        assert_eq!(c.limits.max_value_bytes, Limits::default().max_value_bytes);
+        c.validate().unwrap();
+        assert!(ServerConfig::from_toml("no_such_field = 1").is_err());
+    }
+
+    #[test]
+    fn invalid_configs_are_named() {
+        let mut c = ServerConfig {
+            id: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::ZeroId));
+        c.id = 2;
+        c.initial_cluster = vec!["1=a:1".into()];
+        assert_eq!(c.validate(), Err(ConfigError::SelfNotInCluster { id: 2 }));
+        c.initial_cluster = vec!["2=a:1".into(), "2=b:2".into()];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicatePeer { id: 2 }));
+        c.initial_cluster = vec!["two=a:1".into()];
+        assert!(matches!(c.validate(), Err(ConfigError::BadPeer { .. })));
+        c.initial_cluster.clear();
+        c.raft.election_timeout_min_ms = 50;
+        assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));
+    }
+}

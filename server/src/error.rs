@@ -1,0 +1,140 @@
+//! What can go wrong serving a request, and the one place where that
+//! becomes a gRPC status.
+
+use prost::Message;
+use streamshield_proto::v1 as pb;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Writes and linearizable reads go to the leader; the detail carries
+    /// where it is so clients can go there directly.
+    #[error("node {this} is not the leader (leader: {})", leader_id.map_or("unknown".to_string(), |l| format!("node {l}")))]
+    NotLeader {
+        this: u64,
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("job {job:?} does not exist")]
+    JobNotFound { job: String },
+    #[error("state table {state:?} does not exist in job {job:?}")]
+    StateNotFound { job: String, state: String },
+    #[error("shard {shard} is not served by this cluster (it serves shard 0)")]
+    UnknownShard { shard: u32 },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{what} is {size} bytes, above the limit of {limit}")]
+    TooLarge {
+        what: String,
+        size: usize,
+        limit: usize,
+    },
+    /// No quorum, or the node is shutting down: retry elsewhere or later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("membership change rejected: {0}")]
+    Membership(String),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The state machine refused the command; code and message come from it.
+    #[error("{message}")]
+    Rejected { code: Code, message: String },
+    /// The local store failed; the node is unhealthy.
+    #[error("storage failure: {0}")]
+    Storage(#[from] std::io::Error),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotLeader { .. } | Self::Unavailable(_) => Code::Unavailable,
+            Self::JobNotFound { .. } | Self::StateNotFound { .. } | Self::UnknownShard { .. } => {
+                Code::NotFound
+            }
+            Self::InvalidArgument { .. } | Self::TooLarge { .. } => Code::InvalidArgument,
+            Self::Membership(_) => Code::FailedPrecondition,
+            Self::Timeout(_) => Code::DeadlineExceeded,
+            Self::Rejected { code, .. } => *code,
+            Self::Storage(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        let code = e.code();
+        let message = e.to_string();
+        match e {
+            ServiceError::NotLeader {
+                leader_id,
+                leader_addr,
+                ..
+            } => {
+                let detail = pb::ErrorDetail {
+                    kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader {
+                        leader_id: leader_id.unwrap_or(0),
+                        leader_addr: leader_addr.unwrap_or_default(),
+                    })),
+                };
+                Status::with_details(code, message, detail.encode_to_vec().into())
+            }
+            _ => Status::new(code, message),
+        }
+    }
+}
+
+/// A command answer from the state machine that is an error.
+pub fn rejected(e: &pb::CommandError) -> ServiceError {
+    ServiceError::Rejected {
+        code: Code::from_i32(e.code),
+        message: e.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_carries_the_hint() {
+        let s: Status = ServiceError::NotLeader {
+            this: 2,
+            leader_id: Some(3),
+            leader_addr: Some("127.0.0.1:9".into()),
+        }
+        .into();
+        assert_eq!(s.code(), Code::Unavailable);
+        let d = pb::ErrorDetail::decode(s.details()).unwrap();
+        match d.kind {
+            Some(pb::error_detail::Kind::NotLeader(n)) => {
+                assert_eq!(n.leader_id, 3);
+                assert_eq!(n.leader_addr, "127.0.0.1:9");
+            }
+            other => panic!("unexpected detail {other:?}"),
+        }
+    }
+
+    #[test]
+    fn codes_are_precise() {
+        assert_eq!(
+            Status::from(ServiceError::JobNotFound { job: "x".into() }).code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            Status::from(ServiceError::TooLarge {
+                what: "key".into(),
+                size: 5,
+                limit: 4
+            })
+            .code(),
+            Code::InvalidArgument
+        );
+    }
+}

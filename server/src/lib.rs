@@ -1,0 +1,28 @@
+//! StreamShield state node.
+//!
+//! A node is openraft over two RocksDB instances: the Raft log
+//! ([`log_store`], fsynced with group commit) and the state machine
+//! ([`state_machine`]: keyed state, jobs, snapshots as checkpoints). Peers
+//! talk over [`network`] (sending) and [`service::raft`] (receiving);
+//! clients use [`service::state`] and operators [`service::admin`], all
+//! tonic services on one port, started by [`node::run`]. Requests are
+//! checked by [`validate`] before anything is proposed, and every failure
+//! becomes a gRPC status in [`error`]. The binary only parses
+//! [`config::ServerConfig`] from TOML, flags and environment.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod log_store;
+pub mod network;
+pub mod node;
+mod rocks;
+pub mod service;
+pub mod state_machine;
+pub mod telemetry;
+pub mod types;
+pub mod validate;
+
+pub use config::ServerConfig;
+pub use node::{run, NodeError};

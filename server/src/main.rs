@@ -1,0 +1,152 @@
+//! `streamshield-server`: parses configuration (TOML file, then
+//! environment, then flags) and runs one state node until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use streamshield_server::ServerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "streamshield-server",
+    version,
+    about = "StreamShield state node"
+)]
+struct Flags {
+    /// TOML file with any ServerConfig fields; flags and env override it.
+    #[arg(long, env = "STREAMSHIELD_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's Raft id (never 0).
+    #[arg(long, env = "STREAMSHIELD_ID")]
+    id: Option<u64>,
+    /// Address to listen on, e.g. 127.0.0.1:7070.
+    #[arg(long, env = "STREAMSHIELD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address peers and clients use for this node (default: the bound one).
+    #[arg(long, env = "STREAMSHIELD_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, env = "STREAMSHIELD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Founding voters, `1=host:port,2=host:port,...`; empty for a node
+    /// that will be added later.
+    #[arg(long, env = "STREAMSHIELD_INITIAL_CLUSTER", value_delimiter = ',')]
+    initial_cluster: Option<Vec<String>>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "STREAMSHIELD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "STREAMSHIELD_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    /// Build a snapshot after this many applied entries.
+    #[arg(long, env = "STREAMSHIELD_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    /// Log entries kept behind a snapshot.
+    #[arg(long, env = "STREAMSHIELD_LOGS_KEPT_AFTER_SNAPSHOT")]
+    logs_kept_after_snapshot: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    #[arg(long, env = "STREAMSHIELD_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+    #[arg(long, env = "STREAMSHIELD_MAX_BATCH_BYTES")]
+    max_batch_bytes: Option<usize>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
+    let mut c = match &flags.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            ServerConfig::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => ServerConfig::default(),
+    };
+    macro_rules! set {
+        ($($flag:ident => $($field:ident).+),* $(,)?) => {
+            $(if let Some(v) = flags.$flag { c.$($field).+ = v; })*
+        };
+    }
+    set!(
+        id => id,
+        listen => listen,
+        data_dir => data_dir,
+        initial_cluster => initial_cluster,
+        heartbeat_ms => raft.heartbeat_ms,
+        election_timeout_min_ms => raft.election_timeout_min_ms,
+        election_timeout_max_ms => raft.election_timeout_max_ms,
+        snapshot_every => raft.snapshot_every,
+        logs_kept_after_snapshot => raft.logs_kept_after_snapshot,
+        max_key_bytes => limits.max_key_bytes,
+        max_value_bytes => limits.max_value_bytes,
+        max_batch_bytes => limits.max_batch_bytes,
+    );
+    if flags.advertise.is_some() {
+        c.advertise = flags.advertise;
+    }
+    if flags.metrics_listen.is_some() {
+        c.metrics_listen = flags.metrics_listen;
+    }
+    c.validate()?;
+    Ok((c, flags.print_config))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("signal received, stopping");
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_ansi(false)
+        .init();
+    let (config, print) = match load(Flags::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("streamshield-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        println!("{}", toml::to_string_pretty(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamshield-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        streamshield_server::run(config, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("streamshield-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The sending side of Raft RPCs: one lazily connected gRPC channel per
+//! peer, protobuf on the wire, snapshots streamed file by file in chunks.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::storage::Snapshot;
+use openraft::RaftNetworkV2;
+use streamshield_proto::v1::{self as pb, raft_client::RaftClient};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::state_machine::snapshot::{list_files, PinnedSnapshot};
+use crate::state_machine::SnapshotFiles;
+use crate::types::{Node, NodeId, TypeConfig, Vote};
+
+/// Big enough for a full AppendEntries batch of maximum-size writes.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub snapshot_chunk_bytes: usize,
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    client: Option<RaftClient<Channel>>,
+    addr: String,
+    snapshot_chunk_bytes: usize,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
+        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+            .ok()
+            .map(|e| {
+                let ch = e
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftClient::new(ch)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            });
+        PeerConnection {
+            target,
+            client,
+            addr: node.addr.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer {target} at {addr}: {detail}")]
+struct PeerError {
+    target: NodeId,
+    addr: String,
+    detail: String,
+}
+
+impl PeerConnection {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(
+                &self.err(format!("bad address {:?}", self.addr)),
+            ))
+        })
+    }
+
+    fn err(&self, detail: impl Into<String>) -> PeerError {
+        PeerError {
+            target: self.target,
+            addr: self.addr.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn status_error(&self, s: tonic::Status) -> RPCError<TypeConfig> {
+        let e = self.err(format!("{}: {}", s.code(), s.message()));
+        // Connection failures surface as UNAVAILABLE; openraft backs off
+        // from unreachable peers instead of hammering them.
+        if s.code() == tonic::Code::Unavailable {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+
+    fn decode_error(&self, e: codec::DecodeError) -> RPCError<TypeConfig> {
+        RPCError::Network(NetworkError::new(&self.err(e.to_string())))
+    }
+
+    async fn with_deadline<T>(
+        &self,
+        ttl: Duration,
+        f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        match tokio::time::timeout(ttl, f).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(self.status_error(s)),
+            Err(_) => Err(RPCError::Unreachable(Unreachable::new(
+                &self.err(format!("no answer within {ttl:?}")),
+            ))),
+        }
+    }
+
+    async fn send_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre_vote: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut c = self.client()?;
+        let req = codec::vote_request_to_pb(&rpc, pre_vote);
+        let resp = self.with_deadline(option.hard_ttl(), c.vote(req)).await?;
+        codec::vote_response_from_pb(&resp).map_err(|e| self.decode_error(e))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = SnapshotFiles;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut c = self.client()?;
+        let req = codec::append_request_to_pb(&rpc);
+        let resp = self
+            .with_deadline(option.hard_ttl(), c.append_entries(req))
+            .await?;
+        codec::append_response_from_pb(&resp).map_err(|e| self.decode_error(e))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send_vote(rpc, option, false).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.send_vote(rpc, option, true).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<crate::types::LeaderId, NodeId, Node, SnapshotFiles>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut c = self.client()?;
+        let pinned = PinnedSnapshot::pin(&snapshot.snapshot).map_err(|e| {
+            StreamingError::Network(NetworkError::new(&self.err(format!("pin snapshot: {e}"))))
+        })?;
+        let header = pb::SnapshotHeader {
+            vote: Some(codec::vote_to_pb(&vote)),
+            meta: Some(codec::snapshot_meta_to_pb(&snapshot.meta)),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let chunk = self.snapshot_chunk_bytes;
+        let target = self.target;
+        tokio::spawn(async move {
+            if let Err(e) = stream_files(pinned, header, chunk, tx).await {
+                tracing::warn!(target, error = %e, "reading snapshot to send failed");
+            }
+        });
+        let started = std::time::Instant::now();
+        let send = c.install_snapshot(ReceiverStream::new(rx));
+        let resp = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(option.hard_ttl().max(Duration::from_secs(60)), send) => r,
+        };
+        let reply = match resp {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) => return Err(self.status_error(s).into()),
+            Err(_) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(
+                    &self.err("snapshot transfer timed out"),
+                )))
+            }
+        };
+        metrics::histogram!("streamshield_snapshot_send_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let vote = codec::vote_from_pb(reply.vote.as_ref())
+            .map_err(|e| StreamingError::Network(NetworkError::new(&self.err(e.to_string()))))?;
+        Ok(SnapshotResponse::new(vote))
+    }
+}
+
+/// Feeds the header, then every file in chunks, then the end marker. If a
+/// read fails the stream just ends without `done`, and the receiver
+/// rejects the partial snapshot.
+async fn stream_files(
+    pinned: PinnedSnapshot,
+    header: pb::SnapshotHeader,
+    chunk_bytes: usize,
+    tx: mpsc::Sender<pb::SnapshotChunk>,
+) -> std::io::Result<()> {
+    let closed = || std::io::Error::other("receiver went away");
+    tx.send(pb::SnapshotChunk {
+        header: Some(header),
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| closed())?;
+    for path in list_files(&pinned.dir)? {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| std::io::Error::other("non-UTF-8 file name"))?
+            .to_string();
+        let mut f = tokio::fs::File::open(&path).await?;
+        let mut offset = 0u64;
+        loop {
+            let mut buf = vec![0u8; chunk_bytes];
+            let n = f.read(&mut buf).await?;
+            // An empty file still gets one (empty) chunk so it is created.
+            if n == 0 && offset > 0 {
+                break;
+            }
+            buf.truncate(n);
+            tx.send(pb::SnapshotChunk {
+                header: None,
+                file: name.clone(),
+                offset,
+                data: buf,
+                done: false,
+            })
+            .await
+            .map_err(|_| closed())?;
+            offset += n as u64;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    tx.send(pb::SnapshotChunk {
+        done: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|_| closed())?;
+    Ok(())
+}

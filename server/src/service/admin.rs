@@ -1,0 +1,221 @@
+//! The operator API: status, membership, jobs and snapshots.
+
+use openraft::async_runtime::WatchReceiver;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::{BasicNode, ServerState};
+use streamshield_proto::v1::{self as pb, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use super::{NodeContext, PROPOSAL_TIMEOUT};
+use crate::error::ServiceError;
+use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS};
+use crate::state_machine::meta;
+use crate::types::Membership;
+use crate::validate;
+
+pub struct AdminService {
+    ctx: Arc<NodeContext>,
+}
+
+impl AdminService {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn members_of(m: &Membership) -> Vec<pb::Member> {
+    let voters: BTreeSet<u64> = m.voter_ids().collect();
+    m.nodes()
+        .map(|(id, n)| pb::Member {
+            id: *id,
+            addr: n.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+fn role_of(s: ServerState) -> pb::Role {
+    match s {
+        ServerState::Leader => pb::Role::Leader,
+        ServerState::Follower => pb::Role::Follower,
+        ServerState::Learner => pb::Role::Learner,
+        ServerState::Candidate => pb::Role::Candidate,
+        ServerState::Shutdown => pb::Role::Shutdown,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.ctx.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let addr_of = |id: u64| {
+            membership
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
+        };
+        Ok(Response::new(pb::StatusResponse {
+            id: self.ctx.id,
+            addr: addr_of(self.ctx.id),
+            role: role_of(m.state) as i32,
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr: m.current_leader.map(addr_of).unwrap_or_default(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            last_applied: m.last_applied.as_ref().map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+            purged_index: m.purged.as_ref().map_or(0, |l| l.index),
+            members: members_of(membership),
+            snapshots_installed: self.ctx.sm.snapshots_installed(),
+            shard: DEFAULT_SHARD,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        if r.id == 0 {
+            return Err(ServiceError::invalid("id", "node ids start at 1").into());
+        }
+        if r.addr.is_empty() || !r.addr.contains(':') {
+            return Err(
+                ServiceError::invalid("addr", format!("{:?} is not host:port", r.addr)).into(),
+            );
+        }
+        let resp = self
+            .ctx
+            .raft
+            .add_learner(r.id, BasicNode::new(&r.addr), r.blocking)
+            .await
+            .map_err(|e| self.ctx.write_error(e))?;
+        let members = resp.membership.as_ref().map(members_of).unwrap_or_default();
+        Ok(Response::new(pb::MembershipResponse {
+            index: resp.log_id.index,
+            members,
+        }))
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        let voters: BTreeSet<u64> = r.voters.iter().copied().collect();
+        if voters.is_empty() {
+            return Err(
+                ServiceError::invalid("voters", "the cluster needs at least one voter").into(),
+            );
+        }
+        let resp = self
+            .ctx
+            .raft
+            .change_membership(voters, r.retain)
+            .await
+            .map_err(|e| self.ctx.write_error(e))?;
+        let members = resp.membership.as_ref().map(members_of).unwrap_or_default();
+        Ok(Response::new(pb::MembershipResponse {
+            index: resp.log_id.index,
+            members,
+        }))
+    }
+
+    async fn create_job(
+        &self,
+        request: Request<pb::CreateJobRequest>,
+    ) -> Result<Response<pb::CreateJobResponse>, Status> {
+        let r = request.into_inner();
+        validate::name("job", &r.job, &self.ctx.limits)?;
+        if r.key_groups > MAX_KEY_GROUPS {
+            return Err(ServiceError::invalid(
+                "key_groups",
+                format!("{} is above the maximum {MAX_KEY_GROUPS}", r.key_groups),
+            )
+            .into());
+        }
+        let resp = self
+            .ctx
+            .propose(pb::Command {
+                kind: Some(pb::command::Kind::CreateJob(pb::CreateJob {
+                    job: r.job,
+                    key_groups: r.key_groups,
+                })),
+            })
+            .await?;
+        match resp.kind {
+            Some(pb::command_response::Kind::JobCreated(j)) => {
+                Ok(Response::new(pb::CreateJobResponse {
+                    job: Some(pb::JobInfo {
+                        job: j.job,
+                        job_id: j.job_id,
+                        key_groups: j.key_groups,
+                        states: Vec::new(),
+                        created_index: j.created_index,
+                    }),
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "create_job answered with {other:?}"
+            ))),
+        }
+    }
+
+    async fn describe_job(
+        &self,
+        request: Request<pb::DescribeJobRequest>,
+    ) -> Result<Response<pb::DescribeJobResponse>, Status> {
+        let r = request.into_inner();
+        validate::name("job", &r.job, &self.ctx.limits)?;
+        self.ctx.linearize().await?;
+        let db = self.ctx.sm.db();
+        let job = meta::load_job(&db, DEFAULT_SHARD, &r.job)
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::JobNotFound { job: r.job })?;
+        Ok(Response::new(pb::DescribeJobResponse { job: Some(job) }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        _: Request<pb::TriggerSnapshotRequest>,
+    ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        let applied = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map_or(0, |l| l.index);
+        self.ctx
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let mut rx = self.ctx.raft.metrics();
+        let done = tokio::time::timeout(PROPOSAL_TIMEOUT, async {
+            loop {
+                let idx = rx.borrow_watched().snapshot.as_ref().map_or(0, |l| l.index);
+                if idx >= applied {
+                    return idx;
+                }
+                if rx.changed().await.is_err() {
+                    return idx;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
+        Ok(Response::new(pb::TriggerSnapshotResponse {
+            snapshot_index: done,
+        }))
+    }
+}

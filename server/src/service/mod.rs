@@ -1,0 +1,128 @@
+//! The gRPC services of a node and what they share.
+//!
+//! `state` is the client API, `admin` the operator API, `raft` the
+//! receiving side of node-to-node Raft RPCs. Each handler turns its request
+//! into a Raft proposal or a read of the state machine and its failures
+//! into [`ServiceError`](crate::error::ServiceError), which maps to a
+//! status in one place.
+
+pub mod admin;
+pub mod raft;
+pub mod state;
+
+use openraft::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
+use streamshield_proto::v1 as pb;
+
+use crate::config::Limits;
+use crate::error::{rejected, ServiceError};
+use crate::keys::DEFAULT_SHARD;
+use crate::state_machine::SmShared;
+use crate::types::{Raft, TypeConfig};
+
+/// How long a proposal may wait for commit before the caller hears
+/// DEADLINE_EXCEEDED (outcome unknown; retries are deduplicated).
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every service of a node holds.
+pub struct NodeContext {
+    pub id: u64,
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    pub limits: Limits,
+}
+
+impl NodeContext {
+    /// Where the leader is, as this node believes.
+    pub fn not_leader(&self) -> ServiceError {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader_id = m.current_leader;
+        let leader_addr = leader_id.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        ServiceError::NotLeader {
+            this: self.id,
+            leader_id,
+            leader_addr,
+        }
+    }
+
+    pub fn write_error(
+        &self,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> ServiceError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+            | RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+                ServiceError::NotLeader {
+                    this: self.id,
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                ServiceError::Membership(c.to_string())
+            }
+            RaftError::APIError(other) => ServiceError::Membership(other.to_string()),
+            RaftError::Fatal(f) => ServiceError::Unavailable(format!("raft stopped: {f}")),
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied here.
+    pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResponse, ServiceError> {
+        let started = Instant::now();
+        let r = tokio::time::timeout(PROPOSAL_TIMEOUT, self.raft.client_write(cmd))
+            .await
+            .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?
+            .map_err(|e| self.write_error(e))?;
+        metrics::counter!("streamshield_proposals_total").increment(1);
+        metrics::histogram!("streamshield_commit_seconds").record(started.elapsed().as_secs_f64());
+        let resp = r.data;
+        if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
+            return Err(rejected(e));
+        }
+        Ok(resp)
+    }
+
+    /// Waits until this node, as leader, may serve a linearizable read
+    /// (read-index: a quorum confirmed leadership and the state machine
+    /// applied everything committed before the read started).
+    pub async fn linearize(&self) -> Result<(), ServiceError> {
+        let r = tokio::time::timeout(
+            PROPOSAL_TIMEOUT,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ServiceError::NotLeader {
+                    this: self.id,
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(ServiceError::Unavailable(q.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => {
+                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+            }
+        }
+    }
+
+    pub fn check_shard(&self, shard: u32) -> Result<(), ServiceError> {
+        if shard != DEFAULT_SHARD {
+            return Err(ServiceError::UnknownShard { shard });
+        }
+        Ok(())
+    }
+}

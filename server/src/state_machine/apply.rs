@@ -1,0 +1,466 @@
+//! Applying one committed command to the state machine.
+//!
+//! Runs identically on every replica: it reads only replicated state and
+//! the entry, and stages its effects in a `WriteBatch` that the caller
+//! commits together with the applied index. A command that cannot apply
+//! (unknown job, failed condition) changes nothing but its answer, which is
+//! recorded for deduplication like any other.
+
+use std::collections::HashMap;
+use std::io;
+
+use prost::Message;
+use rocksdb::{WriteBatch, DB};
+use streamshield_proto::v1::{self as pb, command, command_response, condition, op};
+use tonic::Code;
+
+use super::meta::{self as m, CF_DATA, CF_META};
+use crate::keys::{self, meta, StoredValue, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS};
+use crate::rocks::{self, corrupt, io_err};
+
+pub fn error_response(code: Code, message: impl Into<String>) -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::Error(pb::CommandError {
+            code: code as i32,
+            message: message.into(),
+        })),
+    }
+}
+
+fn write_response(w: pb::WriteResponse) -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::Write(w)),
+    }
+}
+
+/// Applies `cmd` carried by the entry at `index`, staging writes in `batch`.
+/// An `Err` is a storage failure (the node must stop), never a bad command.
+pub fn apply_command(
+    db: &DB,
+    batch: &mut WriteBatch,
+    index: u64,
+    cmd: &pb::Command,
+) -> io::Result<pb::CommandResponse> {
+    match &cmd.kind {
+        Some(command::Kind::Write(w)) => apply_write(db, batch, index, w),
+        Some(command::Kind::CreateJob(c)) => create_job(db, batch, index, c),
+        None => Ok(error_response(Code::InvalidArgument, "empty command")),
+    }
+}
+
+fn create_job(
+    db: &DB,
+    batch: &mut WriteBatch,
+    index: u64,
+    c: &pb::CreateJob,
+) -> io::Result<pb::CommandResponse> {
+    let shard = keys::DEFAULT_SHARD;
+    if m::load_job(db, shard, &c.job)?.is_some() {
+        return Ok(error_response(
+            Code::AlreadyExists,
+            format!("job {:?} already exists", c.job),
+        ));
+    }
+    let key_groups = if c.key_groups == 0 {
+        DEFAULT_KEY_GROUPS
+    } else {
+        c.key_groups
+    };
+    if key_groups > MAX_KEY_GROUPS {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            format!("key_groups {key_groups} is above the maximum {MAX_KEY_GROUPS}"),
+        ));
+    }
+    let job_id = m::read_u32(db, meta::NEXT_JOB_ID)?.unwrap_or(1);
+    let cf = rocks::cf(db, CF_META)?;
+    let info = pb::JobInfo {
+        job: c.job.clone(),
+        job_id,
+        key_groups,
+        states: Vec::new(),
+        created_index: index,
+    };
+    batch.put_cf(cf, meta::job(shard, &c.job), info.encode_to_vec());
+    batch.put_cf(cf, meta::NEXT_JOB_ID, (job_id + 1).to_be_bytes());
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::JobCreated(pb::JobCreated {
+            job: c.job.clone(),
+            job_id,
+            key_groups,
+            created_index: index,
+        })),
+    })
+}
+
+fn apply_write(
+    db: &DB,
+    batch: &mut WriteBatch,
+    index: u64,
+    w: &pb::WriteRequest,
+) -> io::Result<pb::CommandResponse> {
+    if w.client_id == 0 {
+        return write_outcome(db, batch, index, w);
+    }
+    let meta_cf = rocks::cf(db, CF_META)?;
+    if let Some(raw) = db
+        .get_pinned_cf(meta_cf, meta::dedupe(w.client_id, w.seq))
+        .map_err(io_err)?
+    {
+        metrics::counter!("streamshield_writes_deduplicated_total").increment(1);
+        return pb::CommandResponse::decode(raw.as_ref())
+            .map_err(|e| corrupt(format!("dedupe record: {e}")));
+    }
+    let forgotten = forgotten_below(db, w.client_id)?;
+    if w.seq < forgotten {
+        // Its answer may have been forgotten; applying it again could
+        // apply it twice.
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "seq {} of client {} is below its acknowledged mark {forgotten}",
+                w.seq, w.client_id
+            ),
+        ));
+    }
+    let resp = write_outcome(db, batch, index, w)?;
+    batch.put_cf(meta_cf, meta::dedupe(w.client_id, w.seq), resp.encode_to_vec());
+    if w.acked_below >= forgotten + FORGET_STEP {
+        batch.delete_range_cf(
+            meta_cf,
+            meta::dedupe(w.client_id, forgotten),
+            meta::dedupe(w.client_id, w.acked_below),
+        );
+        batch.put_cf(meta_cf, meta::session(w.client_id), w.acked_below.to_be_bytes());
+    }
+    Ok(resp)
+}
+
+/// Answers below a client's `acked_below` are never asked for again. They
+/// are dropped in steps of [`FORGET_STEP`], so the store gets one range
+/// deletion per step rather than one per write.
+pub const FORGET_STEP: u64 = 256;
+
+fn forgotten_below(db: &DB, client_id: u64) -> io::Result<u64> {
+    let meta_cf = rocks::cf(db, CF_META)?;
+    match db
+        .get_pinned_cf(meta_cf, meta::session(client_id))
+        .map_err(io_err)?
+    {
+        None => Ok(0),
+        Some(raw) => Ok(u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
+            corrupt("client session record is not 8 bytes")
+        })?)),
+    }
+}
+
+fn write_outcome(
+    db: &DB,
+    batch: &mut WriteBatch,
+    index: u64,
+    w: &pb::WriteRequest,
+) -> io::Result<pb::CommandResponse> {
+    let shard = w.shard;
+    let Some(mut job) = m::load_job(db, shard, &w.job)? else {
+        return Ok(error_response(
+            Code::NotFound,
+            format!("job {:?} does not exist", w.job),
+        ));
+    };
+    // Nothing is staged before every op is known to be well formed, so a
+    // bad op can never leave half a request behind.
+    if w.ops.iter().any(|o| o.kind.is_none()) || w.conditions.iter().any(|c| c.test.is_none()) {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            "an op or condition has no kind",
+        ));
+    }
+    let data_cf = rocks::cf(db, CF_DATA)?;
+    let read = |state_id: u32, key: &[u8]| -> io::Result<Option<StoredValue>> {
+        let group = keys::key_group(key, job.key_groups);
+        let dk = keys::data_key(shard, job.job_id, group, state_id, key);
+        match db.get_pinned_cf(data_cf, dk).map_err(io_err)? {
+            None => Ok(None),
+            Some(raw) => StoredValue::decode(raw.as_ref()).map(Some).map_err(corrupt),
+        }
+    };
+
+    for (i, c) in w.conditions.iter().enumerate() {
+        let current = match m::state_id(&job, &c.state) {
+            Some(sid) => read(sid, &c.key)?,
+            None => None,
+        };
+        let holds = match c.test.as_ref().expect("checked above") {
+            condition::Test::Absent(_) => current.is_none(),
+            condition::Test::ValueEquals(v) => current.as_ref().is_some_and(|cur| &cur.value == v),
+            condition::Test::VersionEquals(n) => {
+                current.as_ref().map_or(0, |cur| cur.version) == *n
+            }
+        };
+        if !holds {
+            return Ok(write_response(pb::WriteResponse {
+                succeeded: false,
+                index,
+                versions: Vec::new(),
+                failed_condition: Some(i as u32),
+                current: current.map(|cur| pb::KeyValue {
+                    key: c.key.clone(),
+                    value: cur.value,
+                    version: cur.version,
+                    mod_index: cur.mod_index,
+                    key_group: u32::from(keys::key_group(&c.key, job.key_groups)),
+                }),
+            }));
+        }
+    }
+
+    let mut overlay: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
+    let mut versions = Vec::with_capacity(w.ops.len());
+    let mut job_changed = false;
+    for o in &w.ops {
+        let is_put = matches!(o.kind, Some(op::Kind::Put(_)));
+        let sid = match m::state_id(&job, &o.state) {
+            Some(sid) => sid,
+            None if is_put => {
+                // State tables come into being on their first write.
+                let sid = job.states.iter().map(|s| s.state_id).max().unwrap_or(0) + 1;
+                job.states.push(pb::StateTableInfo {
+                    name: o.state.clone(),
+                    state_id: sid,
+                });
+                job_changed = true;
+                sid
+            }
+            None => {
+                versions.push(0);
+                continue;
+            }
+        };
+        let group = keys::key_group(&o.key, job.key_groups);
+        let dk = keys::data_key(shard, job.job_id, group, sid, &o.key);
+        let prev_version = match overlay.get(&dk) {
+            Some(v) => v.unwrap_or(0),
+            None => read(sid, &o.key)?.map_or(0, |v| v.version),
+        };
+        match o.kind.as_ref().expect("checked above") {
+            op::Kind::Put(p) => {
+                let version = prev_version + 1;
+                let stored = StoredValue {
+                    version,
+                    mod_index: index,
+                    value: p.value.clone(),
+                };
+                batch.put_cf(data_cf, &dk, stored.encode());
+                overlay.insert(dk, Some(version));
+                versions.push(version);
+            }
+            op::Kind::Delete(_) => {
+                batch.delete_cf(data_cf, &dk);
+                overlay.insert(dk, None);
+                versions.push(0);
+            }
+        }
+    }
+    if job_changed {
+        let meta_cf = rocks::cf(db, CF_META)?;
+        batch.put_cf(meta_cf, meta::job(shard, &job.job), job.encode_to_vec());
+    }
+    Ok(write_response(pb::WriteResponse {
+        succeeded: true,
+        index,
+        versions,
+        failed_condition: None,
+        current: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::meta::ALL_CFS;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: DB,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = rocks::open(dir.path(), ALL_CFS).unwrap();
+            let mut f = Self {
+                _dir: dir,
+                db,
+                index: 0,
+            };
+            let r = f.apply(pb::Command {
+                kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                    job: "j".into(),
+                    key_groups: 4,
+                })),
+            });
+            assert!(matches!(
+                r.kind,
+                Some(command_response::Kind::JobCreated(_))
+            ));
+            f
+        }
+
+        fn apply(&mut self, cmd: pb::Command) -> pb::CommandResponse {
+            self.index += 1;
+            let mut batch = WriteBatch::default();
+            let r = apply_command(&self.db, &mut batch, self.index, &cmd).unwrap();
+            self.db.write(batch).unwrap();
+            r
+        }
+
+        fn write(&mut self, w: pb::WriteRequest) -> pb::CommandResponse {
+            self.apply(pb::Command {
+                kind: Some(command::Kind::Write(w)),
+            })
+        }
+
+        fn get(&self, key: &[u8]) -> Option<pb::KeyValue> {
+            crate::state_machine::read::get(&self.db, 0, "j", "s", key).unwrap()
+        }
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> pb::Op {
+        pb::Op {
+            state: "s".into(),
+            key: key.to_vec(),
+            kind: Some(op::Kind::Put(pb::Put {
+                value: value.to_vec(),
+            })),
+        }
+    }
+
+    fn req(ops: Vec<pb::Op>) -> pb::WriteRequest {
+        pb::WriteRequest {
+            job: "j".into(),
+            ops,
+            ..Default::default()
+        }
+    }
+
+    fn succeeded(r: &pb::CommandResponse) -> bool {
+        matches!(&r.kind, Some(command_response::Kind::Write(w)) if w.succeeded)
+    }
+
+    #[test]
+    fn versions_grow_per_write_and_reset_on_delete() {
+        let mut f = Fixture::new();
+        f.write(req(vec![put(b"k", b"a")]));
+        f.write(req(vec![put(b"k", b"b"), put(b"k", b"c")]));
+        let kv = f.get(b"k").unwrap();
+        assert_eq!((kv.value.as_slice(), kv.version), (&b"c"[..], 3));
+        let del = pb::Op {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            kind: Some(op::Kind::Delete(pb::Delete {})),
+        };
+        f.write(req(vec![del]));
+        assert!(f.get(b"k").is_none());
+        f.write(req(vec![put(b"k", b"d")]));
+        assert_eq!(f.get(b"k").unwrap().version, 1);
+    }
+
+    #[test]
+    fn a_retried_request_applies_once() {
+        let mut f = Fixture::new();
+        let mut w = req(vec![put(b"k", b"x")]);
+        w.client_id = 42;
+        w.seq = 7;
+        let first = f.write(w.clone());
+        let again = f.write(w.clone());
+        assert_eq!(first, again, "the recorded answer comes back");
+        assert_eq!(f.get(b"k").unwrap().version, 1, "applied once");
+        // Once acknowledged (acked_below passes it by a step), it is dropped.
+        let cf = rocks::cf(&f.db, CF_META).unwrap();
+        let mut next = req(vec![put(b"other", b"y")]);
+        next.client_id = 42;
+        next.seq = 8;
+        next.acked_below = 8;
+        f.write(next.clone());
+        assert!(f.db.get_cf(cf, meta::dedupe(42, 7)).unwrap().is_some(), "kept until a full step");
+        next.seq = FORGET_STEP + 1;
+        next.acked_below = FORGET_STEP;
+        f.write(next);
+        assert!(f.db.get_cf(cf, meta::dedupe(42, 7)).unwrap().is_none());
+        assert!(f.db.get_cf(cf, meta::dedupe(42, FORGET_STEP + 1)).unwrap().is_some());
+        // A seq below the mark cannot be told apart from a replay: refused.
+        let mut stale = req(vec![put(b"k", b"again")]);
+        stale.client_id = 42;
+        stale.seq = 7;
+        match f.write(stale).kind {
+            Some(command_response::Kind::Error(e)) => assert_eq!(e.code, Code::FailedPrecondition as i32),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.get(b"k").unwrap().version, 1);
+    }
+
+    #[test]
+    fn failed_condition_writes_nothing() {
+        let mut f = Fixture::new();
+        f.write(req(vec![put(b"k", b"a")]));
+        let mut w = req(vec![put(b"new", b"1"), put(b"k", b"b")]);
+        w.conditions.push(pb::Condition {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            test: Some(condition::Test::ValueEquals(b"zzz".to_vec())),
+        });
+        let r = f.write(w);
+        assert!(!succeeded(&r));
+        match r.kind {
+            Some(command_response::Kind::Write(w)) => {
+                assert_eq!(w.failed_condition, Some(0));
+                assert_eq!(w.current.unwrap().value, b"a");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(f.get(b"new").is_none());
+        assert_eq!(f.get(b"k").unwrap().value, b"a");
+    }
+
+    #[test]
+    fn conditions_on_absent_keys_and_versions() {
+        let mut f = Fixture::new();
+        let cond = |test| pb::Condition {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            test: Some(test),
+        };
+        let mut w = req(vec![put(b"k", b"1")]);
+        w.conditions.push(cond(condition::Test::Absent(true)));
+        assert!(succeeded(&f.write(w.clone())));
+        assert!(!succeeded(&f.write(w)), "no longer absent");
+        let mut w = req(vec![put(b"k", b"2")]);
+        w.conditions.push(cond(condition::Test::VersionEquals(1)));
+        assert!(succeeded(&f.write(w.clone())));
+        assert!(!succeeded(&f.write(w)), "version moved on");
+    }
+
+    #[test]
+    fn unknown_job_is_not_found_and_job_names_are_unique() {
+        let mut f = Fixture::new();
+        let mut w = req(vec![put(b"k", b"1")]);
+        w.job = "missing".into();
+        match f.write(w).kind {
+            Some(command_response::Kind::Error(e)) => assert_eq!(e.code, Code::NotFound as i32),
+            other => panic!("{other:?}"),
+        }
+        let dup = f.apply(pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "j".into(),
+                key_groups: 4,
+            })),
+        });
+        match dup.kind {
+            Some(command_response::Kind::Error(e)) => {
+                assert_eq!(e.code, Code::AlreadyExists as i32)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

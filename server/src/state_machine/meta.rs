@@ -1,0 +1,62 @@
+//! Job and state-table records in the `meta` column family.
+
+use prost::Message;
+use rocksdb::{IteratorMode, DB};
+use streamshield_proto::v1 as pb;
+
+use crate::keys::meta;
+use crate::rocks::{self, corrupt, io_err};
+
+pub const CF_DATA: &str = "data";
+pub const CF_STAGED: &str = "staged";
+pub const CF_META: &str = "meta";
+pub const ALL_CFS: &[&str] = &[CF_DATA, CF_STAGED, CF_META];
+
+pub fn load_job(db: &DB, shard: u32, name: &str) -> std::io::Result<Option<pb::JobInfo>> {
+    let cf = rocks::cf(db, CF_META)?;
+    match db
+        .get_pinned_cf(cf, meta::job(shard, name))
+        .map_err(io_err)?
+    {
+        None => Ok(None),
+        Some(raw) => pb::JobInfo::decode(raw.as_ref())
+            .map(Some)
+            .map_err(|e| corrupt(format!("job record {name}: {e}"))),
+    }
+}
+
+pub fn list_jobs(db: &DB, shard: u32) -> std::io::Result<Vec<pb::JobInfo>> {
+    let cf = rocks::cf(db, CF_META)?;
+    let prefix = meta::job_prefix(shard);
+    let mut out = Vec::new();
+    let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+    for item in db.iterator_cf(cf, mode) {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(pb::JobInfo::decode(v.as_ref()).map_err(|e| corrupt(format!("job record: {e}")))?);
+    }
+    Ok(out)
+}
+
+pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
+    job.states
+        .iter()
+        .find(|s| s.name == state)
+        .map(|s| s.state_id)
+}
+
+pub fn read_u32(db: &DB, key: &[u8]) -> std::io::Result<Option<u32>> {
+    let cf = rocks::cf(db, CF_META)?;
+    match db.get_pinned_cf(cf, key).map_err(io_err)? {
+        None => Ok(None),
+        Some(raw) => {
+            let b: [u8; 4] = raw
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt("counter is not 4 bytes"))?;
+            Ok(Some(u32::from_be_bytes(b)))
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The replicated state machine in RocksDB (`data`, `staged` and `meta`
+//! column families), its snapshots and its queries.
+//!
+//! Every applied entry commits its effects, the applied log id and (for
+//! membership entries) the membership in one `WriteBatch`, so the store
+//! never describes an index it does not contain. The live store is
+//! `sm/gen-<n>`; installing a snapshot opens a new generation beside it
+//! and switches the `sm/CURRENT` pointer atomically.
+
+mod apply;
+pub mod meta;
+pub mod read;
+pub mod snapshot;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, OptionalSend};
+use prost::Message;
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use streamshield_proto::v1 as pb;
+
+use self::meta::{ALL_CFS, CF_META};
+pub use self::snapshot::SnapshotFiles;
+use crate::codec;
+use crate::keys::meta as mk;
+use crate::rocks::{self, corrupt, io_err};
+use crate::types::{LogId, SnapshotMeta, StoredMembership, TypeConfig};
+
+type SnapshotOf = Snapshot<crate::types::LeaderId, u64, crate::types::Node, SnapshotFiles>;
+
+/// State shared by the state machine, its snapshot builders and the
+/// services that read it.
+pub struct SmShared {
+    sm_root: PathBuf,
+    snap_root: PathBuf,
+    db: RwLock<Arc<DB>>,
+    gen: AtomicU64,
+    /// Serializes snapshot builds and installs: both rewrite `snap_root`.
+    snap_lock: Mutex<()>,
+    snapshots_installed: AtomicU64,
+}
+
+/// The `RaftStateMachine` openraft drives; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<SmShared>,
+}
+
+/// Reads the applied log id and membership recorded in a store.
+pub fn read_applied_state(db: &DB) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let cf = rocks::cf(db, CF_META)?;
+    let applied = match db.get_pinned_cf(cf, mk::APPLIED).map_err(io_err)? {
+        None => None,
+        Some(raw) => {
+            let l =
+                pb::LogId::decode(raw.as_ref()).map_err(|e| corrupt(format!("applied: {e}")))?;
+            Some(codec::log_id_from_pb(&l).map_err(corrupt)?)
+        }
+    };
+    let membership = match db.get_pinned_cf(cf, mk::MEMBERSHIP).map_err(io_err)? {
+        None => StoredMembership::default(),
+        Some(raw) => {
+            let m = pb::StoredMembership::decode(raw.as_ref())
+                .map_err(|e| corrupt(format!("membership: {e}")))?;
+            codec::stored_membership_from_pb(&m).map_err(corrupt)?
+        }
+    };
+    Ok((applied, membership))
+}
+
+fn gen_dir(sm_root: &Path, gen: u64) -> PathBuf {
+    sm_root.join(format!("gen-{gen}"))
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state machine under `data_dir`.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let sm_root = data_dir.join("sm");
+        let snap_root = data_dir.join("snapshots");
+        fs::create_dir_all(&sm_root)?;
+        fs::create_dir_all(&snap_root)?;
+        let pointer = sm_root.join("CURRENT");
+        let gen = match fs::read_to_string(&pointer) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|_| {
+                corrupt(format!(
+                    "{} holds {s:?}, not a generation",
+                    pointer.display()
+                ))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        for e in fs::read_dir(&sm_root)? {
+            let p = e?.path();
+            if p.is_dir() && p != gen_dir(&sm_root, gen) {
+                fs::remove_dir_all(&p)?;
+            }
+        }
+        snapshot::clean_scratch(&snap_root)?;
+        let db = rocks::open(&gen_dir(&sm_root, gen), ALL_CFS).map_err(io_err)?;
+        Ok(Self {
+            shared: Arc::new(SmShared {
+                sm_root,
+                snap_root,
+                db: RwLock::new(Arc::new(db)),
+                gen: AtomicU64::new(gen),
+                snap_lock: Mutex::new(()),
+                snapshots_installed: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+}
+
+impl SmShared {
+    /// The live store. Hold the `Arc` only for one request: a snapshot
+    /// install retires the store it replaces once nobody holds it.
+    pub fn db(&self) -> Arc<DB> {
+        self.db.read().expect("sm lock").clone()
+    }
+
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    /// A fresh directory to receive a snapshot into.
+    pub fn incoming_dir(&self) -> io::Result<PathBuf> {
+        let d = snapshot::scratch_dir(&self.snap_root, "incoming");
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    pub fn applied_index(&self) -> io::Result<u64> {
+        Ok(read_applied_state(&self.db())?.0.map_or(0, |l| l.index))
+    }
+
+    fn build_snapshot(&self) -> io::Result<SnapshotOf> {
+        let _g = self.snap_lock.lock().expect("snapshot lock");
+        let started = Instant::now();
+        let db = self.db();
+        let tmp = snapshot::scratch_dir(&self.snap_root, "tmp");
+        rocksdb::checkpoint::Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(&tmp))
+            .map_err(io_err)?;
+        drop(db);
+        let meta = snapshot::meta_of_checkpoint(&tmp)?;
+        let files = snapshot::keep_as_current(&self.snap_root, &tmp, &meta)?;
+        metrics::counter!("streamshield_snapshots_built_total").increment(1);
+        metrics::histogram!("streamshield_snapshot_build_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(last_log_id = ?meta.last_log_id, dir = %files.dir.display(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: files,
+        })
+    }
+
+    fn install_snapshot(&self, meta: &SnapshotMeta, files: SnapshotFiles) -> io::Result<()> {
+        let _g = self.snap_lock.lock().expect("snapshot lock");
+        let new_gen = self.gen.load(Ordering::SeqCst) + 1;
+        let new_dir = gen_dir(&self.sm_root, new_gen);
+        if new_dir.exists() {
+            fs::remove_dir_all(&new_dir)?;
+        }
+        snapshot::link_copy(&files.dir, &new_dir)?;
+        let db = rocks::open(&new_dir, ALL_CFS).map_err(io_err)?;
+        let (applied, _) = read_applied_state(&db)?;
+        if applied != meta.last_log_id {
+            drop(db);
+            let _ = fs::remove_dir_all(&new_dir);
+            return Err(corrupt(format!(
+                "snapshot claims {:?} but its store has applied {:?}",
+                meta.last_log_id, applied
+            )));
+        }
+        snapshot::write_atomic(
+            &self.sm_root.join("CURRENT"),
+            new_gen.to_string().as_bytes(),
+        )?;
+        let old = std::mem::replace(&mut *self.db.write().expect("sm lock"), Arc::new(db));
+        let old_gen = self.gen.swap(new_gen, Ordering::SeqCst);
+        retire(old, gen_dir(&self.sm_root, old_gen));
+        snapshot::keep_as_current(&self.snap_root, &files.dir, meta)?;
+        self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("streamshield_snapshots_installed_total").increment(1);
+        tracing::info!(last_log_id = ?meta.last_log_id, gen = new_gen, "installed snapshot");
+        Ok(())
+    }
+}
+
+/// Closes a replaced store once the last reader lets go, then deletes it.
+fn retire(db: Arc<DB>, dir: PathBuf) {
+    std::thread::spawn(move || {
+        let mut db = db;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(inner) => {
+                    drop(inner);
+                    break;
+                }
+                Err(still_shared) if Instant::now() < deadline => {
+                    db = still_shared;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // A reader hung on to it: leave the directory for the next start.
+                Err(_) => return,
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a retired store");
+        }
+    });
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> impl std::future::Future<Output = io::Result<T>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+    }
+}
+
+/// Builds a snapshot of the state machine as it is when the build runs.
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFiles;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
+        let shared = self.shared.clone();
+        blocking(move || shared.build_snapshot()).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotFiles;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        read_applied_state(&self.shared.db())
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let db = self.shared.db();
+        let meta_cf = rocks::cf(&db, CF_META)?;
+        let mut wo = WriteOptions::default();
+        // The Raft log is fsynced; a crash loses at most applied entries
+        // that are re-applied from it on restart.
+        wo.set_sync(false);
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let index = entry.log_id.index;
+            let mut batch = WriteBatch::default();
+            let response = match &entry.payload {
+                EntryPayload::Blank => none_response(),
+                EntryPayload::Normal(cmd) => apply::apply_command(&db, &mut batch, index, cmd)?,
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    batch.put_cf(
+                        meta_cf,
+                        mk::MEMBERSHIP,
+                        codec::stored_membership_to_pb(&stored).encode_to_vec(),
+                    );
+                    none_response()
+                }
+            };
+            batch.put_cf(
+                meta_cf,
+                mk::APPLIED,
+                codec::log_id_to_pb(&entry.log_id).encode_to_vec(),
+            );
+            db.write_opt(batch, &wo).map_err(io_err)?;
+            metrics::gauge!("streamshield_applied_index").set(index as f64);
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFiles,
+    ) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        blocking(move || shared.install_snapshot(&meta, snapshot)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {
+        let root = self.shared.snap_root.clone();
+        let found = blocking(move || snapshot::current(&root)).await?;
+        Ok(found.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+fn none_response() -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(pb::command_response::Kind::None(true)),
+    }
+}

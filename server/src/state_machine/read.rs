@@ -1,0 +1,110 @@
+//! Queries against the applied state: point reads and prefix scans.
+
+use rocksdb::{Direction, IteratorMode, DB};
+use streamshield_proto::v1 as pb;
+
+use super::meta::{self as m, CF_DATA};
+use crate::error::ServiceError;
+use crate::keys::{self, StoredValue};
+use crate::rocks::{self, corrupt, io_err};
+
+/// The job and the state table's id, or the precise NOT_FOUND.
+fn resolve(
+    db: &DB,
+    shard: u32,
+    job: &str,
+    state: &str,
+) -> Result<(pb::JobInfo, u32), ServiceError> {
+    let info = m::load_job(db, shard, job)?.ok_or_else(|| ServiceError::JobNotFound {
+        job: job.to_string(),
+    })?;
+    let sid = m::state_id(&info, state).ok_or_else(|| ServiceError::StateNotFound {
+        job: job.to_string(),
+        state: state.to_string(),
+    })?;
+    Ok((info, sid))
+}
+
+fn to_kv(key: &[u8], v: StoredValue, group: u16) -> pb::KeyValue {
+    pb::KeyValue {
+        key: key.to_vec(),
+        value: v.value,
+        version: v.version,
+        mod_index: v.mod_index,
+        key_group: u32::from(group),
+    }
+}
+
+pub fn get(
+    db: &DB,
+    shard: u32,
+    job: &str,
+    state: &str,
+    key: &[u8],
+) -> Result<Option<pb::KeyValue>, ServiceError> {
+    let (info, sid) = resolve(db, shard, job, state)?;
+    let group = keys::key_group(key, info.key_groups);
+    let cf = rocks::cf(db, CF_DATA)?;
+    let dk = keys::data_key(shard, info.job_id, group, sid, key);
+    match db.get_pinned_cf(cf, dk).map_err(io_err)? {
+        None => Ok(None),
+        Some(raw) => {
+            let v = StoredValue::decode(raw.as_ref()).map_err(corrupt)?;
+            Ok(Some(to_kv(key, v, group)))
+        }
+    }
+}
+
+/// Up to `limit` keys with `prefix`, greater than `start_after`, in key
+/// order, and whether more follow.
+///
+/// Keys are stored by key group first, so each group is read in order and
+/// the groups are merged: O(groups × limit) at worst, fine for the page
+/// sizes a scan serves.
+pub fn scan(
+    db: &DB,
+    shard: u32,
+    job: &str,
+    state: &str,
+    prefix: &[u8],
+    start_after: &[u8],
+    limit: usize,
+) -> Result<(Vec<pb::KeyValue>, bool), ServiceError> {
+    let (info, sid) = resolve(db, shard, job, state)?;
+    let cf = rocks::cf(db, CF_DATA)?;
+    let mut found: Vec<pb::KeyValue> = Vec::new();
+    for group in 0..info.key_groups as u16 {
+        let base = keys::group_prefix(shard, info.job_id, group, sid);
+        let mut seek = base.clone();
+        seek.extend_from_slice(if start_after >= prefix {
+            start_after
+        } else {
+            prefix
+        });
+        let mut taken = 0;
+        for item in db.iterator_cf(cf, IteratorMode::From(&seek, Direction::Forward)) {
+            let (k, v) = item.map_err(io_err)?;
+            if !k.starts_with(&base) {
+                break;
+            }
+            let user = keys::user_key(&k);
+            if !user.starts_with(prefix) {
+                break;
+            }
+            if !start_after.is_empty() && user <= start_after {
+                continue;
+            }
+            let v = StoredValue::decode(&v).map_err(corrupt)?;
+            found.push(to_kv(user, v, group));
+            taken += 1;
+            // One more than the page tells whether more follow.
+            if taken > limit {
+                break;
+            }
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    let more = found.len() > limit;
+    found.truncate(limit);
+    Ok((found, more))
+}

@@ -1,0 +1,198 @@
+//! Checks on client input, done before anything is proposed: a request
+//! that fails them changes nothing and gets INVALID_ARGUMENT naming the
+//! field and the limit.
+
+use streamshield_proto::v1::{self as pb, condition, op};
+
+use crate::config::Limits;
+use crate::error::ServiceError;
+
+pub fn name(field: &str, value: &str, limits: &Limits) -> Result<(), ServiceError> {
+    if value.is_empty() {
+        return Err(ServiceError::invalid(field, "must not be empty"));
+    }
+    if value.len() > limits.max_name_bytes {
+        return Err(ServiceError::TooLarge {
+            what: field.to_string(),
+            size: value.len(),
+            limit: limits.max_name_bytes,
+        });
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(ServiceError::invalid(
+            field,
+            format!("{value:?} may only contain ASCII letters, digits, '_', '-' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn key(field: &str, key: &[u8], limits: &Limits) -> Result<(), ServiceError> {
+    if key.is_empty() {
+        return Err(ServiceError::invalid(field, "must not be empty"));
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(ServiceError::TooLarge {
+            what: field.to_string(),
+            size: key.len(),
+            limit: limits.max_key_bytes,
+        });
+    }
+    Ok(())
+}
+
+pub fn consistency(raw: i32) -> Result<pb::Consistency, ServiceError> {
+    pb::Consistency::try_from(raw)
+        .map_err(|_| ServiceError::invalid("consistency", format!("unknown value {raw}")))
+}
+
+pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &w.job, limits)?;
+    if pb::WriteMode::try_from(w.mode).is_err() {
+        return Err(ServiceError::invalid(
+            "mode",
+            format!("unknown value {}", w.mode),
+        ));
+    }
+    if w.ops.is_empty() && w.conditions.is_empty() {
+        return Err(ServiceError::invalid(
+            "ops",
+            "a write needs at least one op",
+        ));
+    }
+    let count = w.ops.len() + w.conditions.len();
+    if count > limits.max_ops_per_batch {
+        return Err(ServiceError::invalid(
+            "ops",
+            format!(
+                "{count} ops and conditions, above the limit of {}",
+                limits.max_ops_per_batch
+            ),
+        ));
+    }
+    if w.client_id == 0 && (w.seq != 0 || w.acked_below != 0) {
+        return Err(ServiceError::invalid(
+            "seq",
+            "seq and acked_below need a client_id",
+        ));
+    }
+    if w.client_id != 0 && w.acked_below > w.seq {
+        return Err(ServiceError::invalid(
+            "acked_below",
+            format!("{} is above seq {}", w.acked_below, w.seq),
+        ));
+    }
+    let mut total = 0usize;
+    for (i, o) in w.ops.iter().enumerate() {
+        name(&format!("ops[{i}].state"), &o.state, limits)?;
+        key(&format!("ops[{i}].key"), &o.key, limits)?;
+        total += o.key.len();
+        match &o.kind {
+            None => {
+                return Err(ServiceError::invalid(
+                    format!("ops[{i}]"),
+                    "needs put or delete",
+                ))
+            }
+            Some(op::Kind::Put(p)) => {
+                if p.value.len() > limits.max_value_bytes {
+                    return Err(ServiceError::TooLarge {
+                        what: format!("ops[{i}].value"),
+                        size: p.value.len(),
+                        limit: limits.max_value_bytes,
+                    });
+                }
+                total += p.value.len();
+            }
+            Some(op::Kind::Delete(_)) => {}
+        }
+    }
+    for (i, c) in w.conditions.iter().enumerate() {
+        name(&format!("conditions[{i}].state"), &c.state, limits)?;
+        key(&format!("conditions[{i}].key"), &c.key, limits)?;
+        total += c.key.len();
+        match &c.test {
+            None => {
+                return Err(ServiceError::invalid(
+                    format!("conditions[{i}]"),
+                    "needs absent, value_equals or version_equals",
+                ))
+            }
+            Some(condition::Test::ValueEquals(v)) => {
+                if v.len() > limits.max_value_bytes {
+                    return Err(ServiceError::TooLarge {
+                        what: format!("conditions[{i}].value_equals"),
+                        size: v.len(),
+                        limit: limits.max_value_bytes,
+                    });
+                }
+                total += v.len();
+            }
+            Some(_) => {}
+        }
+    }
+    if total > limits.max_batch_bytes {
+        return Err(ServiceError::TooLarge {
+            what: "write batch".to_string(),
+            size: total,
+            limit: limits.max_batch_bytes,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(state: &str, key: &[u8], value: Vec<u8>) -> pb::Op {
+        pb::Op {
+            state: state.into(),
+            key: key.to_vec(),
+            kind: Some(op::Kind::Put(pb::Put { value })),
+        }
+    }
+
+    fn req(ops: Vec<pb::Op>) -> pb::WriteRequest {
+        pb::WriteRequest {
+            job: "j".into(),
+            ops,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_plain_put() {
+        write(
+            &req(vec![put("s", b"k", b"v".to_vec())]),
+            &Limits::default(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn names_each_violation() {
+        let l = Limits::default();
+        let err = |w: pb::WriteRequest| write(&w, &l).unwrap_err().to_string();
+        assert!(err(req(vec![])).contains("at least one op"));
+        assert!(err(req(vec![put("", b"k", vec![])])).contains("ops[0].state"));
+        assert!(err(req(vec![put("s", b"", vec![])])).contains("ops[0].key"));
+        assert!(err(req(vec![put("s", &[0u8; 4097], vec![])])).contains("4097 bytes"));
+        assert!(err(req(vec![put("s", b"k", vec![0u8; (1 << 20) + 1])])).contains("ops[0].value"));
+        assert!(err(req(vec![put("bad/name", b"k", vec![])])).contains("may only contain"));
+        let five = (0..5).map(|i| put("s", &[i], vec![0u8; 1 << 20])).collect();
+        assert!(err(req(five)).contains("write batch"));
+        let mut unknown_mode = req(vec![put("s", b"k", vec![])]);
+        unknown_mode.mode = 7;
+        assert!(err(unknown_mode).contains("mode"));
+        let no_kind = pb::Op {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            kind: None,
+        };
+        assert!(err(req(vec![no_kind])).contains("needs put or delete"));
+    }
+}

@@ -1,0 +1,166 @@
+//! A cluster of real `streamshield-server` processes for one test: free
+//! loopback ports, its own temp directory, every process killed and the
+//! directory removed when the test ends, pass or fail.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use streamshield_client::local::LocalCluster;
+use streamshield_client::{pb, Client, ClientConfig};
+use tempfile::TempDir;
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_streamshield-server");
+
+/// Test-friendly timing: fast elections, but with room for a loaded
+/// 2-core machine running debug builds.
+pub fn base_args() -> Vec<String> {
+    [
+        "--heartbeat-ms=100",
+        "--election-timeout-min-ms=600",
+        "--election-timeout-max-ms=1200",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub struct TestCluster {
+    // Dropped first: kills the processes before their directory goes.
+    pub cluster: LocalCluster,
+    pub dir: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start(nodes: u64, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("streamshield-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut args = base_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let cluster = LocalCluster::start(dir.path(), nodes, Path::new(SERVER_BIN), &args, false)
+            .expect("start servers");
+        let c = Self { cluster, dir };
+        c.wait_for_leader(Duration::from_secs(60)).await;
+        c
+    }
+
+    pub fn client(&self) -> Client {
+        client_for(self.cluster.endpoints())
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.cluster.spec(id).expect("node").addr.clone()
+    }
+
+    /// A client that only knows the given nodes.
+    pub fn client_of(&self, ids: &[u64]) -> Client {
+        client_for(ids.iter().map(|id| self.addr(*id)).collect())
+    }
+
+    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+        self.client().node_status(&self.addr(id)).await.ok()
+    }
+
+    /// Waits until a node reports itself leader and returns its id.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        self.wait_for_leader_among(
+            &self.cluster.specs().map(|s| s.id).collect::<Vec<_>>(),
+            within,
+        )
+        .await
+    }
+
+    pub async fn wait_for_leader_among(&self, ids: &[u64], within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            for id in ids {
+                if let Some(s) = self.status(*id).await {
+                    if s.role == pb::Role::Leader as i32 {
+                        return *id;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader among {ids:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) -> pb::StatusResponse {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if s.last_applied >= index {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply {index} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub fn client_for(endpoints: Vec<String>) -> Client {
+    let mut cfg = ClientConfig::new(endpoints);
+    cfg.deadline = Duration::from_secs(30);
+    Client::new(cfg).expect("client")
+}
+
+/// Writes `user{i}` = `v{i}` for i in `range` with `writers` concurrent
+/// writers; panics on any failure, so every key returned was acknowledged.
+pub async fn write_keys(
+    client: &Client,
+    job: &str,
+    state: &str,
+    range: std::ops::Range<u64>,
+    writers: u64,
+) {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let c = client.clone();
+        let (job, state) = (job.to_string(), state.to_string());
+        let range = range.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = range.start + w;
+            while i < range.end {
+                c.put(&job, &state, key(i), value(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("put {i}: {e}"));
+                i += writers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+}
+
+pub fn key(i: u64) -> Vec<u8> {
+    format!("user{i:06}").into_bytes()
+}
+
+pub fn value(i: u64) -> Vec<u8> {
+    format!("v{i}").into_bytes()
+}
+
+/// Checks that `kvs` is exactly `user{i}` = `v{i}` for i in `range`.
+pub fn assert_exact(kvs: &[pb::KeyValue], range: std::ops::Range<u64>) {
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = range.map(|i| (key(i), value(i))).collect();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(got.len(), expected.len(), "number of keys");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e, "key/value pair");
+    }
+}
