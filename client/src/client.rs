@@ -614,28 +614,51 @@ mod tests {
                 leader_addr: "127.0.0.1:5".into(),
             })),
         };
-        let s = Status::with_details(Code::Unavailable, "not leader", detail.encode_to_vec().into());
+        let s = Status::with_details(
+            Code::Unavailable,
+            "not leader",
+            detail.encode_to_vec().into(),
+        );
         assert_eq!(not_leader_hint(&s), Some(Some("127.0.0.1:5".to_string())));
         let unknown = pb::ErrorDetail {
             kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader::default())),
         };
-        let s = Status::with_details(Code::Unavailable, "no leader", unknown.encode_to_vec().into());
+        let s = Status::with_details(
+            Code::Unavailable,
+            "no leader",
+            unknown.encode_to_vec().into(),
+        );
         assert_eq!(not_leader_hint(&s), Some(None));
-        assert_eq!(not_leader_hint(&Status::unavailable("connection refused")), None);
+        assert_eq!(
+            not_leader_hint(&Status::unavailable("connection refused")),
+            None
+        );
     }
 
     #[test]
     fn only_transient_codes_are_retried() {
         assert!(retryable(Code::Unavailable));
         assert!(retryable(Code::DeadlineExceeded));
-        for final_code in [Code::NotFound, Code::InvalidArgument, Code::AlreadyExists, Code::FailedPrecondition, Code::OutOfRange] {
+        for final_code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+        ] {
             assert!(!retryable(final_code), "{final_code:?}");
         }
     }
 
     #[test]
     fn needs_an_endpoint_and_rejects_bad_ones() {
-        assert!(matches!(Client::connect(Vec::<String>::new()), Err(ClientError::BadEndpoint { .. })));
-        assert!(matches!(Client::connect(["not a host"]), Err(ClientError::BadEndpoint { .. })));
+        assert!(matches!(
+            Client::connect(Vec::<String>::new()),
+            Err(ClientError::BadEndpoint { .. })
+        ));
+        assert!(matches!(
+            Client::connect(["not a host"]),
+            Err(ClientError::BadEndpoint { .. })
+        ));
     }
 }

@@ -60,9 +60,21 @@ pub fn find_server_binary() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-fn pid_alive(pid: i32) -> bool {
+/// Whether `pid` is a running process. A zombie (exited, not yet reaped
+/// by whoever inherited it) counts as gone.
+pub fn pid_alive(pid: i32) -> bool {
     // Signal 0 checks for existence without touching the process.
-    unsafe { libc::kill(pid, 0) == 0 }
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state != 'Z' && state != 'X'),
+        Err(_) => true,
+    }
 }
 
 fn signal(pid: i32, sig: i32) {
@@ -326,6 +338,11 @@ impl LocalCluster {
                 if let Some(child) = self.children.get_mut(&id) {
                     child.wait()?;
                     break;
+                }
+                if Instant::now() >= deadline + Duration::from_secs(5) {
+                    return Err(io::Error::other(format!(
+                        "node {id} (pid {pid}) survives SIGKILL"
+                    )));
                 }
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -335,7 +335,10 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     assert_eq!(after.term, status.term);
     for missing in ["nope", "huge"] {
         let r = client.describe_job(missing).await;
-        assert!(matches!(r, Err(ClientError::NotFound(_))), "{missing}: {r:?}");
+        assert!(
+            matches!(r, Err(ClientError::NotFound(_))),
+            "{missing}: {r:?}"
+        );
     }
     let job = client.describe_job("good").await.expect("job");
     let states: Vec<&str> = job.states.iter().map(|s| s.name.as_str()).collect();

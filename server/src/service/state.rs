@@ -76,7 +76,7 @@ impl State for StateService {
         } as usize;
         self.prepare_read(r.consistency).await?;
         let db = self.ctx.sm.db();
-        let (kvs, more) = read::scan(
+        let (kvs, more, applied_index) = read::scan(
             &db,
             r.shard,
             &r.job,
@@ -85,7 +85,6 @@ impl State for StateService {
             &r.start_after,
             limit,
         )?;
-        let applied_index = self.ctx.sm.applied_index().map_err(ServiceError::from)?;
         metrics::counter!("streamshield_reads_total", "kind" => "scan").increment(1);
         Ok(Response::new(pb::ScanResponse {
             kvs,

@@ -124,14 +124,22 @@ fn apply_write(
         ));
     }
     let resp = write_outcome(db, batch, index, w)?;
-    batch.put_cf(meta_cf, meta::dedupe(w.client_id, w.seq), resp.encode_to_vec());
+    batch.put_cf(
+        meta_cf,
+        meta::dedupe(w.client_id, w.seq),
+        resp.encode_to_vec(),
+    );
     if w.acked_below >= forgotten + FORGET_STEP {
         batch.delete_range_cf(
             meta_cf,
             meta::dedupe(w.client_id, forgotten),
             meta::dedupe(w.client_id, w.acked_below),
         );
-        batch.put_cf(meta_cf, meta::session(w.client_id), w.acked_below.to_be_bytes());
+        batch.put_cf(
+            meta_cf,
+            meta::session(w.client_id),
+            w.acked_below.to_be_bytes(),
+        );
     }
     Ok(resp)
 }
@@ -148,9 +156,11 @@ fn forgotten_below(db: &DB, client_id: u64) -> io::Result<u64> {
         .map_err(io_err)?
     {
         None => Ok(0),
-        Some(raw) => Ok(u64::from_be_bytes(raw.as_ref().try_into().map_err(|_| {
-            corrupt("client session record is not 8 bytes")
-        })?)),
+        Some(raw) => {
+            Ok(u64::from_be_bytes(raw.as_ref().try_into().map_err(
+                |_| corrupt("client session record is not 8 bytes"),
+            )?))
+        }
     }
 }
 
@@ -377,24 +387,29 @@ mod tests {
         assert_eq!(first, again, "the recorded answer comes back");
         assert_eq!(f.get(b"k").unwrap().version, 1, "applied once");
         // Once acknowledged (acked_below passes it by a step), it is dropped.
-        let cf = rocks::cf(&f.db, CF_META).unwrap();
+        let recorded = |f: &Fixture, seq: u64| {
+            let cf = rocks::cf(&f.db, CF_META).unwrap();
+            f.db.get_cf(cf, meta::dedupe(42, seq)).unwrap().is_some()
+        };
         let mut next = req(vec![put(b"other", b"y")]);
         next.client_id = 42;
         next.seq = 8;
         next.acked_below = 8;
         f.write(next.clone());
-        assert!(f.db.get_cf(cf, meta::dedupe(42, 7)).unwrap().is_some(), "kept until a full step");
+        assert!(recorded(&f, 7), "kept until a full step");
         next.seq = FORGET_STEP + 1;
         next.acked_below = FORGET_STEP;
         f.write(next);
-        assert!(f.db.get_cf(cf, meta::dedupe(42, 7)).unwrap().is_none());
-        assert!(f.db.get_cf(cf, meta::dedupe(42, FORGET_STEP + 1)).unwrap().is_some());
+        assert!(!recorded(&f, 7));
+        assert!(recorded(&f, FORGET_STEP + 1));
         // A seq below the mark cannot be told apart from a replay: refused.
         let mut stale = req(vec![put(b"k", b"again")]);
         stale.client_id = 42;
         stale.seq = 7;
         match f.write(stale).kind {
-            Some(command_response::Kind::Error(e)) => assert_eq!(e.code, Code::FailedPrecondition as i32),
+            Some(command_response::Kind::Error(e)) => {
+                assert_eq!(e.code, Code::FailedPrecondition as i32)
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(f.get(b"k").unwrap().version, 1);

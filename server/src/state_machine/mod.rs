@@ -223,14 +223,13 @@ fn retire(db: Arc<DB>, dir: PathBuf) {
     });
 }
 
-fn blocking<T: Send + 'static>(
+/// Runs blocking RocksDB work (checkpoints, file copies) off the runtime.
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = io::Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
-    }
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
 }
 
 /// Builds a snapshot of the state machine as it is when the build runs.
@@ -273,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => none_response(),
                 EntryPayload::Normal(cmd) => apply::apply_command(&db, &mut batch, index, cmd)?,
                 EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     batch.put_cf(
                         meta_cf,
                         mk::MEMBERSHIP,

@@ -3,7 +3,7 @@
 use rocksdb::{Direction, IteratorMode, DB};
 use streamshield_proto::v1 as pb;
 
-use super::meta::{self as m, CF_DATA};
+use super::meta::{self as m, CF_DATA, CF_META};
 use crate::error::ServiceError;
 use crate::keys::{self, StoredValue};
 use crate::rocks::{self, corrupt, io_err};
@@ -56,7 +56,9 @@ pub fn get(
 }
 
 /// Up to `limit` keys with `prefix`, greater than `start_after`, in key
-/// order, and whether more follow.
+/// order, whether more follow, and the applied index they reflect. All of
+/// it comes from one RocksDB snapshot, so a page is never torn by a
+/// concurrent apply (a bank read sees whole transfers or none).
 ///
 /// Keys are stored by key group first, so each group is read in order and
 /// the groups are merged: O(groups × limit) at worst, fine for the page
@@ -69,9 +71,19 @@ pub fn scan(
     prefix: &[u8],
     start_after: &[u8],
     limit: usize,
-) -> Result<(Vec<pb::KeyValue>, bool), ServiceError> {
+) -> Result<(Vec<pb::KeyValue>, bool, u64), ServiceError> {
     let (info, sid) = resolve(db, shard, job, state)?;
     let cf = rocks::cf(db, CF_DATA)?;
+    let snap = db.snapshot();
+    let applied = match snap
+        .get_pinned_cf(rocks::cf(db, CF_META)?, crate::keys::meta::APPLIED)
+        .map_err(io_err)?
+    {
+        None => 0,
+        Some(raw) => prost::Message::decode(raw.as_ref())
+            .map(|l: pb::LogId| l.index)
+            .map_err(|e| corrupt(format!("applied: {e}")))?,
+    };
     let mut found: Vec<pb::KeyValue> = Vec::new();
     for group in 0..info.key_groups as u16 {
         let base = keys::group_prefix(shard, info.job_id, group, sid);
@@ -82,7 +94,7 @@ pub fn scan(
             prefix
         });
         let mut taken = 0;
-        for item in db.iterator_cf(cf, IteratorMode::From(&seek, Direction::Forward)) {
+        for item in snap.iterator_cf(cf, IteratorMode::From(&seek, Direction::Forward)) {
             let (k, v) = item.map_err(io_err)?;
             if !k.starts_with(&base) {
                 break;
@@ -106,5 +118,5 @@ pub fn scan(
     found.sort_by(|a, b| a.key.cmp(&b.key));
     let more = found.len() > limit;
     found.truncate(limit);
-    Ok((found, more))
+    Ok((found, more, applied))
 }

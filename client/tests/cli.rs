@@ -1,0 +1,183 @@
+//! The `streamshield` CLI end to end, as a user runs it: `local up`, jobs,
+//! put/get/scan, `status --json`, a 4th node added with `members add`,
+//! errors with their messages, `local down`. Real server processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const CLI: &str = env!("CARGO_BIN_EXE_streamshield");
+
+/// The server binary cargo built next to the CLI.
+fn server_bin() -> PathBuf {
+    let p = Path::new(CLI).with_file_name("streamshield-server");
+    assert!(
+        p.is_file(),
+        "build the server first: {} is missing",
+        p.display()
+    );
+    p
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(CLI)
+        .args(args)
+        .env("STREAMSHIELD_SERVER_BIN", server_bin())
+        .env_remove("STREAMSHIELD_ENDPOINTS")
+        .output()
+        .expect("run the CLI")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    serde_json::from_str(ok(&a).trim()).expect("one JSON document")
+}
+
+/// Stops the cluster however the test ends.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = cli(&["local", "down", "--dir", self.0.to_str().unwrap()]);
+    }
+}
+
+#[test]
+fn a_user_session_with_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ss");
+    let d = dir.to_str().unwrap();
+    let _down = Down(dir.clone());
+
+    ok(&["local", "up", "--nodes", "3", "--dir", d]);
+    let endpoints = std::fs::read_to_string(dir.join("endpoints"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(endpoints.split(',').count(), 3);
+    let pids: Vec<i32> = (1..=3)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("node-{i}.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(dir.join("node-1.log").exists());
+    let e = ["--endpoints", endpoints.as_str()];
+    let with =
+        |rest: &[&str]| -> Vec<String> { e.iter().chain(rest).map(|s| s.to_string()).collect() };
+    let run = |rest: &[&str]| ok(&with(rest).iter().map(String::as_str).collect::<Vec<_>>());
+    let run_json = |rest: &[&str]| json(&with(rest).iter().map(String::as_str).collect::<Vec<_>>());
+
+    run(&["jobs", "create", "myjob", "--key-groups", "128"]);
+    assert!(run(&["put", "myjob", "counts", "user42", "17"]).starts_with("OK"));
+    assert_eq!(run(&["get", "myjob", "counts", "user42"]).trim(), "17");
+    let stale = run_json(&["get", "myjob", "counts", "user42", "--stale"]);
+    assert_eq!(stale["kv"]["value"], "17");
+    run(&["put", "myjob", "counts", "user43", "18"]);
+    run(&["put", "myjob", "counts", "other", "1"]);
+    let scan = run_json(&[
+        "scan", "myjob", "counts", "--prefix", "user", "--limit", "100",
+    ]);
+    let keys: Vec<&str> = scan["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec!["user42", "user43"]);
+    let described = run_json(&["jobs", "describe", "myjob"]);
+    assert_eq!(described["states"][0]["name"], "counts");
+
+    let status = run_json(&["status"]);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        for field in ["id", "addr", "role", "term", "leader_id", "last_applied"] {
+            assert!(!n[field].is_null(), "status lacks {field}: {n}");
+        }
+    }
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "leader").count(), 1);
+
+    // Errors are precise and change nothing.
+    let bad = cli(&with(&["put", "nojob", "counts", "k", "v"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("not found") && stderr.contains("nojob"),
+        "{stderr}"
+    );
+    let missing = cli(&with(&["get", "myjob", "counts", "nobody"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert_eq!(missing.status.code(), Some(1));
+    let cas = cli(
+        &with(&["put", "myjob", "counts", "user42", "99", "--if-value", "16"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(cas.status.code(), Some(3), "condition failure exit code");
+    assert_eq!(run(&["get", "myjob", "counts", "user42"]).trim(), "17");
+
+    // A fourth node: started empty, added as learner, promoted to voter.
+    let added = json(&["local", "add-node", "--dir", d, "--id", "4"]);
+    let addr = added["addr"].as_str().unwrap().to_string();
+    let members = run_json(&["members", "add", "4", &addr]);
+    let voters = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 4);
+    let on_four = json(&[
+        "--endpoints",
+        &addr,
+        "get",
+        "myjob",
+        "counts",
+        "user43",
+        "--stale",
+    ]);
+    assert_eq!(on_four["kv"]["value"], "18");
+    let status = run_json(&["status"]);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 4);
+
+    // A killed node shows up as unreachable, and the rest keep serving.
+    ok(&["local", "kill", "--dir", d, "--id", "1"]);
+    let status = run_json(&["status"]);
+    assert!(status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["role"] == "unreachable"));
+    run(&["put", "myjob", "counts", "after", "kill"]);
+
+    ok(&["local", "down", "--dir", d]);
+    for pid in pids {
+        assert!(
+            !streamshield_client::local::pid_alive(pid),
+            "pid {pid} still running after local down"
+        );
+    }
+}

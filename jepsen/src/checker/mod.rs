@@ -1,0 +1,6 @@
+//! Checkers over histories: linearizability of registers, lost and
+//! unexpected elements of a set, and the bank invariant.
+
+pub mod bank;
+pub mod linearizable;
+pub mod set;

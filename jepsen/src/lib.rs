@@ -1,0 +1,10 @@
+//! The StreamShield lab: histories in Jepsen's JSON-lines shape and the
+//! checkers that judge them.
+//!
+//! [`history`] reads, writes and pairs operations; [`checker`] holds the
+//! linearizability checker (Wing–Gong–Lowe with memoization, per key), and
+//! the set and bank checkers. Clusters under faults, workloads, nemeses and
+//! reports build on these.
+
+pub mod checker;
+pub mod history;
