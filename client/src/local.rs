@@ -35,6 +35,7 @@ pub struct LocalCluster {
     children: BTreeMap<u64, Child>,
     founders: Vec<u64>,
     extra_args: Vec<String>,
+    node_args: BTreeMap<u64, Vec<String>>,
     detached: bool,
 }
 
@@ -93,6 +94,22 @@ impl LocalCluster {
         extra_args: &[String],
         detached: bool,
     ) -> io::Result<Self> {
+        let mut c = Self::layout(dir, n, server_bin, extra_args, detached)?;
+        for id in c.founders.clone() {
+            c.start_node(id)?;
+        }
+        Ok(c)
+    }
+
+    /// Like [`start`](Self::start) but starts nothing, so that callers can
+    /// read the addresses first and give nodes flags of their own.
+    pub fn layout(
+        dir: &Path,
+        n: u64,
+        server_bin: &Path,
+        extra_args: &[String],
+        detached: bool,
+    ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut c = Self {
             dir: dir.to_path_buf(),
@@ -101,6 +118,7 @@ impl LocalCluster {
             children: BTreeMap::new(),
             founders: Vec::new(),
             extra_args: extra_args.to_vec(),
+            node_args: BTreeMap::new(),
             detached,
         };
         let layout = dir.join("nodes");
@@ -113,10 +131,12 @@ impl LocalCluster {
             c.founders = (1..=n).collect();
             c.save_layout()?;
         }
-        for id in c.founders.clone() {
-            c.start_node(id)?;
-        }
         Ok(c)
+    }
+
+    /// Flags for one node only, used from its next start on.
+    pub fn set_node_args(&mut self, id: u64, args: Vec<String>) {
+        self.node_args.insert(id, args);
     }
 
     /// Attaches to a cluster that `local up` started earlier.
@@ -128,6 +148,7 @@ impl LocalCluster {
             children: BTreeMap::new(),
             founders: Vec::new(),
             extra_args: Vec::new(),
+            node_args: BTreeMap::new(),
             detached: true,
         };
         c.load_layout()?;
@@ -251,6 +272,7 @@ impl LocalCluster {
             .arg("--metrics-listen")
             .arg(&spec.metrics_addr)
             .args(&self.extra_args)
+            .args(self.node_args.get(&id).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -25,6 +25,10 @@ pub struct ServerConfig {
     /// initializes the cluster; a node joining later leaves it empty and is
     /// added with `members add`. Default empty.
     pub initial_cluster: Vec<String>,
+    /// `id=host:port` addresses to dial for some peers instead of the one
+    /// in the Raft membership, e.g. a fault-injecting proxy per link in the
+    /// lab. Default empty.
+    pub peer_addrs: Vec<String>,
     /// Where `/metrics` (Prometheus text format) is served; none if unset.
     pub metrics_listen: Option<SocketAddr>,
     pub raft: RaftTuning,
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             advertise: None,
             data_dir: PathBuf::from("data"),
             initial_cluster: Vec::new(),
+            peer_addrs: Vec::new(),
             metrics_listen: None,
             raft: RaftTuning::default(),
             limits: Limits::default(),
@@ -116,7 +121,7 @@ impl Default for Limits {
 pub enum ConfigError {
     #[error("node id must not be 0")]
     ZeroId,
-    #[error("initial_cluster entry {entry:?} is not `id=host:port`")]
+    #[error("peer entry {entry:?} is not `id=host:port`")]
     BadPeer { entry: String },
     #[error("initial_cluster does not contain this node's id {id}")]
     SelfNotInCluster { id: u64 },
@@ -144,6 +149,7 @@ impl ServerConfig {
         if self.id == 0 {
             return Err(ConfigError::ZeroId);
         }
+        self.peer_overrides()?;
         let peers = self.initial_peers()?;
         if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
             return Err(ConfigError::SelfNotInCluster { id: self.id });
@@ -187,24 +193,34 @@ impl ServerConfig {
 
     /// The founding voters as `(id, address)`.
     pub fn initial_peers(&self) -> Result<Vec<(u64, String)>, ConfigError> {
-        let mut out: Vec<(u64, String)> = Vec::new();
-        for entry in &self.initial_cluster {
-            let bad = || ConfigError::BadPeer {
-                entry: entry.clone(),
-            };
-            let (id, addr) = entry.split_once('=').ok_or_else(bad)?;
-            let id: u64 = id.trim().parse().map_err(|_| bad())?;
-            let addr = addr.trim();
-            if id == 0 || addr.is_empty() || !addr.contains(':') {
-                return Err(bad());
-            }
-            if out.iter().any(|(i, _)| *i == id) {
-                return Err(ConfigError::DuplicatePeer { id });
-            }
-            out.push((id, addr.to_string()));
-        }
-        Ok(out)
+        parse_peers(&self.initial_cluster)
     }
+
+    /// Dial overrides as `(id, address)`.
+    pub fn peer_overrides(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        parse_peers(&self.peer_addrs)
+    }
+}
+
+/// Parses `id=host:port` entries; ids are unique and never 0.
+fn parse_peers(entries: &[String]) -> Result<Vec<(u64, String)>, ConfigError> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for entry in entries {
+        let bad = || ConfigError::BadPeer {
+            entry: entry.clone(),
+        };
+        let (id, addr) = entry.split_once('=').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        if id == 0 || addr.is_empty() || !addr.contains(':') {
+            return Err(bad());
+        }
+        if out.iter().any(|(i, _)| *i == id) {
+            return Err(ConfigError::DuplicatePeer { id });
+        }
+        out.push((id, addr.to_string()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -243,6 +259,14 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::DuplicatePeer { id: 2 }));
         c.initial_cluster = vec!["two=a:1".into()];
         assert!(matches!(c.validate(), Err(ConfigError::BadPeer { .. })));
+        c.initial_cluster.clear();
+        c.peer_addrs = vec!["3=127.0.0.1:9".into(), "3=127.0.0.1:8".into()];
+        assert_eq!(c.validate(), Err(ConfigError::DuplicatePeer { id: 3 }));
+        c.peer_addrs = vec!["3=127.0.0.1:9".into()];
+        assert_eq!(
+            c.peer_overrides().unwrap(),
+            vec![(3, "127.0.0.1:9".to_string())]
+        );
         c.initial_cluster.clear();
         c.raft.election_timeout_min_ms = 50;
         assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));

@@ -33,6 +33,10 @@ struct Flags {
     /// that will be added later.
     #[arg(long, env = "STREAMSHIELD_INITIAL_CLUSTER", value_delimiter = ',')]
     initial_cluster: Option<Vec<String>>,
+    /// Dial these peers at these addresses instead of the membership's,
+    /// `2=host:port,3=host:port` (a proxy per link, in the lab).
+    #[arg(long, env = "STREAMSHIELD_PEER_ADDRS", value_delimiter = ',')]
+    peer_addrs: Option<Vec<String>>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "STREAMSHIELD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -79,6 +83,7 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         listen => listen,
         data_dir => data_dir,
         initial_cluster => initial_cluster,
+        peer_addrs => peer_addrs,
         heartbeat_ms => raft.heartbeat_ms,
         election_timeout_min_ms => raft.election_timeout_min_ms,
         election_timeout_max_ms => raft.election_timeout_max_ms,

@@ -28,6 +28,8 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub snapshot_chunk_bytes: usize,
+    /// Addresses to dial instead of the membership's, per peer.
+    pub overrides: std::collections::HashMap<NodeId, String>,
 }
 
 pub struct PeerConnection {
@@ -41,7 +43,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
+        let addr = self.overrides.get(&target).unwrap_or(&node.addr).clone();
+        let client = Endpoint::from_shared(format!("http://{addr}"))
             .ok()
             .map(|e| {
                 let ch = e
@@ -55,7 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerConnection {
             target,
             client,
-            addr: node.addr.clone(),
+            addr,
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }

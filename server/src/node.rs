@@ -102,6 +102,7 @@ pub async fn run(
     let sm_shared = sm.shared();
     let network = NetworkFactory {
         snapshot_chunk_bytes: config.raft.snapshot_chunk_bytes,
+        overrides: config.peer_overrides()?.into_iter().collect(),
     };
     let raft: Raft = Raft::new(
         config.id,
