@@ -27,6 +27,9 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// One attempt on one node gives up after this. Default 3 s.
     pub attempt_timeout: Duration,
+    /// Dial these addresses instead of the ones named (endpoints and
+    /// leader hints alike), e.g. a fault-injecting proxy per node.
+    pub dial: HashMap<String, String>,
 }
 
 impl ClientConfig {
@@ -35,6 +38,7 @@ impl ClientConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
+            dial: HashMap::new(),
         }
     }
 }
@@ -179,7 +183,13 @@ impl Client {
             endpoint: addr.to_string(),
             reason,
         };
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let target = self
+            .inner
+            .config
+            .dial
+            .get(addr)
+            .map_or(addr, String::as_str);
+        let ch = Endpoint::from_shared(format!("http://{target}"))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.inner.config.attempt_timeout)

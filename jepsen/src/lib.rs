@@ -1,12 +1,21 @@
-//! The StreamShield lab: histories in Jepsen's JSON-lines shape and the
-//! checkers that judge them.
+//! The StreamShield lab: real clusters under real faults, checked
+//! histories, reproducible reports.
 //!
-//! [`history`] reads, writes and pairs operations; [`checker`] holds the
-//! linearizability checker (Wing–Gong–Lowe with memoization, per key), and
-//! the set and bank checkers; [`proxy`] is the fault-injecting TCP proxy the
-//! lab puts on every link. Clusters under faults, workloads, nemeses and
-//! reports build on these.
+//! [`lab`] starts a cluster of real server processes with a
+//! fault-injecting [`proxy`] on every link; [`nemesis`] schedules faults on
+//! it from a seed; [`workload`] drives clients and records every operation
+//! through [`recorder`] as a [`history`] in Jepsen's JSON-lines shape;
+//! [`checker`] judges the history (linearizability per key, set, bank);
+//! [`run`] ties one test together and [`report`] writes its directory
+//! (history, results, plots, index.html). The `streamshield-jepsen` binary
+//! is the CLI (`test`, `sweep`).
 
 pub mod checker;
 pub mod history;
+pub mod lab;
+pub mod nemesis;
 pub mod proxy;
+pub mod recorder;
+pub mod report;
+pub mod run;
+pub mod workload;

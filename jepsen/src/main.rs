@@ -1,0 +1,197 @@
+//! `streamshield-jepsen`: run lab tests and sweeps from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use streamshield_client::local;
+use streamshield_jepsen::nemesis::{self, Fault};
+use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
+use streamshield_jepsen::workload::{self, Workload};
+
+#[derive(Parser)]
+#[command(name = "streamshield-jepsen", about = "StreamShield fault lab")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One workload under one nemesis set.
+    Test {
+        #[arg(long, default_value = "register")]
+        workload: String,
+        /// Comma-separated: kill,pause,partition,latency,drop,membership,restart-all; or all / none.
+        #[arg(long, default_value = "partition,kill")]
+        nemesis: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Seconds of workload.
+        #[arg(long, default_value_t = 30)]
+        time_limit: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: u64,
+        /// Fixes the nemesis schedule and the operations (default: random).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value = "store")]
+        store: PathBuf,
+    },
+    /// Every workload under every single nemesis and under all of them.
+    Sweep {
+        #[arg(long, default_value_t = 30)]
+        time_limit: u64,
+        /// Runs in total, spread over the combinations.
+        #[arg(long, default_value_t = 20)]
+        runs: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value = "store")]
+        store: PathBuf,
+    },
+}
+
+fn server_bin() -> anyhow::Result<PathBuf> {
+    local::find_server_binary().ok_or_else(|| {
+        anyhow!(
+            "streamshield-server not found next to this binary; build it (cargo build --release --bins) or set {}",
+            local::SERVER_BIN_ENV
+        )
+    })
+}
+
+fn print(o: &Outcome) {
+    println!(
+        "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  seed {}  {}",
+        o.workload,
+        o.nemesis,
+        if o.valid { "valid" } else { "INVALID" },
+        o.operations,
+        o.counts.ok,
+        o.counts.fail,
+        o.counts.info,
+        o.nemesis_events,
+        o.seed,
+        o.dir.join("index.html").display()
+    );
+}
+
+async fn main_async(args: Args) -> anyhow::Result<bool> {
+    let command: String = std::env::args().collect::<Vec<_>>().join(" ");
+    match args.cmd {
+        Cmd::Test {
+            workload,
+            nemesis,
+            nodes,
+            time_limit,
+            concurrency,
+            seed,
+            store,
+        } => {
+            let workload: Workload = workload.parse().map_err(|e: String| anyhow!(e))?;
+            let faults: Vec<Fault> = nemesis::parse_list(&nemesis).map_err(|e| anyhow!(e))?;
+            let seed = seed.unwrap_or_else(rand::random);
+            let opts = TestOptions {
+                workload,
+                nemesis: faults,
+                nodes,
+                time_limit: Duration::from_secs(time_limit),
+                concurrency,
+                seed,
+                store,
+                server_bin: server_bin()?,
+                command: format!("{command} --seed {seed}"),
+            };
+            let o = run_test(&opts).await?;
+            print(&o);
+            println!("{}", summary_line(&o));
+            Ok(o.valid)
+        }
+        Cmd::Sweep {
+            time_limit,
+            runs,
+            nodes,
+            store,
+        } => {
+            let mut combos: Vec<(Workload, Vec<Fault>)> = Vec::new();
+            for w in workload::ALL {
+                for f in nemesis::ALL {
+                    combos.push((*w, vec![*f]));
+                }
+                combos.push((*w, nemesis::ALL.to_vec()));
+            }
+            let bin = server_bin()?;
+            let mut all_valid = true;
+            let mut table = vec![
+                "| workload | nemesis | result | operations | ok | fail | info | nemesis events | seed |".to_string(),
+                "|---|---|---|---|---|---|---|---|---|".to_string(),
+            ];
+            for i in 0..runs as usize {
+                let (w, f) = combos[i % combos.len()].clone();
+                let seed: u64 = rand::random();
+                let opts = TestOptions {
+                    workload: w,
+                    nemesis: f.clone(),
+                    nodes,
+                    time_limit: Duration::from_secs(time_limit),
+                    concurrency: 8,
+                    seed,
+                    store: store.clone(),
+                    server_bin: bin.clone(),
+                    command: format!(
+                        "streamshield-jepsen test --workload {} --nemesis {} --nodes {nodes} --time-limit {time_limit} --seed {seed}",
+                        w.name(),
+                        nemesis::name_of(&f)
+                    ),
+                };
+                let o = run_test(&opts).await.with_context(|| format!("run {i}"))?;
+                print(&o);
+                all_valid &= o.valid;
+                table.push(format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    o.workload,
+                    o.nemesis,
+                    if o.valid { "valid" } else { "**INVALID**" },
+                    o.operations,
+                    o.counts.ok,
+                    o.counts.fail,
+                    o.counts.info,
+                    o.nemesis_events,
+                    o.seed
+                ));
+            }
+            let text = table.join("\n") + "\n";
+            std::fs::create_dir_all(&store)?;
+            std::fs::write(store.join("sweep-summary.md"), &text)?;
+            println!("\n{text}");
+            Ok(all_valid)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("streamshield-jepsen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_async(Args::parse())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("streamshield-jepsen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
