@@ -2,9 +2,9 @@
 # a fresh Debian machine lacks (apt, when run as root) before building.
 
 CARGO ?= cargo
-APT_PACKAGES := libclang-dev g++ make
+APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core
 
-.PHONY: demo test deps build fmt lint
+.PHONY: demo test deps build fmt lint jepsen
 
 deps:
 	@missing=""; \
@@ -40,3 +40,9 @@ lint: deps
 # integration tests against real server processes.
 test: lint
 	$(CARGO) test --workspace
+
+# The full lab sweep: every workload under every nemesis and under all of
+# them, 30 s each, on release builds. Reports go to store/; the summary
+# table to store/sweep-summary.md.
+jepsen: build
+	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- sweep --time-limit 30 --runs 24

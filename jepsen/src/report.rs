@@ -101,6 +101,24 @@ where
     Ok(())
 }
 
+/// Draws the legend and writes the image.
+fn finish<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 fn latency_plot(path: &Path, history: &[Op], events: &[Event]) -> anyhow::Result<()> {
     let paired = pair(history)?;
     let points: Vec<(f64, f64, OpType)> = paired
@@ -144,14 +162,7 @@ fn latency_plot(path: &Path, history: &[Op], events: &[Event]) -> anyhow::Result
             .label(format!("{kind:?}").to_lowercase())
             .legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 fn rate_plot(path: &Path, history: &[Op], events: &[Event]) -> anyhow::Result<()> {
@@ -204,14 +215,7 @@ fn rate_plot(path: &Path, history: &[Op], events: &[Event]) -> anyhow::Result<()
             .label(format!("{kind:?}").to_lowercase())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 fn escape(s: &str) -> String {

@@ -4,11 +4,23 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use streamshield_client::Consistency;
+
+/// Starts a server on `data`, which must exit with an error; its stderr.
+fn refused_start(data: &Path) -> String {
+    let out = Command::new(SERVER_BIN)
+        .args(["--id", "3", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run server");
+    assert!(!out.status.success(), "must refuse to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn damaged_node_refuses_to_start_and_cluster_serves_on() {
@@ -24,13 +36,7 @@ async fn damaged_node_refuses_to_start_and_cluster_serves_on() {
     // 1. The state machine's generation pointer holds garbage.
     let pointer = data.join("sm").join("CURRENT");
     fs::write(&pointer, "not-a-number").expect("corrupt pointer");
-    let out = Command::new(SERVER_BIN)
-        .args(["--id", "3", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("run server");
-    assert!(!out.status.success(), "must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&data);
     assert!(
         err.contains("state machine") && err.contains("not a generation"),
         "{err}"
@@ -50,13 +56,7 @@ async fn damaged_node_refuses_to_start_and_cluster_serves_on() {
         })
         .expect("a manifest");
     fs::write(&manifest, b"").expect("truncate manifest");
-    let out = Command::new(SERVER_BIN)
-        .args(["--id", "3", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .output()
-        .expect("run server");
-    assert!(!out.status.success(), "must refuse to start");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&data);
     assert!(err.contains("cannot open the raft log"), "{err}");
 
     // The other two keep serving reads and writes.
