@@ -134,6 +134,13 @@ impl LocalCluster {
         Ok(c)
     }
 
+    /// Starts `id` from now on as a node that joins an existing cluster
+    /// (no `--initial-cluster`), e.g. after its data was wiped.
+    pub fn make_joiner(&mut self, id: u64) -> io::Result<()> {
+        self.founders.retain(|f| *f != id);
+        self.save_layout()
+    }
+
     /// Flags for one node only, used from its next start on.
     pub fn set_node_args(&mut self, id: u64, args: Vec<String>) {
         self.node_args.insert(id, args);
@@ -296,6 +303,10 @@ impl LocalCluster {
                 });
             }
         }
+        if let Some(mut exited) = self.children.remove(&id) {
+            let _ = exited.kill();
+            let _ = exited.wait();
+        }
         let child = cmd.spawn().map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -341,7 +352,11 @@ impl LocalCluster {
 
     fn stop_node(&mut self, id: u64, sig: i32, grace: Duration) -> io::Result<()> {
         let Some(pid) = self.pid(id) else {
-            self.children.remove(&id);
+            // Already exited: reap it if it is ours, so no zombie lingers.
+            if let Some(mut child) = self.children.remove(&id) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             return Ok(());
         };
         signal(pid, sig);

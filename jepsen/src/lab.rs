@@ -136,6 +136,19 @@ impl Lab {
         Ok(())
     }
 
+    /// kill -9, delete the node's data, start it empty as a joiner: a
+    /// replaced machine with the same id and address.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        let data = self.cluster.data_dir(id);
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        self.cluster.make_joiner(id)?;
+        self.cluster.start_node(id)?;
+        Ok(())
+    }
+
     pub fn pause(&mut self, id: u64, paused: bool) {
         self.cluster.pause(id, paused);
         if paused {

@@ -311,6 +311,12 @@ async fn apply(
                 Some(victim) if voters.len() > 2 => {
                     let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != victim).collect();
                     let removed = admin.change_membership(rest, false).await;
+                    // Half the time the node is replaced: its disk wiped,
+                    // it comes back empty and must catch up from scratch.
+                    let replaced = removed.is_ok() && rng.random_bool(0.5);
+                    if replaced {
+                        let _ = lab.lock().await.wipe(victim);
+                    }
                     tokio::time::sleep(hold).await;
                     let addr = lab.lock().await.addr(victim);
                     let back = match admin.add_learner(victim, &addr, true).await {
@@ -321,8 +327,9 @@ async fn apply(
                         Err(e) => Err(e),
                     };
                     format!(
-                        "removed node {victim} ({}), re-added after {hold:?} ({})",
+                        "removed node {victim} ({}), {}re-added after {hold:?} ({})",
                         removed.map_or_else(|e| e.to_string(), |_| "ok".into()),
+                        if replaced { "wiped, " } else { "" },
                         back.map_or_else(|e| e.to_string(), |_| "ok".into())
                     )
                 }
