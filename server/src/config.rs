@@ -53,6 +53,10 @@ pub struct RaftTuning {
     pub snapshot_chunk_bytes: usize,
     /// Entries per AppendEntries RPC. Default 1,000.
     pub max_entries_per_append: u64,
+    /// Pre-Vote (Raft thesis §9.6): a node asks whether it could win
+    /// before it bumps its term, so a node rejoining after a partition
+    /// does not depose a healthy leader. Default true, as in etcd.
+    pub pre_vote: bool,
 }
 
 /// Input limits: larger requests are refused with INVALID_ARGUMENT.
@@ -99,6 +103,7 @@ impl Default for RaftTuning {
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             max_entries_per_append: 1_000,
+            pre_vote: true,
         }
     }
 }

@@ -67,6 +67,7 @@ fn raft_config(c: &ServerConfig) -> Result<openraft::Config, NodeError> {
         max_payload_entries: r.max_entries_per_append,
         snapshot_max_chunk_size: r.snapshot_chunk_bytes as u64,
         install_snapshot_timeout: 60_000,
+        enable_pre_vote: Some(r.pre_vote),
         ..Default::default()
     }
     .validate()
