@@ -48,10 +48,6 @@ impl Proxy {
     pub fn set(&self, faults: LinkFaults) {
         self.faults.send_replace(faults);
     }
-
-    pub fn faults(&self) -> LinkFaults {
-        *self.faults.borrow()
-    }
 }
 
 impl Drop for Proxy {

@@ -1,7 +1,7 @@
 //! One lab test: start a cluster, run a workload under a nemesis, heal,
 //! check, write the report.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,12 +169,6 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_dir_all(cluster_dir.join(format!("node-{id}")));
     }
     Ok(outcome)
-}
-
-/// Results of a finished run read back from its directory.
-pub fn load_results(dir: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(dir.join("results.json"))?;
-    Ok(serde_json::from_str(&text)?)
 }
 
 pub fn summary_line(o: &Outcome) -> Value {

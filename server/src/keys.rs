@@ -96,13 +96,6 @@ pub mod meta {
         k
     }
 
-    /// Every job of a shard sorts under this prefix.
-    pub fn job_prefix(shard: u32) -> Vec<u8> {
-        let mut k = b"j/".to_vec();
-        k.extend_from_slice(&shard.to_be_bytes());
-        k
-    }
-
     /// Up to which seq a client's answers have been forgotten.
     pub fn session(client_id: u64) -> Vec<u8> {
         let mut k = b"s/".to_vec();

@@ -10,7 +10,6 @@ pub mod admin;
 pub mod raft;
 pub mod state;
 
-use openraft::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,23 +36,6 @@ pub struct NodeContext {
 }
 
 impl NodeContext {
-    /// Where the leader is, as this node believes.
-    pub fn not_leader(&self) -> ServiceError {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let leader_id = m.current_leader;
-        let leader_addr = leader_id.and_then(|l| {
-            m.membership_config
-                .membership()
-                .get_node(&l)
-                .map(|n| n.addr.clone())
-        });
-        ServiceError::NotLeader {
-            this: self.id,
-            leader_id,
-            leader_addr,
-        }
-    }
-
     pub fn write_error(
         &self,
         e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,

@@ -1,7 +1,7 @@
 //! Job and state-table records in the `meta` column family.
 
 use prost::Message;
-use rocksdb::{IteratorMode, DB};
+use rocksdb::DB;
 use streamshield_proto::v1 as pb;
 
 use crate::keys::meta;
@@ -23,21 +23,6 @@ pub fn load_job(db: &DB, shard: u32, name: &str) -> std::io::Result<Option<pb::J
             .map(Some)
             .map_err(|e| corrupt(format!("job record {name}: {e}"))),
     }
-}
-
-pub fn list_jobs(db: &DB, shard: u32) -> std::io::Result<Vec<pb::JobInfo>> {
-    let cf = rocks::cf(db, CF_META)?;
-    let prefix = meta::job_prefix(shard);
-    let mut out = Vec::new();
-    let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-    for item in db.iterator_cf(cf, mode) {
-        let (k, v) = item.map_err(io_err)?;
-        if !k.starts_with(&prefix) {
-            break;
-        }
-        out.push(pb::JobInfo::decode(v.as_ref()).map_err(|e| corrupt(format!("job record: {e}")))?);
-    }
-    Ok(out)
 }
 
 pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
