@@ -8,8 +8,12 @@
 //! [`checker`] judges the history (linearizability per key, set, bank);
 //! [`run`] ties one test together and [`report`] writes its directory
 //! (history, results, plots, index.html). The `streamshield-jepsen` binary
-//! is the CLI (`test`, `sweep`).
+//! is the CLI (`test`, `sweep`, `bench`, `matrix`).
+//!
+//! [`bench`] is the benchmark driver: closed-loop clients against
+//! StreamShield and etcd, side by side, and the machine's own floor.
 
+pub mod bench;
 pub mod checker;
 pub mod history;
 pub mod lab;

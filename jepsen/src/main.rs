@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use streamshield_client::local;
+use streamshield_jepsen::bench::cli::{bench, run_matrix, BenchArgs, MatrixArgs};
 use streamshield_jepsen::nemesis::{self, Fault};
 use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
 use streamshield_jepsen::workload::{self, Workload};
@@ -52,6 +53,11 @@ enum Cmd {
         #[arg(long, default_value = "store")]
         store: PathBuf,
     },
+    /// Closed-loop benchmark of one workload on StreamShield and/or etcd.
+    Bench(BenchArgs),
+    /// Every benchmark row on both targets, alternating; writes
+    /// BENCHMARKS.md (what `make bench` runs).
+    Matrix(MatrixArgs),
 }
 
 fn server_bin() -> anyhow::Result<PathBuf> {
@@ -82,6 +88,8 @@ fn print(o: &Outcome) {
 async fn main_async(args: Args) -> anyhow::Result<bool> {
     let command: String = std::env::args().collect::<Vec<_>>().join(" ");
     match args.cmd {
+        Cmd::Bench(a) => bench(a).await,
+        Cmd::Matrix(a) => run_matrix(a, command).await,
         Cmd::Test {
             workload,
             nemesis,

@@ -11,7 +11,7 @@ use streamshield_proto::v1::{
     admin_server::AdminServer, raft_server::RaftServer, state_server::StateServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ConfigError, ServerConfig};
 use crate::log_store::LogStore;
@@ -161,8 +161,11 @@ pub async fn run(
     let client_limit = 2 * config.limits.max_batch_bytes + (1 << 20);
 
     tracing::info!(id = config.id, listen = %local, advertise = %advertise, data_dir = %data_dir.display(), "serving");
+    // The builder's own `tcp_nodelay` only applies to listeners tonic binds
+    // itself; on ours Nagle stayed on and delayed-ACK interplay added 40 ms
+    // to about 1% of requests (measured with `streamshield-jepsen bench`).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(
             RaftServer::new(RaftService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -176,7 +179,7 @@ pub async fn run(
         .add_service(AdminServer::new(AdminService::new(ctx.clone())))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
 
     tracing::info!("shutting down");

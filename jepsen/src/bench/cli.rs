@@ -1,0 +1,262 @@
+//! `streamshield-jepsen bench` and `streamshield-jepsen matrix`: flags and
+//! what they run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, ValueEnum};
+use streamshield_client::Consistency;
+
+use super::matrix::{self, MatrixOptions};
+use super::runner::{Report, RunShape};
+use super::target::TargetKind;
+use super::workload::{KeySpace, WorkloadKind};
+use super::{limits, median_report, table_header, table_row, ClusterSpec, Clusters};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadFlag {
+    SyncPut,
+    Get,
+    Mixed,
+    Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyFlag {
+    Linearizable,
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetFlag {
+    Streamshield,
+    Etcd,
+    /// Both, alternating, from this one process.
+    Both,
+}
+
+/// Where the clusters are, or how to start them.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Nodes of a running cluster of the target (comma-separated
+    /// host:port); without it the driver starts a local 3-node cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// With `--target both`: etcd's client endpoints.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Parent of the clusters' data directories (default: the system's
+    /// temporary directory). Both targets' data lands on the same disk.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// An extra flag for the StreamShield servers this driver starts
+    /// (repeatable), e.g. `--server-arg=--raft-heartbeat-ms=50`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+}
+
+/// What every closed-loop run shares.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Keys written and read, uniformly at random.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Unmeasured seconds before each run.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "sync-put")]
+    pub workload: WorkloadFlag,
+    /// For `--workload get`.
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: ConsistencyFlag,
+    #[arg(long, default_value_t = 64)]
+    pub clients: u64,
+    #[arg(long, value_enum, default_value = "streamshield")]
+    pub target: TargetFlag,
+    /// Runs per target; with `both` the targets alternate.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MatrixArgs {
+    /// Rounds per row and target (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl LoadArgs {
+    fn space(&self) -> KeySpace {
+        KeySpace {
+            keys: self.keys.max(1),
+            value_size: self.value_size,
+        }
+    }
+}
+
+fn work_dir(c: &ClusterArgs) -> anyhow::Result<tempfile::TempDir> {
+    let parent = c.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent)?;
+    Ok(tempfile::Builder::new()
+        .prefix("streamshield-bench-")
+        .tempdir_in(parent)?)
+}
+
+fn spec(c: &ClusterArgs, target: TargetFlag) -> anyhow::Result<ClusterSpec> {
+    let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let mut s = ClusterSpec {
+        server_bin: streamshield_client::local::find_server_binary(),
+        server_args: c.server_args.clone(),
+        ..Default::default()
+    };
+    match target {
+        TargetFlag::Etcd => {
+            if !c.etcd_endpoints.is_empty() {
+                bail!("with --target etcd, give etcd's nodes as --endpoints");
+            }
+            s.etcd_endpoints = some(&c.endpoints);
+        }
+        TargetFlag::Streamshield | TargetFlag::Both => {
+            s.streamshield_endpoints = some(&c.endpoints);
+            s.etcd_endpoints = some(&c.etcd_endpoints);
+        }
+    }
+    Ok(s)
+}
+
+fn targets(t: TargetFlag) -> Vec<TargetKind> {
+    match t {
+        TargetFlag::Streamshield => vec![TargetKind::Streamshield],
+        TargetFlag::Etcd => vec![TargetKind::Etcd],
+        TargetFlag::Both => vec![TargetKind::Streamshield, TargetKind::Etcd],
+    }
+}
+
+/// `bench`: one workload, one or both targets. Prints a table and, last,
+/// one JSON object. Returns whether every operation succeeded.
+pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
+    let dir = work_dir(&a.cluster)?;
+    let time = Duration::from_secs(a.load.seconds.max(1));
+    if a.workload == WorkloadFlag::Limits {
+        let l = limits::measure(dir.path(), time).await?;
+        println!(
+            "fsync (4 KiB append + fdatasync) p50 {} µs p99 {} µs; loopback gRPC round trip p50 {} µs p99 {} µs; floor of a durable Raft write (fsync + 2 round trips) {} µs",
+            l.p50_us, l.p99_us, l.grpc_rtt_p50_us, l.grpc_rtt_p99_us, l.sync_put_floor_us
+        );
+        println!("{}", serde_json::to_string(&l)?);
+        return Ok(true);
+    }
+    let kind = match a.workload {
+        WorkloadFlag::SyncPut => WorkloadKind::SyncPut,
+        WorkloadFlag::Mixed => WorkloadKind::Mixed,
+        WorkloadFlag::Get => WorkloadKind::Get(match a.consistency {
+            ConsistencyFlag::Linearizable => Consistency::Linearizable,
+            ConsistencyFlag::Stale => Consistency::Stale,
+        }),
+        WorkloadFlag::Limits => unreachable!("handled above"),
+    };
+    let want = targets(a.target);
+    let clusters = Clusters::start(&want, &spec(&a.cluster, a.target)?, dir.path()).await?;
+    println!("{}", table_header());
+    let mut per_target: Vec<Vec<Report>> = vec![Vec::new(); want.len()];
+    for round in 0..a.rounds.max(1) {
+        let mut order: Vec<usize> = (0..want.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let shape = RunShape {
+                clients: a.clients.max(1),
+                warmup: Duration::from_secs(a.load.warmup),
+                measure: time,
+                seed: a.load.seed + round as u64,
+            };
+            let r = clusters
+                .measure(want[i], kind, a.load.space(), shape)
+                .await?;
+            println!("{}", table_row(&r));
+            if let Some(e) = &r.first_error {
+                eprintln!("{}: first error: {e}", r.target);
+            }
+            per_target[i].push(r);
+        }
+    }
+    let medians: Vec<Report> = per_target.iter().filter_map(|r| median_report(r)).collect();
+    let clean = medians.iter().all(|r| r.errors == 0);
+    let json = match medians.as_slice() {
+        [only] => serde_json::to_value(only)?,
+        [ours, etcd, ..] => {
+            let mut v = serde_json::to_value(ours)?;
+            v["baseline"] = serde_json::to_value(etcd)?;
+            v["ratio_ops_per_s"] = (ours.ops_per_s / etcd.ops_per_s.max(f64::MIN_POSITIVE)).into();
+            v
+        }
+        [] => bail!("no run finished"),
+    };
+    println!("{json}");
+    Ok(clean)
+}
+
+/// `matrix` (what `make bench` runs): limits, then every row on both
+/// targets; writes the Markdown report.
+pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> {
+    let dir = work_dir(&a.cluster)?;
+    let time = Duration::from_secs(a.load.seconds.max(1));
+    let l = limits::measure(dir.path(), Duration::from_secs(3)).await?;
+    println!(
+        "machine floor: fsync p50 {} µs, loopback gRPC round trip p50 {} µs, durable write floor {} µs",
+        l.p50_us, l.grpc_rtt_p50_us, l.sync_put_floor_us
+    );
+    let clusters = Clusters::start(
+        &targets(TargetFlag::Both),
+        &spec(&a.cluster, TargetFlag::Both)?,
+        dir.path(),
+    )
+    .await?;
+    let opts = MatrixOptions {
+        warmup: Duration::from_secs(a.load.warmup),
+        measure: time,
+        rounds: a.rounds.max(1),
+        space: a.load.space(),
+        seed: a.load.seed,
+        out: Some(a.out.clone()),
+        command,
+    };
+    let m = matrix::run(&clusters, l, &opts).await?;
+    println!("\n{}", matrix::summary_table(&m));
+    println!("{}", matrix::goals_list(&m));
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if let Some(out) = &opts.out {
+        std::fs::write(out, matrix::markdown(&m, &opts, &date, dir.path()))?;
+        println!("wrote {}", out.display());
+    }
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(m.runs.iter().all(|r| r.errors == 0))
+}

@@ -1,0 +1,377 @@
+//! The comparison matrix behind `make bench`: every row runs on both
+//! targets, alternating which goes first, several rounds; the medians are
+//! judged against the goals and written to `BENCHMARKS.md`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use streamshield_client::Consistency;
+
+use super::limits::Limits;
+use super::runner::{Report, RunShape};
+use super::target::TargetKind;
+use super::workload::{KeySpace, WorkloadKind};
+use super::{median_report, table_header, table_row, Clusters};
+
+#[derive(Debug, Clone)]
+pub struct MatrixOptions {
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub rounds: u32,
+    pub space: KeySpace,
+    pub seed: u64,
+    /// Where to write the Markdown report (`None`: nowhere).
+    pub out: Option<PathBuf>,
+    /// The command line, recorded in the report.
+    pub command: String,
+}
+
+/// The rows: (workload, clients).
+pub const ROWS: &[(WorkloadKind, u64)] = &[
+    (WorkloadKind::SyncPut, 1),
+    (WorkloadKind::SyncPut, 16),
+    (WorkloadKind::SyncPut, 64),
+    (WorkloadKind::SyncPut, 256),
+    (WorkloadKind::Get(Consistency::Linearizable), 64),
+    (WorkloadKind::Get(Consistency::Stale), 64),
+    (WorkloadKind::Mixed, 64),
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub streamshield: Report,
+    pub etcd: Report,
+    /// StreamShield's ops/s over etcd's (medians).
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    pub text: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixResult {
+    pub workload: &'static str,
+    pub limits: Limits,
+    pub rows: Vec<Row>,
+    pub goals: Vec<Goal>,
+    pub runs: Vec<Report>,
+}
+
+fn find<'a>(rows: &'a [Row], w: WorkloadKind, clients: u64) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.streamshield.workload == w.name() && r.streamshield.clients == clients)
+}
+
+/// The issue's goals, judged on the medians.
+pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    if let Some(r) = find(rows, WorkloadKind::SyncPut, 64) {
+        goals.push(Goal {
+            text: "sync put, 64 clients: ≥ 2× etcd's ops/s at no worse p99".into(),
+            measured: format!(
+                "{:.2}×, p99 {} µs vs etcd {} µs",
+                r.ratio, r.streamshield.p99_us, r.etcd.p99_us
+            ),
+            met: r.ratio >= 2.0 && r.streamshield.p99_us <= r.etcd.p99_us,
+        });
+    }
+    if let Some(r) = find(rows, WorkloadKind::SyncPut, 1) {
+        let floor = limits.sync_put_floor_us as f64;
+        let p50 = r.streamshield.p50_us as f64;
+        goals.push(Goal {
+            text: "sync put, 1 client: p50 ≤ 1.5× the machine's floor and below etcd's p50"
+                .into(),
+            measured: format!(
+                "p50 {} µs = {:.2}× floor {} µs; etcd p50 {} µs",
+                r.streamshield.p50_us,
+                p50 / floor.max(1.0),
+                limits.sync_put_floor_us,
+                r.etcd.p50_us
+            ),
+            met: p50 <= 1.5 * floor && r.streamshield.p50_us < r.etcd.p50_us,
+        });
+    }
+    for (w, text) in [
+        (
+            WorkloadKind::Get(Consistency::Linearizable),
+            "linearizable get, 64 clients: ≥ 2× etcd",
+        ),
+        (
+            WorkloadKind::Mixed,
+            "mixed 50/50 put/get, 64 clients: ≥ 2× etcd",
+        ),
+    ] {
+        if let Some(r) = find(rows, w, 64) {
+            goals.push(Goal {
+                text: text.into(),
+                measured: format!("{:.2}×", r.ratio),
+                met: r.ratio >= 2.0,
+            });
+        }
+    }
+    goals
+}
+
+pub async fn run(
+    clusters: &Clusters,
+    limits: Limits,
+    opts: &MatrixOptions,
+) -> anyhow::Result<MatrixResult> {
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    println!("{}", table_header());
+    for (i, &(kind, clients)) in ROWS.iter().enumerate() {
+        let mut ss = Vec::new();
+        let mut et = Vec::new();
+        for round in 0..opts.rounds {
+            let order = if round % 2 == 0 {
+                [TargetKind::Streamshield, TargetKind::Etcd]
+            } else {
+                [TargetKind::Etcd, TargetKind::Streamshield]
+            };
+            for t in order {
+                let shape = RunShape {
+                    clients,
+                    warmup: opts.warmup,
+                    measure: opts.measure,
+                    seed: opts.seed + (i as u64) * 1000 + round as u64,
+                };
+                let r = clusters.measure(t, kind, opts.space, shape).await?;
+                println!("{}", table_row(&r));
+                match t {
+                    TargetKind::Streamshield => ss.push(r.clone()),
+                    TargetKind::Etcd => et.push(r.clone()),
+                }
+                all.push(r);
+            }
+        }
+        let (Some(s), Some(e)) = (median_report(&ss), median_report(&et)) else {
+            continue;
+        };
+        rows.push(Row {
+            ratio: s.ops_per_s / e.ops_per_s.max(f64::MIN_POSITIVE),
+            streamshield: s,
+            etcd: e,
+        });
+    }
+    let goals = judge(&rows, &limits);
+    Ok(MatrixResult {
+        workload: "matrix",
+        limits,
+        rows,
+        goals,
+        runs: all,
+    })
+}
+
+/// The table of medians, as printed and as written into the report.
+pub fn summary_table(m: &MatrixResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | clients | StreamShield ops/s | etcd ops/s | ratio | StreamShield p50 / p99 µs | etcd p50 / p99 µs | errors (ours / etcd) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &m.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.2}× | {} / {} | {} / {} | {} / {} |",
+            r.streamshield.workload,
+            r.streamshield.clients,
+            r.streamshield.ops_per_s,
+            r.etcd.ops_per_s,
+            r.ratio,
+            r.streamshield.p50_us,
+            r.streamshield.p99_us,
+            r.etcd.p50_us,
+            r.etcd.p99_us,
+            r.streamshield.errors,
+            r.etcd.errors
+        );
+    }
+    s
+}
+
+pub fn goals_list(m: &MatrixResult) -> String {
+    let mut s = String::new();
+    for g in &m.goals {
+        let _ = writeln!(
+            s,
+            "* {} — **{}**: {}",
+            g.text,
+            if g.met { "met" } else { "not met" },
+            g.measured
+        );
+    }
+    s
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / (1024.0 * 1024.0))
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}")
+}
+
+fn etcd_version() -> String {
+    std::process::Command::new(super::etcd::etcd_bin())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "etcd version unknown".into())
+}
+
+/// `BENCHMARKS.md`: machine, commands, date, limits, medians, goals, and
+/// every single run.
+pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Generated by `make bench` on {date}. Do not edit by hand: run `make bench` again.\n"
+    );
+    let _ = writeln!(s, "* Machine: {}", machine());
+    let _ = writeln!(
+        s,
+        "* Clusters: 3 StreamShield nodes (release build, default configuration) and 3 etcd members ({}, default configuration, 8 GiB backend quota), all on 127.0.0.1, data in `{}` (same disk).",
+        etcd_version(),
+        dir.display()
+    );
+    let _ = writeln!(
+        s,
+        "* Clients: closed loop, one process, one HTTP/2 connection per target (etcd: to its leader, StreamShield: the client follows the leader). {} keys, {} B random values. Each row: {} rounds of {} s warm-up + {} s measured per target, alternating which target goes first; the table shows the run with the median throughput.",
+        opts.space.keys,
+        opts.space.value_size,
+        opts.rounds,
+        opts.warmup.as_secs_f64(),
+        opts.measure.as_secs_f64()
+    );
+    let _ = writeln!(s, "* Command: `{}`\n", opts.command);
+    let _ = writeln!(s, "## The machine's floor (`--workload limits`)\n");
+    let l = &m.limits;
+    let _ = writeln!(
+        s,
+        "4 KiB append + fdatasync p50 {} µs (p99 {} µs); loopback gRPC round trip p50 {} µs (p99 {} µs); floor for one durable Raft write = fsync + 2 round trips = **{} µs**.\n",
+        l.p50_us, l.p99_us, l.grpc_rtt_p50_us, l.grpc_rtt_p99_us, l.sync_put_floor_us
+    );
+    let _ = writeln!(s, "## Medians\n");
+    s.push_str(&summary_table(m));
+    let _ = writeln!(s, "\n## Goals\n");
+    s.push_str(&goals_list(m));
+    let _ = writeln!(s, "\n## Every run\n\n```");
+    let _ = writeln!(s, "{}", table_header());
+    for r in &m.runs {
+        let _ = writeln!(s, "{}", table_row(r));
+    }
+    let _ = writeln!(s, "```");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(workload: &str, clients: u64, ops_per_s: f64, p50: u64, p99: u64) -> Report {
+        Report {
+            workload: workload.into(),
+            target: "x".into(),
+            clients,
+            value_size: 256,
+            seconds: 1.0,
+            ops: ops_per_s as u64,
+            ops_per_s,
+            p50_us: p50,
+            p99_us: p99,
+            p999_us: p99,
+            max_us: p99,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn limits(floor: u64) -> Limits {
+        Limits {
+            workload: "limits",
+            target: "machine",
+            clients: 1,
+            ops: 1,
+            ops_per_s: 1.0,
+            p50_us: 1,
+            p99_us: 1,
+            errors: 0,
+            grpc_rtt_p50_us: 1,
+            grpc_rtt_p99_us: 1,
+            sync_put_floor_us: floor,
+        }
+    }
+
+    #[test]
+    fn goals_need_both_throughput_and_tail() {
+        let row = |ss: Report, et: Report| Row {
+            ratio: ss.ops_per_s / et.ops_per_s,
+            streamshield: ss,
+            etcd: et,
+        };
+        let rows = vec![
+            row(
+                report("sync-put", 64, 2100.0, 10, 900),
+                report("sync-put", 64, 1000.0, 10, 1000),
+            ),
+            row(
+                report("sync-put", 1, 100.0, 1600, 2000),
+                report("sync-put", 1, 100.0, 1500, 2000),
+            ),
+            row(
+                report("get-linearizable", 64, 1000.0, 1, 1),
+                report("get-linearizable", 64, 1000.0, 1, 1),
+            ),
+        ];
+        let g = judge(&rows, &limits(1000));
+        assert_eq!(g.len(), 3);
+        assert!(g[0].met, "{:?}", g[0]);
+        // Within 1.5× of the floor but slower than etcd: not met.
+        assert!(!g[1].met, "{:?}", g[1]);
+        assert!(!g[2].met, "{:?}", g[2]);
+        // Twice the throughput but a worse tail: not met.
+        let worse_tail = vec![row(
+            report("sync-put", 64, 3000.0, 10, 1100),
+            report("sync-put", 64, 1000.0, 10, 1000),
+        )];
+        assert!(!judge(&worse_tail, &limits(1000))[0].met);
+    }
+}

@@ -1,0 +1,219 @@
+//! The benchmark driver: closed-loop clients against StreamShield and etcd
+//! on the same machine, in the same process, alternating.
+//!
+//! [`workload`] says what a client does next (one type per workload),
+//! [`target`] executes it on a store, [`runner`] runs the closed loop and
+//! measures, [`etcd`] starts and reaches the comparison cluster,
+//! [`limits`] measures the machine's floor, [`matrix`] runs the whole
+//! comparison and writes `BENCHMARKS.md`.
+
+pub mod cli;
+pub mod etcd;
+pub mod limits;
+pub mod matrix;
+pub mod runner;
+pub mod target;
+pub mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use streamshield_client::local::LocalCluster;
+use streamshield_client::{Client, ClientConfig};
+
+use runner::{Report, RunShape};
+use target::{EtcdTarget, StreamShieldTarget, Target, TargetKind};
+use workload::{KeySpace, WorkloadKind};
+
+/// Clusters a benchmark talks to; the ones it started die with it.
+pub struct Clusters {
+    pub streamshield: Option<StreamShieldTarget>,
+    pub etcd: Option<EtcdTarget>,
+    /// Targets whose key space is already written (reads need data).
+    preloaded: std::sync::Mutex<Vec<TargetKind>>,
+    _own: Option<LocalCluster>,
+    _own_etcd: Option<etcd::EtcdCluster>,
+}
+
+/// Where to find or how to start each target.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSpec {
+    /// `None`: start a local 3-node cluster in `dir`.
+    pub streamshield_endpoints: Option<Vec<String>>,
+    pub etcd_endpoints: Option<Vec<String>>,
+    pub server_bin: Option<PathBuf>,
+    /// Extra flags for the servers this driver starts.
+    pub server_args: Vec<String>,
+}
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+impl Clusters {
+    pub async fn start(
+        want: &[TargetKind],
+        spec: &ClusterSpec,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut c = Self {
+            streamshield: None,
+            etcd: None,
+            preloaded: Default::default(),
+            _own: None,
+            _own_etcd: None,
+        };
+        if want.contains(&TargetKind::Streamshield) {
+            let endpoints = match &spec.streamshield_endpoints {
+                Some(e) => e.clone(),
+                None => {
+                    let bin = spec
+                        .server_bin
+                        .clone()
+                        .context("streamshield-server binary not found")?;
+                    let cluster = LocalCluster::start(
+                        &dir.join("streamshield"),
+                        3,
+                        &bin,
+                        &spec.server_args,
+                        false,
+                    )?;
+                    let e = cluster.endpoints();
+                    c._own = Some(cluster);
+                    e
+                }
+            };
+            let mut cfg = ClientConfig::new(endpoints);
+            cfg.deadline = READY_WITHIN;
+            let client = Client::new(cfg)?;
+            client.wait_for_leader().await?;
+            c.streamshield = Some(StreamShieldTarget::prepare(client).await?);
+        }
+        if want.contains(&TargetKind::Etcd) {
+            let endpoints = match &spec.etcd_endpoints {
+                Some(e) => e.clone(),
+                None => {
+                    let cluster = etcd::EtcdCluster::start(dir, 3)?;
+                    let e = cluster.client_urls.clone();
+                    c._own_etcd = Some(cluster);
+                    e
+                }
+            };
+            let kv = etcd::connect_leader(&endpoints, READY_WITHIN).await?;
+            c.etcd = Some(EtcdTarget { kv });
+        }
+        Ok(c)
+    }
+
+    /// Runs one measurement of `kind` on `target`, preloading keys first
+    /// when the workload reads them.
+    pub async fn measure(
+        &self,
+        target: TargetKind,
+        kind: WorkloadKind,
+        space: KeySpace,
+        shape: RunShape,
+    ) -> anyhow::Result<Report> {
+        let preload = kind.build(space).needs_preload() && {
+            let mut done = self.preloaded.lock().expect("preloaded");
+            let first = !done.contains(&target);
+            done.push(target);
+            first
+        };
+        match target {
+            TargetKind::Streamshield => {
+                let t = self.streamshield.as_ref().context("no streamshield target")?;
+                measure_on(t, target, kind, space, shape, preload).await
+            }
+            TargetKind::Etcd => {
+                let t = self.etcd.as_ref().context("no etcd target")?;
+                measure_on(t, target, kind, space, shape, preload).await
+            }
+        }
+    }
+}
+
+async fn measure_on<T: Target>(
+    t: &T,
+    target: TargetKind,
+    kind: WorkloadKind,
+    space: KeySpace,
+    shape: RunShape,
+    preload: bool,
+) -> anyhow::Result<Report> {
+    let w: Arc<dyn workload::BenchWorkload> = Arc::from(kind.build(space));
+    if preload {
+        runner::preload(t, space, 64).await?;
+    }
+    let m = runner::run(t, w, shape).await?;
+    Ok(Report::from_run(
+        &kind.name(),
+        target.name(),
+        space,
+        shape,
+        m,
+    ))
+}
+
+/// The median of `xs` (the lower one of the middle two for even counts).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[(xs.len() - 1) / 2]
+}
+
+/// The report whose throughput is the median of `runs`, so its latency
+/// figures come from one real run rather than a mix.
+pub fn median_report(runs: &[Report]) -> Option<Report> {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+    sorted.get((sorted.len().max(1) - 1) / 2).cloned()
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<18} {:<13} {:>7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7}",
+        "workload", "target", "clients", "ops", "ops/s", "p50 µs", "p99 µs", "p999 µs", "errors"
+    )
+}
+
+pub fn table_row(r: &Report) -> String {
+    format!(
+        "{:<18} {:<13} {:>7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>7}",
+        r.workload, r.target, r.clients, r.ops, r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.errors
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ops_per_s: f64, p99: u64) -> Report {
+        Report {
+            workload: "w".into(),
+            target: "t".into(),
+            clients: 1,
+            value_size: 1,
+            seconds: 1.0,
+            ops: ops_per_s as u64,
+            ops_per_s,
+            p50_us: 1,
+            p99_us: p99,
+            p999_us: 1,
+            max_us: 1,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn median_report_keeps_the_middle_run_whole() {
+        let runs = vec![report(300.0, 3), report(100.0, 1), report(200.0, 2)];
+        let m = median_report(&runs).unwrap();
+        assert_eq!((m.ops_per_s, m.p99_us), (200.0, 2));
+        assert_eq!(median(vec![3.0, 1.0, 2.0, 10.0]), 2.0);
+        assert!(median_report(&[]).is_none());
+    }
+}

@@ -1,0 +1,116 @@
+//! The stores a benchmark drives: StreamShield through its client, etcd
+//! through its v3 gRPC API. Both answer the same two operations.
+
+use std::future::Future;
+
+use streamshield_client::{Client, Consistency};
+use tonic::transport::Channel;
+
+use super::etcd::pb as etcd_pb;
+
+/// One operation of a closed-loop client.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// A durable write: acknowledged only once committed by a majority.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+        consistency: Consistency,
+    },
+}
+
+/// Which store a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Streamshield,
+    Etcd,
+}
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Streamshield => "streamshield",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+/// A store under test. Cheap to clone: every client task holds one.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// Runs `op`; the error is only counted, so a description suffices.
+    fn execute(&self, op: Op) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// The job and state table every StreamShield benchmark writes to.
+pub const JOB: &str = "bench";
+pub const STATE: &str = "kv";
+
+#[derive(Clone)]
+pub struct StreamShieldTarget {
+    pub client: Client,
+}
+
+impl StreamShieldTarget {
+    /// Creates the benchmark job if it is not there yet.
+    pub async fn prepare(client: Client) -> anyhow::Result<Self> {
+        match client.create_job(JOB, 0).await {
+            Ok(_) => {}
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+            Err(e) => return Err(anyhow::anyhow!("create job {JOB}: {e}")),
+        }
+        Ok(Self { client })
+    }
+}
+
+impl Target for StreamShieldTarget {
+    async fn execute(&self, op: Op) -> Result<(), String> {
+        match op {
+            Op::Put { key, value } => self
+                .client
+                .put(JOB, STATE, key, value)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Op::Get { key, consistency } => self
+                .client
+                .get(JOB, STATE, key, consistency)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// etcd's KV service on one member, as its own clients use it: one HTTP/2
+/// connection shared by every client task.
+#[derive(Clone)]
+pub struct EtcdTarget {
+    pub kv: etcd_pb::kv_client::KvClient<Channel>,
+}
+
+impl Target for EtcdTarget {
+    async fn execute(&self, op: Op) -> Result<(), String> {
+        let mut kv = self.kv.clone();
+        match op {
+            Op::Put { key, value } => kv
+                .put(etcd_pb::PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+            Op::Get { key, consistency } => kv
+                .range(etcd_pb::RangeRequest {
+                    key,
+                    serializable: consistency == Consistency::Stale,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| s.to_string()),
+        }
+    }
+}
