@@ -6,7 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
+    VoteRequest, VoteResponse,
+};
 use openraft::{EntryPayload, LogId as RaftLogId};
 use streamshield_proto::v1 as pb;
 
@@ -279,6 +282,32 @@ pub fn append_response_from_pb(
     })
 }
 
+pub fn stream_reply_to_pb(r: &StreamAppendResult<TypeConfig>) -> pb::AppendStreamReply {
+    use pb::append_stream_reply::Result as R;
+    let result = match r {
+        Ok(matched) => R::Matched(pb::Matched {
+            log_id: matched.as_ref().map(log_id_to_pb),
+        }),
+        Err(StreamAppendError::Conflict(l)) => R::Conflict(log_id_to_pb(l)),
+        Err(StreamAppendError::HigherVote(v)) => R::HigherVote(vote_to_pb(v)),
+    };
+    pb::AppendStreamReply {
+        result: Some(result),
+    }
+}
+
+pub fn stream_reply_from_pb(
+    r: &pb::AppendStreamReply,
+) -> Result<StreamAppendResult<TypeConfig>, DecodeError> {
+    use pb::append_stream_reply::Result as R;
+    Ok(match &r.result {
+        Some(R::Matched(m)) => Ok(opt_log_id_from_pb(&m.log_id)?),
+        Some(R::Conflict(l)) => Err(StreamAppendError::Conflict(log_id_from_pb(l)?)),
+        Some(R::HigherVote(v)) => Err(StreamAppendError::HigherVote(vote_from_pb(Some(v))?)),
+        None => return Err(malformed("AppendStreamReply", "no result")),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +375,20 @@ mod tests {
         };
         assert!(membership_from_pb(&bad).is_err());
         assert!(vote_from_pb(None).is_err());
+    }
+
+    #[test]
+    fn stream_replies_round_trip() {
+        let cases: Vec<StreamAppendResult<TypeConfig>> = vec![
+            Ok(None),
+            Ok(Some(lid(2, 1, 7))),
+            Err(StreamAppendError::Conflict(lid(1, 3, 4))),
+            Err(StreamAppendError::HigherVote(Vote::new(5, 2))),
+        ];
+        for c in cases {
+            let back = stream_reply_from_pb(&stream_reply_to_pb(&c)).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        }
+        assert!(stream_reply_from_pb(&pb::AppendStreamReply { result: None }).is_err());
     }
 }

@@ -1,13 +1,19 @@
 //! The sending side of Raft RPCs: one lazily connected gRPC channel per
 //! peer, protobuf on the wire, snapshots streamed file by file in chunks.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    VoteRequest, VoteResponse,
 };
 use openraft::storage::Snapshot;
 use openraft::RaftNetworkV2;
@@ -72,6 +78,27 @@ struct PeerError {
     detail: String,
 }
 
+impl PeerError {
+    fn with(&self, detail: impl Into<String>) -> Self {
+        Self {
+            target: self.target,
+            addr: self.addr.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn status_error(&self, s: tonic::Status) -> RPCError<TypeConfig> {
+        let e = self.with(format!("{}: {}", s.code(), s.message()));
+        // Connection failures surface as UNAVAILABLE; openraft backs off
+        // from unreachable peers instead of hammering them.
+        if s.code() == tonic::Code::Unavailable {
+            RPCError::Unreachable(Unreachable::new(&e))
+        } else {
+            RPCError::Network(NetworkError::new(&e))
+        }
+    }
+}
+
 impl PeerConnection {
     fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
         self.client.clone().ok_or_else(|| {
@@ -90,14 +117,7 @@ impl PeerConnection {
     }
 
     fn status_error(&self, s: tonic::Status) -> RPCError<TypeConfig> {
-        let e = self.err(format!("{}: {}", s.code(), s.message()));
-        // Connection failures surface as UNAVAILABLE; openraft backs off
-        // from unreachable peers instead of hammering them.
-        if s.code() == tonic::Code::Unavailable {
-            RPCError::Unreachable(Unreachable::new(&e))
-        } else {
-            RPCError::Network(NetworkError::new(&e))
-        }
+        self.err("").status_error(s)
     }
 
     fn decode_error(&self, e: codec::DecodeError) -> RPCError<TypeConfig> {
@@ -131,8 +151,99 @@ impl PeerConnection {
     }
 }
 
+/// The answer stream of one pipelined AppendStream session, with the send
+/// time of every request not answered yet.
+struct ReplyStream {
+    replies: tonic::Streaming<pb::AppendStreamReply>,
+    unanswered: Arc<Mutex<VecDeque<Instant>>>,
+    ttl: Duration,
+    peer: PeerError,
+}
+
+impl ReplyStream {
+    fn fail(&self, e: RPCError<TypeConfig>) -> Option<(Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>, Option<Self>)> {
+        Some((Err(e), None))
+    }
+
+    /// The next answer; an error once the oldest unanswered request has
+    /// waited longer than the TTL (a paused or partitioned follower).
+    async fn next(
+        mut self,
+    ) -> Option<(Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>, Option<Self>)> {
+        loop {
+            match tokio::time::timeout(self.ttl / 4, self.replies.message()).await {
+                Ok(Ok(Some(reply))) => {
+                    self.unanswered.lock().expect("unanswered").pop_front();
+                    return match codec::stream_reply_from_pb(&reply) {
+                        Ok(r) => Some((Ok(r), Some(self))),
+                        Err(e) => {
+                            let e = RPCError::Network(NetworkError::new(&self.peer.with(e.to_string())));
+                            self.fail(e)
+                        }
+                    };
+                }
+                Ok(Ok(None)) => return None,
+                Ok(Err(status)) => {
+                    let e = self.peer.status_error(status);
+                    return self.fail(e);
+                }
+                Err(_) => {
+                    let oldest = self.unanswered.lock().expect("unanswered").front().copied();
+                    if oldest.is_some_and(|t| t.elapsed() > self.ttl) {
+                        let e = RPCError::Unreachable(Unreachable::new(
+                            &self.peer.with(format!("no answer within {:?}", self.ttl)),
+                        ));
+                        return self.fail(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = SnapshotFiles;
+
+    /// Pipelined replication over one gRPC stream: requests go out as
+    /// openraft produces them, without waiting for earlier answers, so a
+    /// follower's fsync of one batch overlaps the transfer of the next.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + openraft::OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut c = self.client()?;
+            let unanswered = Arc::new(Mutex::new(VecDeque::new()));
+            let sent = unanswered.clone();
+            let requests = input.map(move |r| {
+                sent.lock().expect("unanswered").push_back(Instant::now());
+                codec::append_request_to_pb(&r)
+            });
+            let ttl = option.hard_ttl();
+            let replies = self.with_deadline(ttl, c.append_stream(requests)).await?;
+            let state = ReplyStream {
+                replies,
+                unanswered,
+                ttl,
+                peer: self.err(""),
+            };
+            let out: BoxStream<'s, _> =
+                Box::pin(futures::stream::unfold(Some(state), |s| async move {
+                    s?.next().await
+                }));
+            Ok(out)
+        })
+    }
 
     async fn append_entries(
         &mut self,

@@ -2,7 +2,10 @@
 
 use std::fs;
 use std::io::Write;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
 
 use openraft::storage::Snapshot;
 use streamshield_proto::v1::{self as pb, raft_server::Raft as RaftRpc};
@@ -44,8 +47,38 @@ impl Drop for IncomingDir {
     }
 }
 
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::AppendStreamReply, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
+    type AppendStreamStream = ReplyStream;
+
+    /// Hands the leader's requests to openraft's pipelined append as they
+    /// arrive. A request that does not decode ends the input, so the leader
+    /// sees the stream end after the answers to what came before it.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let input = request
+            .into_inner()
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| async move { r.ok() })
+            .map(codec::append_request_from_pb)
+            .take_while(|r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "malformed AppendEntries in a stream; ending it");
+                }
+                std::future::ready(r.is_ok())
+            })
+            .filter_map(|r| async move { r.ok() });
+        let output = self.ctx.raft.stream_append(input).map(|r| match r {
+            Ok(result) => Ok(codec::stream_reply_to_pb(&result)),
+            Err(f) => Err(fatal(f)),
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
     async fn vote(
         &self,
         request: Request<pb::VoteRequest>,
