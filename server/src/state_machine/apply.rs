@@ -1,22 +1,21 @@
 //! Applying one committed command to the state machine.
 //!
 //! Runs identically on every replica: it reads only replicated state and
-//! the entry, and stages its effects in a `WriteBatch` that the caller
+//! the entry, and stages its effects in [`PendingWrites`] that the caller
 //! commits together with the applied index. A command that cannot apply
 //! (unknown job, failed condition) changes nothing but its answer, which is
 //! recorded for deduplication like any other.
 
-use std::collections::HashMap;
 use std::io;
 
 use prost::Message;
-use rocksdb::{WriteBatch, DB};
 use streamshield_proto::v1::{self as pb, command, command_response, condition, op};
 use tonic::Code;
 
 use super::meta::{self as m, CF_DATA, CF_META};
+use super::pending::PendingWrites;
 use crate::keys::{self, meta, StoredValue, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS};
-use crate::rocks::{self, corrupt, io_err};
+use crate::rocks::corrupt;
 
 pub fn error_response(code: Code, message: impl Into<String>) -> pb::CommandResponse {
     pb::CommandResponse {
@@ -33,29 +32,34 @@ fn write_response(w: pb::WriteResponse) -> pb::CommandResponse {
     }
 }
 
-/// Applies `cmd` carried by the entry at `index`, staging writes in `batch`.
+/// Applies `cmd` carried by the entry at `index`, staging its effects.
 /// An `Err` is a storage failure (the node must stop), never a bad command.
 pub fn apply_command(
-    db: &DB,
-    batch: &mut WriteBatch,
+    p: &mut PendingWrites,
     index: u64,
     cmd: &pb::Command,
 ) -> io::Result<pb::CommandResponse> {
     match &cmd.kind {
-        Some(command::Kind::Write(w)) => apply_write(db, batch, index, w),
-        Some(command::Kind::CreateJob(c)) => create_job(db, batch, index, c),
+        Some(command::Kind::Write(w)) => apply_write(p, index, w),
+        Some(command::Kind::CreateJob(c)) => create_job(p, index, c),
         None => Ok(error_response(Code::InvalidArgument, "empty command")),
     }
 }
 
+fn load_job(p: &mut PendingWrites, shard: u32, name: &str) -> io::Result<Option<pb::JobInfo>> {
+    match p.get(CF_META, &meta::job(shard, name))? {
+        None => Ok(None),
+        Some(raw) => m::decode_job(&raw, name).map(Some),
+    }
+}
+
 fn create_job(
-    db: &DB,
-    batch: &mut WriteBatch,
+    p: &mut PendingWrites,
     index: u64,
     c: &pb::CreateJob,
 ) -> io::Result<pb::CommandResponse> {
     let shard = keys::DEFAULT_SHARD;
-    if m::load_job(db, shard, &c.job)?.is_some() {
+    if load_job(p, shard, &c.job)?.is_some() {
         return Ok(error_response(
             Code::AlreadyExists,
             format!("job {:?} already exists", c.job),
@@ -72,8 +76,10 @@ fn create_job(
             format!("key_groups {key_groups} is above the maximum {MAX_KEY_GROUPS}"),
         ));
     }
-    let job_id = m::read_u32(db, meta::NEXT_JOB_ID)?.unwrap_or(1);
-    let cf = rocks::cf(db, CF_META)?;
+    let job_id = match p.get(CF_META, meta::NEXT_JOB_ID)? {
+        None => 1,
+        Some(raw) => m::decode_u32(&raw)?,
+    };
     let info = pb::JobInfo {
         job: c.job.clone(),
         job_id,
@@ -81,8 +87,8 @@ fn create_job(
         states: Vec::new(),
         created_index: index,
     };
-    batch.put_cf(cf, meta::job(shard, &c.job), info.encode_to_vec());
-    batch.put_cf(cf, meta::NEXT_JOB_ID, (job_id + 1).to_be_bytes());
+    p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
+    p.put(CF_META, meta::NEXT_JOB_ID, (job_id + 1).to_be_bytes().to_vec())?;
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::JobCreated(pb::JobCreated {
             job: c.job.clone(),
@@ -94,24 +100,19 @@ fn create_job(
 }
 
 fn apply_write(
-    db: &DB,
-    batch: &mut WriteBatch,
+    p: &mut PendingWrites,
     index: u64,
     w: &pb::WriteRequest,
 ) -> io::Result<pb::CommandResponse> {
     if w.client_id == 0 {
-        return write_outcome(db, batch, index, w);
+        return write_outcome(p, index, w);
     }
-    let meta_cf = rocks::cf(db, CF_META)?;
-    if let Some(raw) = db
-        .get_pinned_cf(meta_cf, meta::dedupe(w.client_id, w.seq))
-        .map_err(io_err)?
-    {
+    if let Some(raw) = p.get(CF_META, &meta::dedupe(w.client_id, w.seq))? {
         metrics::counter!("streamshield_writes_deduplicated_total").increment(1);
         return pb::CommandResponse::decode(raw.as_ref())
             .map_err(|e| corrupt(format!("dedupe record: {e}")));
     }
-    let forgotten = forgotten_below(db, w.client_id)?;
+    let forgotten = forgotten_below(p, w.client_id)?;
     if w.seq < forgotten {
         // Its answer may have been forgotten; applying it again could
         // apply it twice.
@@ -123,23 +124,23 @@ fn apply_write(
             ),
         ));
     }
-    let resp = write_outcome(db, batch, index, w)?;
-    batch.put_cf(
-        meta_cf,
-        meta::dedupe(w.client_id, w.seq),
+    let resp = write_outcome(p, index, w)?;
+    p.put(
+        CF_META,
+        &meta::dedupe(w.client_id, w.seq),
         resp.encode_to_vec(),
-    );
+    )?;
     if w.acked_below >= forgotten + FORGET_STEP {
-        batch.delete_range_cf(
-            meta_cf,
-            meta::dedupe(w.client_id, forgotten),
-            meta::dedupe(w.client_id, w.acked_below),
-        );
-        batch.put_cf(
-            meta_cf,
-            meta::session(w.client_id),
-            w.acked_below.to_be_bytes(),
-        );
+        p.delete_range(
+            CF_META,
+            &meta::dedupe(w.client_id, forgotten),
+            &meta::dedupe(w.client_id, w.acked_below),
+        )?;
+        p.put(
+            CF_META,
+            &meta::session(w.client_id),
+            w.acked_below.to_be_bytes().to_vec(),
+        )?;
     }
     Ok(resp)
 }
@@ -149,29 +150,31 @@ fn apply_write(
 /// deletion per step rather than one per write.
 pub const FORGET_STEP: u64 = 256;
 
-fn forgotten_below(db: &DB, client_id: u64) -> io::Result<u64> {
-    let meta_cf = rocks::cf(db, CF_META)?;
-    match db
-        .get_pinned_cf(meta_cf, meta::session(client_id))
-        .map_err(io_err)?
-    {
+fn forgotten_below(p: &mut PendingWrites, client_id: u64) -> io::Result<u64> {
+    match p.get(CF_META, &meta::session(client_id))? {
         None => Ok(0),
         Some(raw) => {
-            Ok(u64::from_be_bytes(raw.as_ref().try_into().map_err(
+            Ok(u64::from_be_bytes(raw.as_slice().try_into().map_err(
                 |_| corrupt("client session record is not 8 bytes"),
             )?))
         }
     }
 }
 
+fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue>> {
+    match p.get(CF_DATA, dk)? {
+        None => Ok(None),
+        Some(raw) => StoredValue::decode(&raw).map(Some).map_err(corrupt),
+    }
+}
+
 fn write_outcome(
-    db: &DB,
-    batch: &mut WriteBatch,
+    p: &mut PendingWrites,
     index: u64,
     w: &pb::WriteRequest,
 ) -> io::Result<pb::CommandResponse> {
     let shard = w.shard;
-    let Some(mut job) = m::load_job(db, shard, &w.job)? else {
+    let Some(mut job) = load_job(p, shard, &w.job)? else {
         return Ok(error_response(
             Code::NotFound,
             format!("job {:?} does not exist", w.job),
@@ -185,19 +188,14 @@ fn write_outcome(
             "an op or condition has no kind",
         ));
     }
-    let data_cf = rocks::cf(db, CF_DATA)?;
-    let read = |state_id: u32, key: &[u8]| -> io::Result<Option<StoredValue>> {
+    let data_key = |job: &pb::JobInfo, state_id: u32, key: &[u8]| {
         let group = keys::key_group(key, job.key_groups);
-        let dk = keys::data_key(shard, job.job_id, group, state_id, key);
-        match db.get_pinned_cf(data_cf, dk).map_err(io_err)? {
-            None => Ok(None),
-            Some(raw) => StoredValue::decode(raw.as_ref()).map(Some).map_err(corrupt),
-        }
+        keys::data_key(shard, job.job_id, group, state_id, key)
     };
 
     for (i, c) in w.conditions.iter().enumerate() {
         let current = match m::state_id(&job, &c.state) {
-            Some(sid) => read(sid, &c.key)?,
+            Some(sid) => read_value(p, &data_key(&job, sid, &c.key))?,
             None => None,
         };
         let holds = match c.test.as_ref().expect("checked above") {
@@ -224,7 +222,6 @@ fn write_outcome(
         }
     }
 
-    let mut overlay: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
     let mut versions = Vec::with_capacity(w.ops.len());
     let mut job_changed = false;
     for o in &w.ops {
@@ -246,34 +243,28 @@ fn write_outcome(
                 continue;
             }
         };
-        let group = keys::key_group(&o.key, job.key_groups);
-        let dk = keys::data_key(shard, job.job_id, group, sid, &o.key);
-        let prev_version = match overlay.get(&dk) {
-            Some(v) => v.unwrap_or(0),
-            None => read(sid, &o.key)?.map_or(0, |v| v.version),
-        };
+        let dk = data_key(&job, sid, &o.key);
         match o.kind.as_ref().expect("checked above") {
-            op::Kind::Put(p) => {
-                let version = prev_version + 1;
+            op::Kind::Put(put) => {
+                // Earlier ops of this request and earlier entries of this
+                // chunk are visible through the pending writes.
+                let version = read_value(p, &dk)?.map_or(0, |v| v.version) + 1;
                 let stored = StoredValue {
                     version,
                     mod_index: index,
-                    value: p.value.clone(),
+                    value: put.value.clone(),
                 };
-                batch.put_cf(data_cf, &dk, stored.encode());
-                overlay.insert(dk, Some(version));
+                p.put(CF_DATA, &dk, stored.encode())?;
                 versions.push(version);
             }
             op::Kind::Delete(_) => {
-                batch.delete_cf(data_cf, &dk);
-                overlay.insert(dk, None);
+                p.delete(CF_DATA, &dk)?;
                 versions.push(0);
             }
         }
     }
     if job_changed {
-        let meta_cf = rocks::cf(db, CF_META)?;
-        batch.put_cf(meta_cf, meta::job(shard, &job.job), job.encode_to_vec());
+        p.put(CF_META, &meta::job(shard, &job.job), job.encode_to_vec())?;
     }
     Ok(write_response(pb::WriteResponse {
         succeeded: true,
@@ -286,7 +277,10 @@ fn write_outcome(
 
 #[cfg(test)]
 mod tests {
+    use rocksdb::DB;
+
     use super::*;
+    use crate::rocks;
     use crate::state_machine::meta::ALL_CFS;
 
     struct Fixture {
@@ -319,10 +313,22 @@ mod tests {
 
         fn apply(&mut self, cmd: pb::Command) -> pb::CommandResponse {
             self.index += 1;
-            let mut batch = WriteBatch::default();
-            let r = apply_command(&self.db, &mut batch, self.index, &cmd).unwrap();
-            self.db.write(batch).unwrap();
+            let mut p = PendingWrites::new(&self.db);
+            let r = apply_command(&mut p, self.index, &cmd).unwrap();
+            self.db.write(p.into_batch()).unwrap();
             r
+        }
+
+        /// Applies several commands as one chunk: one RocksDB write.
+        fn apply_chunk(&mut self, cmds: Vec<pb::Command>) -> Vec<pb::CommandResponse> {
+            let mut p = PendingWrites::new(&self.db);
+            let mut out = Vec::new();
+            for cmd in cmds {
+                self.index += 1;
+                out.push(apply_command(&mut p, self.index, &cmd).unwrap());
+            }
+            self.db.write(p.into_batch()).unwrap();
+            out
         }
 
         fn write(&mut self, w: pb::WriteRequest) -> pb::CommandResponse {
@@ -477,5 +483,34 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn entries_of_one_chunk_see_each_other() {
+        let mut f = Fixture::new();
+        let mut retried = req(vec![put(b"k", b"b")]);
+        retried.client_id = 9;
+        retried.seq = 1;
+        retried.acked_below = 1;
+        let write = |w: pb::WriteRequest| pb::Command {
+            kind: Some(command::Kind::Write(w)),
+        };
+        let out = f.apply_chunk(vec![
+            write(req(vec![put(b"k", b"a")])),
+            write(retried.clone()),
+            write(retried),
+            write(req(vec![put(b"k", b"c")])),
+        ]);
+        let versions: Vec<Vec<u64>> = out
+            .iter()
+            .map(|r| match &r.kind {
+                Some(command_response::Kind::Write(w)) => w.versions.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The retry in the same chunk is answered from the dedupe record.
+        assert_eq!(versions, vec![vec![1], vec![2], vec![2], vec![3]]);
+        let kv = f.get(b"k").unwrap();
+        assert_eq!((kv.value.as_slice(), kv.version), (&b"c"[..], 3));
     }
 }

@@ -19,10 +19,19 @@ pub fn load_job(db: &DB, shard: u32, name: &str) -> std::io::Result<Option<pb::J
         .map_err(io_err)?
     {
         None => Ok(None),
-        Some(raw) => pb::JobInfo::decode(raw.as_ref())
-            .map(Some)
-            .map_err(|e| corrupt(format!("job record {name}: {e}"))),
+        Some(raw) => decode_job(&raw, name).map(Some),
     }
+}
+
+pub fn decode_job(raw: &[u8], name: &str) -> std::io::Result<pb::JobInfo> {
+    pb::JobInfo::decode(raw).map_err(|e| corrupt(format!("job record {name}: {e}")))
+}
+
+pub fn decode_u32(raw: &[u8]) -> std::io::Result<u32> {
+    let b: [u8; 4] = raw
+        .try_into()
+        .map_err(|_| corrupt("counter is not 4 bytes"))?;
+    Ok(u32::from_be_bytes(b))
 }
 
 pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
@@ -30,18 +39,4 @@ pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
         .iter()
         .find(|s| s.name == state)
         .map(|s| s.state_id)
-}
-
-pub fn read_u32(db: &DB, key: &[u8]) -> std::io::Result<Option<u32>> {
-    let cf = rocks::cf(db, CF_META)?;
-    match db.get_pinned_cf(cf, key).map_err(io_err)? {
-        None => Ok(None),
-        Some(raw) => {
-            let b: [u8; 4] = raw
-                .as_ref()
-                .try_into()
-                .map_err(|_| corrupt("counter is not 4 bytes"))?;
-            Ok(Some(u32::from_be_bytes(b)))
-        }
-    }
 }

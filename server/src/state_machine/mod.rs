@@ -1,14 +1,16 @@
 //! The replicated state machine in RocksDB (`data`, `staged` and `meta`
 //! column families), its snapshots and its queries.
 //!
-//! Every applied entry commits its effects, the applied log id and (for
-//! membership entries) the membership in one `WriteBatch`, so the store
-//! never describes an index it does not contain. The live store is
+//! A chunk of applied entries (up to 256) commits its effects, the applied
+//! log id of its last entry and (for membership entries) the membership in
+//! one `WriteBatch`, so the store never describes an index it does not
+//! contain; proposers hear back after that write. The live store is
 //! `sm/gen-<n>`; installing a snapshot opens a new generation beside it
 //! and switches the `sm/CURRENT` pointer atomically.
 
 mod apply;
 pub mod meta;
+mod pending;
 pub mod read;
 pub mod snapshot;
 
@@ -20,13 +22,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::storage::{
+    ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot,
+};
 use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
-use rocksdb::{WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
 use self::meta::{ALL_CFS, CF_META};
+use self::pending::PendingWrites;
 pub use self::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::keys::meta as mk;
@@ -223,6 +228,34 @@ fn retire(db: Arc<DB>, dir: PathBuf) {
     });
 }
 
+/// Entries applied into one RocksDB write at most; their answers wait
+/// for that write.
+const MAX_ENTRIES_PER_WRITE: usize = 256;
+
+/// Writes the effects of a chunk of entries (with the applied log id of
+/// the last) in one batch, then answers the proposers.
+fn commit_applied(
+    db: &DB,
+    pending: PendingWrites,
+    wo: &WriteOptions,
+    answers: &mut Vec<(Option<ApplyResponder<TypeConfig>>, pb::CommandResponse)>,
+    last_index: Option<u64>,
+) -> io::Result<()> {
+    if pending.entries() == 0 {
+        return Ok(());
+    }
+    db.write_opt(pending.into_batch(), wo).map_err(io_err)?;
+    if let Some(i) = last_index {
+        metrics::gauge!("streamshield_applied_index").set(i as f64);
+    }
+    for (responder, response) in answers.drain(..) {
+        if let Some(r) = responder {
+            r.send(response);
+        }
+    }
+    Ok(())
+}
+
 /// Runs blocking RocksDB work (checkpoints, file copies) off the runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -259,40 +292,43 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let db = self.shared.db();
-        let meta_cf = rocks::cf(&db, CF_META)?;
         let mut wo = WriteOptions::default();
         // The Raft log is fsynced; a crash loses at most applied entries
         // that are re-applied from it on restart.
         wo.set_sync(false);
+        let mut pending = PendingWrites::new(&db);
+        let mut answers = Vec::new();
+        let mut last_index = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
-            let mut batch = WriteBatch::default();
             let response = match &entry.payload {
                 EntryPayload::Blank => none_response(),
-                EntryPayload::Normal(cmd) => apply::apply_command(&db, &mut batch, index, cmd)?,
+                EntryPayload::Normal(cmd) => apply::apply_command(&mut pending, index, cmd)?,
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                    batch.put_cf(
-                        meta_cf,
+                    pending.put(
+                        CF_META,
                         mk::MEMBERSHIP,
                         codec::stored_membership_to_pb(&stored).encode_to_vec(),
-                    );
+                    )?;
                     none_response()
                 }
             };
-            batch.put_cf(
-                meta_cf,
+            pending.put(
+                CF_META,
                 mk::APPLIED,
                 codec::log_id_to_pb(&entry.log_id).encode_to_vec(),
-            );
-            db.write_opt(batch, &wo).map_err(io_err)?;
-            metrics::gauge!("streamshield_applied_index").set(index as f64);
-            if let Some(r) = responder {
-                r.send(response);
+            )?;
+            pending.entry_done();
+            last_index = Some(index);
+            answers.push((responder, response));
+            if pending.entries() >= MAX_ENTRIES_PER_WRITE {
+                let full = std::mem::replace(&mut pending, PendingWrites::new(&db));
+                commit_applied(&db, full, &wo, &mut answers, last_index)?;
             }
         }
-        Ok(())
+        commit_applied(&db, pending, &wo, &mut answers, last_index)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
