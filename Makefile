@@ -2,9 +2,10 @@
 # a fresh Debian machine lacks (apt, when run as root) before building.
 
 CARGO ?= cargo
-APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core
+# etcd-server: the comparison target of `make bench` and its test.
+APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server
 
-.PHONY: demo test deps build fmt lint jepsen
+.PHONY: demo test deps build fmt lint jepsen bench
 
 deps:
 	@missing=""; \
@@ -15,6 +16,9 @@ deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    case "$$missing" in *etcd-server*) \
+	      if [ -d /run/systemd/system ]; then systemctl disable --now etcd || true; fi;; \
+	    esac; \
 	  else \
 	    echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; \
 	  fi; \
@@ -46,3 +50,9 @@ test: lint
 # table to store/sweep-summary.md.
 jepsen: build
 	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- sweep --time-limit 30 --runs 24
+
+# Benchmarks side by side with etcd (a 3-member cluster of Debian's
+# etcd-server, started with free ports) and the machine's floor; writes
+# BENCHMARKS.md. About 10 minutes.
+bench: build
+	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- matrix --out BENCHMARKS.md

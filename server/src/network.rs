@@ -12,8 +12,8 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::storage::Snapshot;
 use openraft::RaftNetworkV2;
@@ -161,7 +161,13 @@ struct ReplyStream {
 }
 
 impl ReplyStream {
-    fn fail(&self, e: RPCError<TypeConfig>) -> Option<(Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>, Option<Self>)> {
+    fn fail(
+        &self,
+        e: RPCError<TypeConfig>,
+    ) -> Option<(
+        Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+        Option<Self>,
+    )> {
         Some((Err(e), None))
     }
 
@@ -169,7 +175,10 @@ impl ReplyStream {
     /// waited longer than the TTL (a paused or partitioned follower).
     async fn next(
         mut self,
-    ) -> Option<(Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>, Option<Self>)> {
+    ) -> Option<(
+        Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
+        Option<Self>,
+    )> {
         loop {
             match tokio::time::timeout(self.ttl / 4, self.replies.message()).await {
                 Ok(Ok(Some(reply))) => {
@@ -177,7 +186,9 @@ impl ReplyStream {
                     return match codec::stream_reply_from_pb(&reply) {
                         Ok(r) => Some((Ok(r), Some(self))),
                         Err(e) => {
-                            let e = RPCError::Network(NetworkError::new(&self.peer.with(e.to_string())));
+                            let e = RPCError::Network(NetworkError::new(
+                                &self.peer.with(e.to_string()),
+                            ));
                             self.fail(e)
                         }
                     };
@@ -219,7 +230,10 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         >,
     >
     where
-        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + openraft::OptionalSend + Unpin + 'static,
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
     {
         Box::pin(async move {
             let mut c = self.client()?;

@@ -64,9 +64,12 @@ pub async fn grpc_round_trip(time: Duration) -> anyhow::Result<Histogram<u64>> {
     let server = tokio::spawn(
         Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
     let ch = Endpoint::from_shared(format!("http://{addr}"))?
         .tcp_nodelay(true)

@@ -85,8 +85,7 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
         let floor = limits.sync_put_floor_us as f64;
         let p50 = r.streamshield.p50_us as f64;
         goals.push(Goal {
-            text: "sync put, 1 client: p50 ≤ 1.5× the machine's floor and below etcd's p50"
-                .into(),
+            text: "sync put, 1 client: p50 ≤ 1.5× the machine's floor and below etcd's p50".into(),
             measured: format!(
                 "p50 {} µs = {:.2}× floor {} µs; etcd p50 {} µs",
                 r.streamshield.p50_us,

@@ -122,7 +122,10 @@ impl Clusters {
         };
         match target {
             TargetKind::Streamshield => {
-                let t = self.streamshield.as_ref().context("no streamshield target")?;
+                let t = self
+                    .streamshield
+                    .as_ref()
+                    .context("no streamshield target")?;
                 measure_on(t, target, kind, space, shape, preload).await
             }
             TargetKind::Etcd => {
@@ -182,7 +185,15 @@ pub fn table_header() -> String {
 pub fn table_row(r: &Report) -> String {
     format!(
         "{:<18} {:<13} {:>7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>7}",
-        r.workload, r.target, r.clients, r.ops, r.ops_per_s, r.p50_us, r.p99_us, r.p999_us, r.errors
+        r.workload,
+        r.target,
+        r.clients,
+        r.ops,
+        r.ops_per_s,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.errors
     )
 }
 

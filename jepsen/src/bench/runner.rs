@@ -170,7 +170,13 @@ impl Report {
             window,
         } = m;
         let ops = hist.len();
-        let q = |p: f64| if ops == 0 { 0 } else { hist.value_at_quantile(p) };
+        let q = |p: f64| {
+            if ops == 0 {
+                0
+            } else {
+                hist.value_at_quantile(p)
+            }
+        };
         Self {
             workload: workload.into(),
             target: target.into(),

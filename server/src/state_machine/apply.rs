@@ -88,7 +88,11 @@ fn create_job(
         created_index: index,
     };
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
-    p.put(CF_META, meta::NEXT_JOB_ID, (job_id + 1).to_be_bytes().to_vec())?;
+    p.put(
+        CF_META,
+        meta::NEXT_JOB_ID,
+        (job_id + 1).to_be_bytes().to_vec(),
+    )?;
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::JobCreated(pb::JobCreated {
             job: c.job.clone(),

@@ -228,6 +228,27 @@ fn retire(db: Arc<DB>, dir: PathBuf) {
     });
 }
 
+/// Applies `cmds` as entries `first_index..` in one chunk, the way the
+/// apply path does, straight on `db` (for benchmarks and tests; no Raft).
+pub fn apply_chunk(
+    db: &DB,
+    first_index: u64,
+    cmds: &[pb::Command],
+) -> io::Result<Vec<pb::CommandResponse>> {
+    let mut pending = PendingWrites::new(db);
+    let mut out = Vec::with_capacity(cmds.len());
+    for (i, cmd) in cmds.iter().enumerate() {
+        out.push(apply::apply_command(
+            &mut pending,
+            first_index + i as u64,
+            cmd,
+        )?);
+        pending.entry_done();
+    }
+    db.write(pending.into_batch()).map_err(io_err)?;
+    Ok(out)
+}
+
 /// Entries applied into one RocksDB write at most; their answers wait
 /// for that write.
 const MAX_ENTRIES_PER_WRITE: usize = 256;

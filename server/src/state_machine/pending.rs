@@ -74,7 +74,8 @@ impl<'a> PendingWrites<'a> {
     }
 
     pub fn delete_range(&mut self, cf: &'static str, from: &[u8], to: &[u8]) -> io::Result<()> {
-        self.batch.delete_range_cf(rocks::cf(self.db, cf)?, from, to);
+        self.batch
+            .delete_range_cf(rocks::cf(self.db, cf)?, from, to);
         self.known
             .retain(|(c, k), _| !(*c == cf && k.as_slice() >= from && k.as_slice() < to));
         self.deleted_ranges.push((cf, from.to_vec(), to.to_vec()));
@@ -106,10 +107,14 @@ mod tests {
         let db = rocks::open(dir.path(), ALL_CFS).unwrap();
         let data = rocks::cf(&db, CF_DATA).unwrap();
         db.put_cf(data, b"a", b"stored").unwrap();
-        db.put_cf(rocks::cf(&db, CF_META).unwrap(), b"r2", b"x").unwrap();
+        db.put_cf(rocks::cf(&db, CF_META).unwrap(), b"r2", b"x")
+            .unwrap();
 
         let mut p = PendingWrites::new(&db);
-        assert_eq!(p.get(CF_DATA, b"a").unwrap().as_deref(), Some(&b"stored"[..]));
+        assert_eq!(
+            p.get(CF_DATA, b"a").unwrap().as_deref(),
+            Some(&b"stored"[..])
+        );
         p.put(CF_DATA, b"a", b"new".to_vec()).unwrap();
         p.put(CF_DATA, b"b", b"fresh".to_vec()).unwrap();
         assert_eq!(p.get(CF_DATA, b"a").unwrap().as_deref(), Some(&b"new"[..]));
@@ -117,16 +122,30 @@ mod tests {
         assert_eq!(p.get(CF_DATA, b"b").unwrap(), None);
         p.put(CF_META, b"r1", b"y".to_vec()).unwrap();
         p.delete_range(CF_META, b"r0", b"r9").unwrap();
-        assert_eq!(p.get(CF_META, b"r1").unwrap(), None, "staged, then range-deleted");
-        assert_eq!(p.get(CF_META, b"r2").unwrap(), None, "stored, then range-deleted");
+        assert_eq!(
+            p.get(CF_META, b"r1").unwrap(),
+            None,
+            "staged, then range-deleted"
+        );
+        assert_eq!(
+            p.get(CF_META, b"r2").unwrap(),
+            None,
+            "stored, then range-deleted"
+        );
         // The same key in another column family is another key.
         assert_eq!(p.get(CF_DATA, b"r2").unwrap(), None);
         // Nothing reached the store yet.
-        assert_eq!(db.get_cf(data, b"a").unwrap().as_deref(), Some(&b"stored"[..]));
+        assert_eq!(
+            db.get_cf(data, b"a").unwrap().as_deref(),
+            Some(&b"stored"[..])
+        );
 
         db.write(p.into_batch()).unwrap();
         assert_eq!(db.get_cf(data, b"a").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(db.get_cf(data, b"b").unwrap(), None);
-        assert_eq!(db.get_cf(rocks::cf(&db, CF_META).unwrap(), b"r2").unwrap(), None);
+        assert_eq!(
+            db.get_cf(rocks::cf(&db, CF_META).unwrap(), b"r2").unwrap(),
+            None
+        );
     }
 }
