@@ -86,7 +86,19 @@ fn print(o: &Outcome) {
 }
 
 async fn main_async(args: Args) -> anyhow::Result<bool> {
-    let command: String = std::env::args().collect::<Vec<_>>().join(" ");
+    // The program by its name, not the path it was started from, so that
+    // reports read the same on every machine.
+    let command: String = std::env::args()
+        .enumerate()
+        .map(|(i, a)| match i {
+            0 => std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(a),
+            _ => a,
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     match args.cmd {
         Cmd::Bench(a) => bench(a).await,
         Cmd::Matrix(a) => run_matrix(a, command).await,

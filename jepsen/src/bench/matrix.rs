@@ -267,9 +267,9 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
     let _ = writeln!(s, "* Machine: {}", machine());
     let _ = writeln!(
         s,
-        "* Clusters: 3 StreamShield nodes (release build, default configuration) and 3 etcd members ({}, default configuration, 8 GiB backend quota), all on 127.0.0.1, data in `{}` (same disk).",
+        "* Clusters: 3 StreamShield nodes (release build, default configuration) and 3 etcd members ({}, default configuration, 8 GiB backend quota), all on 127.0.0.1, both in a temporary directory under `{}` (same disk). Both clusters run during every row; only one is loaded at a time.",
         etcd_version(),
-        dir.display()
+        dir.parent().unwrap_or(dir).display()
     );
     let _ = writeln!(
         s,

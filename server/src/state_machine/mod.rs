@@ -253,22 +253,26 @@ pub fn apply_chunk(
 /// for that write.
 const MAX_ENTRIES_PER_WRITE: usize = 256;
 
-/// Writes the effects of a chunk of entries (with the applied log id of
-/// the last) in one batch, then answers the proposers.
+/// Writes the effects of a chunk of entries and the log id of its last
+/// entry in one batch (one applied-index record per chunk, not per entry),
+/// then answers the proposers.
 fn commit_applied(
     db: &DB,
-    pending: PendingWrites,
+    mut pending: PendingWrites,
     wo: &WriteOptions,
     answers: &mut Vec<(Option<ApplyResponder<TypeConfig>>, pb::CommandResponse)>,
-    last_index: Option<u64>,
+    last: Option<LogId>,
 ) -> io::Result<()> {
-    if pending.entries() == 0 {
+    let Some(last) = last.filter(|_| pending.entries() > 0) else {
         return Ok(());
-    }
+    };
+    pending.put(
+        CF_META,
+        mk::APPLIED,
+        codec::log_id_to_pb(&last).encode_to_vec(),
+    )?;
     db.write_opt(pending.into_batch(), wo).map_err(io_err)?;
-    if let Some(i) = last_index {
-        metrics::gauge!("streamshield_applied_index").set(i as f64);
-    }
+    metrics::gauge!("streamshield_applied_index").set(last.index as f64);
     for (responder, response) in answers.drain(..) {
         if let Some(r) = responder {
             r.send(response);
@@ -319,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         wo.set_sync(false);
         let mut pending = PendingWrites::new(&db);
         let mut answers = Vec::new();
-        let mut last_index = None;
+        let mut last = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index;
@@ -336,20 +340,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     none_response()
                 }
             };
-            pending.put(
-                CF_META,
-                mk::APPLIED,
-                codec::log_id_to_pb(&entry.log_id).encode_to_vec(),
-            )?;
             pending.entry_done();
-            last_index = Some(index);
+            last = Some(entry.log_id);
             answers.push((responder, response));
             if pending.entries() >= MAX_ENTRIES_PER_WRITE {
                 let full = std::mem::replace(&mut pending, PendingWrites::new(&db));
-                commit_applied(&db, full, &wo, &mut answers, last_index)?;
+                commit_applied(&db, full, &wo, &mut answers, last)?;
             }
         }
-        commit_applied(&db, pending, &wo, &mut answers, last_index)
+        commit_applied(&db, pending, &wo, &mut answers, last)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
