@@ -160,25 +160,17 @@ struct ReplyStream {
     peer: PeerError,
 }
 
+/// One answer of a stream session, as openraft consumes it.
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
 impl ReplyStream {
-    fn fail(
-        &self,
-        e: RPCError<TypeConfig>,
-    ) -> Option<(
-        Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
-        Option<Self>,
-    )> {
+    fn fail(&self, e: RPCError<TypeConfig>) -> Option<(StreamItem, Option<Self>)> {
         Some((Err(e), None))
     }
 
     /// The next answer; an error once the oldest unanswered request has
     /// waited longer than the TTL (a paused or partitioned follower).
-    async fn next(
-        mut self,
-    ) -> Option<(
-        Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>,
-        Option<Self>,
-    )> {
+    async fn next(mut self) -> Option<(StreamItem, Option<Self>)> {
         loop {
             match tokio::time::timeout(self.ttl / 4, self.replies.message()).await {
                 Ok(Ok(Some(reply))) => {

@@ -63,7 +63,7 @@ pub struct MatrixResult {
     pub runs: Vec<Report>,
 }
 
-fn find<'a>(rows: &'a [Row], w: WorkloadKind, clients: u64) -> Option<&'a Row> {
+fn find(rows: &[Row], w: WorkloadKind, clients: u64) -> Option<&Row> {
     rows.iter()
         .find(|r| r.streamshield.workload == w.name() && r.streamshield.clients == clients)
 }
