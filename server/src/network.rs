@@ -79,12 +79,17 @@ struct PeerError {
 }
 
 impl PeerError {
-    fn with(&self, detail: impl Into<String>) -> Self {
+    fn new(target: NodeId, addr: &str, detail: impl Into<String>) -> Self {
         Self {
-            target: self.target,
-            addr: self.addr.clone(),
+            target,
+            addr: addr.to_string(),
             detail: detail.into(),
         }
+    }
+
+    /// The same peer, another detail.
+    fn with(&self, detail: impl Into<String>) -> Self {
+        Self::new(self.target, &self.addr, detail)
     }
 
     fn status_error(&self, s: tonic::Status) -> RPCError<TypeConfig> {
@@ -109,11 +114,7 @@ impl PeerConnection {
     }
 
     fn err(&self, detail: impl Into<String>) -> PeerError {
-        PeerError {
-            target: self.target,
-            addr: self.addr.clone(),
-            detail: detail.into(),
-        }
+        PeerError::new(self.target, &self.addr, detail)
     }
 
     fn status_error(&self, s: tonic::Status) -> RPCError<TypeConfig> {
