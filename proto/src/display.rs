@@ -19,6 +19,7 @@ impl fmt::Display for Command {
             Some(command::Kind::CreateJob(c)) => {
                 write!(f, "create_job({}, key_groups={})", c.job, c.key_groups)
             }
+            Some(command::Kind::Batch(b)) => write!(f, "batch(writes={})", b.writes.len()),
             None => write!(f, "empty"),
         }
     }
@@ -32,6 +33,9 @@ impl fmt::Display for CommandResponse {
             }
             Some(command_response::Kind::JobCreated(j)) => write!(f, "job_created({})", j.job),
             Some(command_response::Kind::Error(e)) => write!(f, "error({}: {})", e.code, e.message),
+            Some(command_response::Kind::Batch(b)) => {
+                write!(f, "batch(answers={})", b.answers.len())
+            }
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }
     }

@@ -141,12 +141,12 @@ pub async fn run(
     if let Some(addr) = config.metrics_listen {
         telemetry::install_exporter(addr).map_err(NodeError::Metrics)?;
     }
-    let ctx = Arc::new(NodeContext {
-        id: config.id,
-        raft: raft.clone(),
-        sm: sm_shared,
-        limits: config.limits.clone(),
-    });
+    let ctx = Arc::new(NodeContext::new(
+        config.id,
+        raft.clone(),
+        sm_shared,
+        config.limits.clone(),
+    ));
     let sampler = telemetry::spawn_sampler(ctx.clone(), log_store.db().clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();

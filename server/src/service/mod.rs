@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod raft;
 pub mod state;
+mod write_batcher;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,9 +34,17 @@ pub struct NodeContext {
     pub raft: Raft,
     pub sm: Arc<SmShared>,
     pub limits: Limits,
+    writes: write_batcher::WriteBatcher,
 }
 
-impl NodeContext {
+/// Proposes commands to Raft on behalf of node `id`.
+#[derive(Clone)]
+pub struct Proposer {
+    raft: Raft,
+    id: u64,
+}
+
+impl Proposer {
     pub fn write_error(
         &self,
         e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
@@ -71,6 +80,49 @@ impl NodeContext {
             return Err(rejected(e));
         }
         Ok(resp)
+    }
+}
+
+impl NodeContext {
+    /// Must be called inside a tokio runtime: it starts the write batcher.
+    pub fn new(id: u64, raft: Raft, sm: Arc<SmShared>, limits: Limits) -> Self {
+        let proposer = Proposer {
+            raft: raft.clone(),
+            id,
+        };
+        Self {
+            id,
+            raft,
+            sm,
+            limits,
+            writes: write_batcher::WriteBatcher::start(proposer),
+        }
+    }
+
+    fn proposer(&self) -> Proposer {
+        Proposer {
+            raft: self.raft.clone(),
+            id: self.id,
+        }
+    }
+
+    pub fn write_error(
+        &self,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    ) -> ServiceError {
+        self.proposer().write_error(e)
+    }
+
+    /// Proposes `cmd` on its own and waits until it is committed and
+    /// applied here.
+    pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResponse, ServiceError> {
+        self.proposer().propose(cmd).await
+    }
+
+    /// Proposes a client write, together with writes that arrive while
+    /// earlier proposals are in flight, and returns its own answer.
+    pub async fn write(&self, w: pb::WriteRequest) -> Result<pb::WriteResponse, ServiceError> {
+        self.writes.submit(w).await
     }
 
     /// Waits until this node, as leader, may serve a linearizable read

@@ -101,15 +101,6 @@ impl State for StateService {
         let w = request.into_inner();
         self.ctx.check_shard(w.shard)?;
         validate::write(&w, &self.ctx.limits)?;
-        let resp = self
-            .ctx
-            .propose(pb::Command {
-                kind: Some(pb::command::Kind::Write(w)),
-            })
-            .await?;
-        match resp.kind {
-            Some(pb::command_response::Kind::Write(w)) => Ok(Response::new(w)),
-            other => Err(Status::internal(format!("write answered with {other:?}"))),
-        }
+        Ok(Response::new(self.ctx.write(w).await?))
     }
 }

@@ -42,6 +42,15 @@ pub fn apply_command(
     match &cmd.kind {
         Some(command::Kind::Write(w)) => apply_write(p, index, w),
         Some(command::Kind::CreateJob(c)) => create_job(p, index, c),
+        Some(command::Kind::Batch(b)) => {
+            let mut answers = Vec::with_capacity(b.writes.len());
+            for w in &b.writes {
+                answers.push(apply_write(p, index, w)?);
+            }
+            Ok(pb::CommandResponse {
+                kind: Some(command_response::Kind::Batch(pb::BatchAnswers { answers })),
+            })
+        }
         None => Ok(error_response(Code::InvalidArgument, "empty command")),
     }
 }
@@ -516,5 +525,38 @@ mod tests {
         assert_eq!(versions, vec![vec![1], vec![2], vec![2], vec![3]]);
         let kv = f.get(b"k").unwrap();
         assert_eq!((kv.value.as_slice(), kv.version), (&b"c"[..], 3));
+    }
+
+    #[test]
+    fn a_batch_applies_each_write_on_its_own_in_order() {
+        let mut f = Fixture::new();
+        let mut cas = req(vec![put(b"k", b"second")]);
+        cas.conditions = vec![pb::Condition {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            test: Some(condition::Test::VersionEquals(1)),
+        }];
+        let mut stale_cas = cas.clone();
+        stale_cas.ops = vec![put(b"k", b"never")];
+        let mut unknown_job = req(vec![put(b"x", b"y")]);
+        unknown_job.job = "nope".into();
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::Batch(pb::WriteBatch {
+                writes: vec![req(vec![put(b"k", b"first")]), cas, stale_cas, unknown_job],
+            })),
+        });
+        let Some(command_response::Kind::Batch(b)) = r.kind else {
+            panic!("{r:?}")
+        };
+        assert_eq!(b.answers.len(), 4);
+        assert!(succeeded(&b.answers[0]) && succeeded(&b.answers[1]));
+        // The third saw the second's version 2, so its condition failed.
+        assert!(!succeeded(&b.answers[2]));
+        assert!(matches!(
+            &b.answers[3].kind,
+            Some(command_response::Kind::Error(e)) if e.code == Code::NotFound as i32
+        ));
+        let kv = f.get(b"k").unwrap();
+        assert_eq!((kv.value.as_slice(), kv.version), (&b"second"[..], 2));
     }
 }

@@ -1,0 +1,164 @@
+//! Proposes concurrent client writes together.
+//!
+//! A Raft entry costs about the same whether it carries one write or many:
+//! an append to three logs, an encode and a decode on every replica, a slot
+//! in a replication message, openraft's bookkeeping. At most
+//! [`MAX_IN_FLIGHT`] proposals are outstanding; writes that arrive while
+//! they are go out together as one entry (`Command::Batch`) as soon as a
+//! slot frees. A write that finds a free slot goes out at once, alone, so
+//! a lone client waits for nothing. Each write keeps its own conditions,
+//! dedupe record and answer; the apply path handles them one by one.
+
+use std::sync::Arc;
+
+use prost::Message;
+use streamshield_proto::v1::{self as pb, command, command_response};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::Proposer;
+use crate::error::{rejected, ServiceError};
+
+/// Proposals outstanding at once. Two let one batch replicate while the
+/// next one fills.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Bounds of one batch.
+pub const MAX_WRITES: usize = 512;
+pub const MAX_BYTES: usize = 1 << 20;
+
+type Answer = Result<pb::WriteResponse, ServiceError>;
+
+struct Pending {
+    write: pb::WriteRequest,
+    bytes: usize,
+    reply: oneshot::Sender<Answer>,
+}
+
+pub struct WriteBatcher {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+/// Hands a proposal-level failure to every write of the batch.
+fn duplicate(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::NotLeader {
+            this,
+            leader_id,
+            leader_addr,
+        } => ServiceError::NotLeader {
+            this: *this,
+            leader_id: *leader_id,
+            leader_addr: leader_addr.clone(),
+        },
+        ServiceError::Timeout(d) => ServiceError::Timeout(*d),
+        ServiceError::Membership(m) => ServiceError::Membership(m.clone()),
+        ServiceError::Rejected { code, message } => ServiceError::Rejected {
+            code: *code,
+            message: message.clone(),
+        },
+        other => ServiceError::Unavailable(other.to_string()),
+    }
+}
+
+fn answer_of(resp: pb::CommandResponse) -> Answer {
+    match resp.kind {
+        Some(command_response::Kind::Write(w)) => Ok(w),
+        Some(command_response::Kind::Error(e)) => Err(rejected(&e)),
+        other => Err(ServiceError::Unavailable(format!(
+            "a write was answered with {other:?}"
+        ))),
+    }
+}
+
+async fn propose(proposer: Proposer, mut batch: Vec<Pending>) {
+    if batch.len() == 1 {
+        let p = batch.pop().expect("one write");
+        let cmd = pb::Command {
+            kind: Some(command::Kind::Write(p.write)),
+        };
+        let _ = p
+            .reply
+            .send(proposer.propose(cmd).await.and_then(answer_of));
+        return;
+    }
+    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+    let n = writes.len();
+    let cmd = pb::Command {
+        kind: Some(command::Kind::Batch(pb::WriteBatch { writes })),
+    };
+    match proposer.propose(cmd).await {
+        Ok(pb::CommandResponse {
+            kind: Some(command_response::Kind::Batch(b)),
+        }) if b.answers.len() == n => {
+            for (reply, a) in replies.into_iter().zip(b.answers) {
+                let _ = reply.send(answer_of(a));
+            }
+        }
+        Ok(other) => {
+            let e = ServiceError::Unavailable(format!(
+                "a batch of {n} writes was answered with {other:?}"
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(duplicate(&e)));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(duplicate(&e)));
+            }
+        }
+    }
+}
+
+impl WriteBatcher {
+    /// Starts the task that forms batches; it ends when the batcher is
+    /// dropped.
+    pub fn start(proposer: Proposer) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                // Wait for a free slot before taking writes, so that they
+                // gather in the channel while every slot is busy.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                let mut bytes = first.bytes;
+                let mut batch = vec![first];
+                while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
+                    match rx.try_recv() {
+                        Ok(p) => {
+                            bytes += p.bytes;
+                            batch.push(p);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                metrics::histogram!("streamshield_writes_per_proposal").record(batch.len() as f64);
+                let proposer = proposer.clone();
+                tokio::spawn(async move {
+                    propose(proposer, batch).await;
+                    drop(slot);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    pub async fn submit(&self, write: pb::WriteRequest) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let bytes = write.encoded_len();
+        self.tx
+            .send(Pending {
+                write,
+                bytes,
+                reply,
+            })
+            .map_err(|_| ServiceError::Unavailable("the node is shutting down".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ServiceError::Unavailable("write proposal abandoned".into())))
+    }
+}
