@@ -19,3 +19,14 @@ pub use batch::WriteBatch;
 pub use client::{Client, ClientConfig, Consistency, ScanOptions, ScanPage, WriteResult};
 pub use error::ClientError;
 pub use streamshield_proto::v1 as pb;
+
+/// Logging for the command-line programs (`streamshield`,
+/// `streamshield-jepsen`): to stderr, `warn` unless `RUST_LOG` says more.
+pub fn init_cli_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -8,12 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    streamshield_client::init_cli_logging();
     let args = cli::Args::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

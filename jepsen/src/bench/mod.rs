@@ -114,11 +114,20 @@ impl Clusters {
         space: KeySpace,
         shape: RunShape,
     ) -> anyhow::Result<Report> {
-        let preload = kind.build(space).needs_preload() && {
+        let workload: Arc<dyn workload::BenchWorkload> = Arc::from(kind.build(space));
+        let preload = workload.needs_preload() && {
             let mut done = self.preloaded.lock().expect("preloaded");
             let first = !done.contains(&target);
             done.push(target);
             first
+        };
+        let run = Run {
+            target,
+            kind,
+            space,
+            shape,
+            workload,
+            preload,
         };
         match target {
             TargetKind::Streamshield => {
@@ -126,36 +135,40 @@ impl Clusters {
                     .streamshield
                     .as_ref()
                     .context("no streamshield target")?;
-                measure_on(t, target, kind, space, shape, preload).await
+                run.on(t).await
             }
             TargetKind::Etcd => {
                 let t = self.etcd.as_ref().context("no etcd target")?;
-                measure_on(t, target, kind, space, shape, preload).await
+                run.on(t).await
             }
         }
     }
 }
 
-async fn measure_on<T: Target>(
-    t: &T,
+/// One measurement, ready to run on a target.
+struct Run {
     target: TargetKind,
     kind: WorkloadKind,
     space: KeySpace,
     shape: RunShape,
+    workload: Arc<dyn workload::BenchWorkload>,
     preload: bool,
-) -> anyhow::Result<Report> {
-    let w: Arc<dyn workload::BenchWorkload> = Arc::from(kind.build(space));
-    if preload {
-        runner::preload(t, space, 64).await?;
+}
+
+impl Run {
+    async fn on<T: Target>(self, t: &T) -> anyhow::Result<Report> {
+        if self.preload {
+            runner::preload(t, self.space, 64).await?;
+        }
+        let m = runner::run(t, self.workload, self.shape).await?;
+        Ok(Report::from_run(
+            &self.kind.name(),
+            self.target.name(),
+            self.space,
+            self.shape,
+            m,
+        ))
     }
-    let m = runner::run(t, w, shape).await?;
-    Ok(Report::from_run(
-        &kind.name(),
-        target.name(),
-        space,
-        shape,
-        m,
-    ))
 }
 
 /// The median of `xs` (the lower one of the middle two for even counts).

@@ -34,6 +34,7 @@ pub struct NodeContext {
     pub raft: Raft,
     pub sm: Arc<SmShared>,
     pub limits: Limits,
+    proposer: Proposer,
     writes: write_batcher::WriteBatcher,
 }
 
@@ -95,14 +96,8 @@ impl NodeContext {
             raft,
             sm,
             limits,
-            writes: write_batcher::WriteBatcher::start(proposer),
-        }
-    }
-
-    fn proposer(&self) -> Proposer {
-        Proposer {
-            raft: self.raft.clone(),
-            id: self.id,
+            writes: write_batcher::WriteBatcher::start(proposer.clone()),
+            proposer,
         }
     }
 
@@ -110,13 +105,13 @@ impl NodeContext {
         &self,
         e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
     ) -> ServiceError {
-        self.proposer().write_error(e)
+        self.proposer.write_error(e)
     }
 
     /// Proposes `cmd` on its own and waits until it is committed and
     /// applied here.
     pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResponse, ServiceError> {
-        self.proposer().propose(cmd).await
+        self.proposer.propose(cmd).await
     }
 
     /// Proposes a client write, together with writes that arrive while
