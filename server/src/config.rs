@@ -59,6 +59,19 @@ pub struct RaftTuning {
     pub pre_vote: bool,
 }
 
+/// The largest `max_batch_bytes` allowed: a write is one Raft entry, and
+/// an AppendEntries of [`MAX_APPEND_BYTES`] plus one such entry must stay
+/// below [`MAX_RAFT_MESSAGE_BYTES`].
+///
+/// [`MAX_APPEND_BYTES`]: crate::log_store::MAX_APPEND_BYTES
+/// [`MAX_RAFT_MESSAGE_BYTES`]: crate::network::MAX_RAFT_MESSAGE_BYTES
+pub const MAX_WRITE_BATCH_BYTES: usize = 64 << 20;
+
+const _: () = assert!(
+    crate::log_store::MAX_APPEND_BYTES + 2 * MAX_WRITE_BATCH_BYTES
+        < crate::network::MAX_RAFT_MESSAGE_BYTES
+);
+
 /// Input limits: larger requests are refused with INVALID_ARGUMENT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -67,7 +80,8 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// Default 1 MiB.
     pub max_value_bytes: usize,
-    /// Sum of keys and values of one write request. Default 4 MiB.
+    /// Sum of keys and values of one write request. Default 4 MiB; at
+    /// most 64 MiB, so one Raft entry always fits a Raft message.
     pub max_batch_bytes: usize,
     /// Ops plus conditions of one write request. Default 10,000.
     pub max_ops_per_batch: usize,
@@ -140,6 +154,8 @@ pub enum ConfigError {
         "max_batch_bytes ({batch}) must be at least max_key_bytes + max_value_bytes ({needed})"
     )]
     BatchTooSmall { batch: usize, needed: usize },
+    #[error("max_batch_bytes ({batch}) is above the maximum of {max}")]
+    BatchTooLarge { batch: usize, max: usize },
     #[error("snapshot_every must be greater than 0")]
     ZeroSnapshotEvery,
 }
@@ -186,6 +202,12 @@ impl ServerConfig {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit { name });
             }
+        }
+        if l.max_batch_bytes > MAX_WRITE_BATCH_BYTES {
+            return Err(ConfigError::BatchTooLarge {
+                batch: l.max_batch_bytes,
+                max: MAX_WRITE_BATCH_BYTES,
+            });
         }
         if l.max_batch_bytes < l.max_key_bytes + l.max_value_bytes {
             return Err(ConfigError::BatchTooSmall {
@@ -275,5 +297,13 @@ mod tests {
         c.initial_cluster.clear();
         c.raft.election_timeout_min_ms = 50;
         assert!(matches!(c.validate(), Err(ConfigError::Timing { .. })));
+        c.raft = RaftTuning::default();
+        c.limits.max_batch_bytes = MAX_WRITE_BATCH_BYTES + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BatchTooLarge { .. })
+        ));
+        c.limits.max_batch_bytes = MAX_WRITE_BATCH_BYTES;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

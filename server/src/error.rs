@@ -52,6 +52,30 @@ impl ServiceError {
         }
     }
 
+    /// The same failure for another waiter of a shared proposal or read
+    /// round. A storage failure carries an `io::Error`, which cannot be
+    /// cloned; its waiters hear UNAVAILABLE with its text.
+    pub fn duplicate(&self) -> ServiceError {
+        match self {
+            Self::NotLeader {
+                this,
+                leader_id,
+                leader_addr,
+            } => Self::NotLeader {
+                this: *this,
+                leader_id: *leader_id,
+                leader_addr: leader_addr.clone(),
+            },
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Membership(m) => Self::Membership(m.clone()),
+            Self::Rejected { code, message } => Self::Rejected {
+                code: *code,
+                message: message.clone(),
+            },
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Self::NotLeader { .. } | Self::Unavailable(_) => Code::Unavailable,

@@ -29,6 +29,13 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
+/// Bytes of entries one AppendEntries carries at most (but at least one
+/// entry). openraft bounds a message by entry count only; a thousand large
+/// writes would exceed the gRPC message limit and replication would fail
+/// over and over. With one entry at most `MAX_WRITE_BATCH_BYTES` plus the
+/// batcher's 1 MiB, a message stays far below `MAX_RAFT_MESSAGE_BYTES`.
+pub const MAX_APPEND_BYTES: usize = 32 << 20;
+
 type Flushed = IOFlushed<TypeConfig>;
 
 /// Callbacks waiting for the next WAL fsync.
@@ -102,6 +109,32 @@ impl LogStore {
     }
 
     /// Stops the fsync thread once the queue drains; called on shutdown.
+    /// Entries `[start, end)` in order, stopping before the one that would
+    /// take their encoded size past `max_bytes` (the first always comes).
+    fn read_entries(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
+        let cf = rocks::cf(&self.db, CF_LOG)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let from = index_key(start);
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (k, v) = item.map_err(io_err)?;
+            let idx = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("raft_log key is not 8 bytes"))?,
+            );
+            if idx >= end || (!out.is_empty() && bytes.saturating_add(v.len()) > max_bytes) {
+                break;
+            }
+            bytes = bytes.saturating_add(v.len());
+            out.push(decode_entry(&v)?);
+        }
+        Ok(out)
+    }
+
     pub fn close(&self) {
         let mut p = self.queue.pending.lock().expect("flush queue lock");
         p.1 = true;
@@ -151,25 +184,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        let mut out = Vec::new();
-        let from = index_key(start);
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (k, v) = item.map_err(io_err)?;
-            let idx = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("raft_log key is not 8 bytes"))?,
-            );
-            if !range.contains(&idx) {
-                break;
-            }
-            out.push(decode_entry(&v)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    /// The replication read: entries from `start`, fewer than asked for
+    /// once they reach [`MAX_APPEND_BYTES`].
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.read_entries(start, end, MAX_APPEND_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -266,5 +296,72 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .delete_range_cf(cf, index_key(0), index_key(log_id.index + 1))
             .map_err(io_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use streamshield_proto::v1::{command, op};
+
+    use super::*;
+    use crate::types::LeaderId;
+
+    /// An entry carrying one put of `value_bytes` bytes.
+    fn big_entry(index: u64, value_bytes: usize) -> Entry {
+        let put = pb::Op {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            kind: Some(op::Kind::Put(pb::Put {
+                value: vec![7; value_bytes],
+            })),
+        };
+        Entry {
+            log_id: openraft::LogId::new(
+                LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
+            payload: EntryPayload::Normal(pb::Command {
+                kind: Some(command::Kind::Write(pb::WriteRequest {
+                    job: "j".into(),
+                    ops: vec![put],
+                    ..Default::default()
+                })),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_stop_at_the_byte_bound_but_never_return_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let mb = 1 << 20;
+        // 40 entries of 1 MiB: more than one message may carry.
+        let entries: Vec<Entry> = (1..=40).map(|i| big_entry(i, mb)).collect();
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        log.append([big_entry(41, MAX_APPEND_BYTES + mb)], IOFlushed::noop())
+            .await
+            .unwrap();
+
+        let limited = log.limited_get_log_entries(1, 42).await.unwrap();
+        let n = limited.len() as u64;
+        assert!((20..40).contains(&n), "{n} entries");
+        let indexes: Vec<u64> = limited.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..=n).collect::<Vec<_>>(), "a prefix, in order");
+        let bytes: usize = limited
+            .iter()
+            .map(|e| codec::entry_to_pb(e).encoded_len())
+            .sum();
+        assert!(bytes <= MAX_APPEND_BYTES, "{bytes} bytes");
+
+        // An entry larger than the bound still goes, alone.
+        let alone = log.limited_get_log_entries(41, 42).await.unwrap();
+        assert_eq!(alone.len(), 1);
+        // The apply path's read is not bounded.
+        assert_eq!(log.try_get_log_entries(1..42).await.unwrap().len(), 41);
+        log.close();
     }
 }

@@ -42,9 +42,10 @@ impl State for StateService {
         validate::name("state", &r.state, l)?;
         validate::key("key", &r.key, l)?;
         self.prepare_read(r.consistency).await?;
-        let db = self.ctx.sm.db();
-        let kv = read::get(&db, r.shard, &r.job, &r.state, &r.key)?;
-        let applied_index = self.ctx.sm.applied_index().map_err(ServiceError::from)?;
+        // Taken before the value: the value then reflects at least it.
+        let applied_index = self.ctx.sm.applied_index();
+        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+        let kv = read::get(&db, info.as_deref(), r.shard, &r.job, &r.state, &r.key)?;
         metrics::counter!("streamshield_reads_total", "kind" => "get").increment(1);
         Ok(Response::new(pb::GetResponse {
             kv,
@@ -75,16 +76,14 @@ impl State for StateService {
             n => n.min(l.max_scan_limit),
         } as usize;
         self.prepare_read(r.consistency).await?;
-        let db = self.ctx.sm.db();
-        let (kvs, more, applied_index) = read::scan(
-            &db,
-            r.shard,
-            &r.job,
-            &r.state,
-            &r.prefix,
-            &r.start_after,
+        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+        let page = read::Page {
+            prefix: &r.prefix,
+            start_after: &r.start_after,
             limit,
-        )?;
+        };
+        let (kvs, more, applied_index) =
+            read::scan(&db, info.as_deref(), r.shard, &r.job, &r.state, page)?;
         metrics::counter!("streamshield_reads_total", "kind" => "scan").increment(1);
         Ok(Response::new(pb::ScanResponse {
             kvs,

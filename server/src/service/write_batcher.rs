@@ -37,28 +37,6 @@ pub struct WriteBatcher {
     tx: mpsc::UnboundedSender<Pending>,
 }
 
-/// Hands a proposal-level failure to every write of the batch.
-fn duplicate(e: &ServiceError) -> ServiceError {
-    match e {
-        ServiceError::NotLeader {
-            this,
-            leader_id,
-            leader_addr,
-        } => ServiceError::NotLeader {
-            this: *this,
-            leader_id: *leader_id,
-            leader_addr: leader_addr.clone(),
-        },
-        ServiceError::Timeout(d) => ServiceError::Timeout(*d),
-        ServiceError::Membership(m) => ServiceError::Membership(m.clone()),
-        ServiceError::Rejected { code, message } => ServiceError::Rejected {
-            code: *code,
-            message: message.clone(),
-        },
-        other => ServiceError::Unavailable(other.to_string()),
-    }
-}
-
 fn answer_of(resp: pb::CommandResponse) -> Answer {
     match resp.kind {
         Some(command_response::Kind::Write(w)) => Ok(w),
@@ -98,12 +76,12 @@ async fn propose(proposer: Proposer, mut batch: Vec<Pending>) {
                 "a batch of {n} writes was answered with {other:?}"
             ));
             for reply in replies {
-                let _ = reply.send(Err(duplicate(&e)));
+                let _ = reply.send(Err(e.duplicate()));
             }
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(duplicate(&e)));
+                let _ = reply.send(Err(e.duplicate()));
             }
         }
     }

@@ -97,6 +97,7 @@ fn create_job(
         created_index: index,
     };
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
+    p.note_job_change();
     p.put(
         CF_META,
         meta::NEXT_JOB_ID,
@@ -278,6 +279,7 @@ fn write_outcome(
     }
     if job_changed {
         p.put(CF_META, &meta::job(shard, &job.job), job.encode_to_vec())?;
+        p.note_job_change();
     }
     Ok(write_response(pb::WriteResponse {
         succeeded: true,
@@ -351,7 +353,8 @@ mod tests {
         }
 
         fn get(&self, key: &[u8]) -> Option<pb::KeyValue> {
-            crate::state_machine::read::get(&self.db, 0, "j", "s", key).unwrap()
+            let info = crate::state_machine::meta::load_job(&self.db, 0, "j").unwrap();
+            crate::state_machine::read::get(&self.db, info.as_ref(), 0, "j", "s", key).unwrap()
         }
     }
 
@@ -393,6 +396,33 @@ mod tests {
         assert!(f.get(b"k").is_none());
         f.write(req(vec![put(b"k", b"d")]));
         assert_eq!(f.get(b"k").unwrap().version, 1);
+    }
+
+    #[test]
+    fn only_creating_a_job_or_a_state_table_marks_job_records_changed() {
+        let f = Fixture::new();
+        let changed = |cmd: pb::Command, index: u64| {
+            let mut p = PendingWrites::new(&f.db);
+            apply_command(&mut p, index, &cmd).unwrap();
+            let changed = p.jobs_changed();
+            f.db.write(p.into_batch()).unwrap();
+            changed
+        };
+        let write = |w| pb::Command {
+            kind: Some(command::Kind::Write(w)),
+        };
+        assert!(changed(write(req(vec![put(b"k", b"a")])), 2), "new table s");
+        assert!(!changed(write(req(vec![put(b"k", b"b")])), 3), "s exists");
+        let mut other = put(b"k", b"c");
+        other.state = "t".into();
+        assert!(changed(write(req(vec![other])), 4), "new table t");
+        let job = pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "j2".into(),
+                key_groups: 1,
+            })),
+        };
+        assert!(changed(job, 5));
     }
 
     #[test]

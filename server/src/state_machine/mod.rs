@@ -9,6 +9,7 @@
 //! and switches the `sm/CURRENT` pointer atomically.
 
 mod apply;
+mod job_cache;
 pub mod meta;
 mod pending;
 pub mod read;
@@ -30,6 +31,7 @@ use prost::Message;
 use rocksdb::{WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
+use self::job_cache::JobCache;
 use self::meta::{ALL_CFS, CF_META};
 use self::pending::PendingWrites;
 pub use self::snapshot::SnapshotFiles;
@@ -50,6 +52,10 @@ pub struct SmShared {
     /// Serializes snapshot builds and installs: both rewrite `snap_root`.
     snap_lock: Mutex<()>,
     snapshots_installed: AtomicU64,
+    /// Index of the last entry whose effects are in the store; kept here
+    /// so that reads need not fetch it from RocksDB.
+    applied: AtomicU64,
+    jobs: JobCache,
 }
 
 /// The `RaftStateMachine` openraft drives; cheap to clone.
@@ -110,6 +116,7 @@ impl StateMachineStore {
         }
         snapshot::clean_scratch(&snap_root)?;
         let db = rocks::open(&gen_dir(&sm_root, gen), ALL_CFS).map_err(io_err)?;
+        let applied = read_applied_state(&db)?.0.map_or(0, |l| l.index);
         Ok(Self {
             shared: Arc::new(SmShared {
                 sm_root,
@@ -118,6 +125,8 @@ impl StateMachineStore {
                 gen: AtomicU64::new(gen),
                 snap_lock: Mutex::new(()),
                 snapshots_installed: AtomicU64::new(0),
+                applied: AtomicU64::new(applied),
+                jobs: JobCache::default(),
             }),
         })
     }
@@ -145,8 +154,27 @@ impl SmShared {
         Ok(d)
     }
 
-    pub fn applied_index(&self) -> io::Result<u64> {
-        Ok(read_applied_state(&self.db())?.0.map_or(0, |l| l.index))
+    /// Everything up to this index is visible to reads that start now.
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The live store and the record of job `name` in it.
+    pub fn job(&self, shard: u32, name: &str) -> io::Result<(Arc<DB>, Option<Arc<pb::JobInfo>>)> {
+        // Under the store lock, so the record and the store are of the same
+        // generation (an install swaps both under its write lock).
+        let (db, (hit, epoch)) = {
+            let g = self.db.read().expect("sm lock");
+            (g.clone(), self.jobs.lookup(shard, name))
+        };
+        if hit.is_some() {
+            return Ok((db, hit));
+        }
+        let loaded = meta::load_job(&db, shard, name)?.map(Arc::new);
+        if let Some(info) = &loaded {
+            self.jobs.insert(epoch, shard, name, info.clone());
+        }
+        Ok((db, loaded))
     }
 
     fn build_snapshot(&self) -> io::Result<SnapshotOf> {
@@ -192,7 +220,13 @@ impl SmShared {
             &self.sm_root.join("CURRENT"),
             new_gen.to_string().as_bytes(),
         )?;
-        let old = std::mem::replace(&mut *self.db.write().expect("sm lock"), Arc::new(db));
+        let old = {
+            let mut g = self.db.write().expect("sm lock");
+            self.jobs.invalidate();
+            self.applied
+                .store(applied.map_or(0, |l| l.index), Ordering::Release);
+            std::mem::replace(&mut *g, Arc::new(db))
+        };
         let old_gen = self.gen.swap(new_gen, Ordering::SeqCst);
         retire(old, gen_dir(&self.sm_root, old_gen));
         snapshot::keep_as_current(&self.snap_root, &files.dir, meta)?;
@@ -257,6 +291,7 @@ const MAX_ENTRIES_PER_WRITE: usize = 256;
 /// entry in one batch (one applied-index record per chunk, not per entry),
 /// then answers the proposers.
 fn commit_applied(
+    shared: &SmShared,
     db: &DB,
     mut pending: PendingWrites,
     wo: &WriteOptions,
@@ -271,7 +306,13 @@ fn commit_applied(
         mk::APPLIED,
         codec::log_id_to_pb(&last).encode_to_vec(),
     )?;
+    let jobs_changed = pending.jobs_changed();
     db.write_opt(pending.into_batch(), wo).map_err(io_err)?;
+    // Before anyone hears of the write, so no read after it sees less.
+    if jobs_changed {
+        shared.jobs.invalidate();
+    }
+    shared.applied.store(last.index, Ordering::Release);
     metrics::gauge!("streamshield_applied_index").set(last.index as f64);
     for (responder, response) in answers.drain(..) {
         if let Some(r) = responder {
@@ -345,10 +386,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             answers.push((responder, response));
             if pending.entries() >= MAX_ENTRIES_PER_WRITE {
                 let full = std::mem::replace(&mut pending, PendingWrites::new(&db));
-                commit_applied(&db, full, &wo, &mut answers, last)?;
+                commit_applied(&self.shared, &db, full, &wo, &mut answers, last)?;
             }
         }
-        commit_applied(&db, pending, &wo, &mut answers, last)
+        commit_applied(&self.shared, &db, pending, &wo, &mut answers, last)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -25,6 +25,7 @@ pub struct PendingWrites<'a> {
     /// Range deletions staged in this chunk: `[from, to)` per column family.
     deleted_ranges: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
     entries: usize,
+    jobs_changed: bool,
 }
 
 impl<'a> PendingWrites<'a> {
@@ -35,6 +36,7 @@ impl<'a> PendingWrites<'a> {
             known: HashMap::new(),
             deleted_ranges: Vec::new(),
             entries: 0,
+            jobs_changed: false,
         }
     }
 
@@ -80,6 +82,16 @@ impl<'a> PendingWrites<'a> {
             .retain(|(c, k), _| !(*c == cf && k.as_slice() >= from && k.as_slice() < to));
         self.deleted_ranges.push((cf, from.to_vec(), to.to_vec()));
         Ok(())
+    }
+
+    /// Records that a job record is among the staged writes: readers'
+    /// decoded copies must be dropped once they are written.
+    pub fn note_job_change(&mut self) {
+        self.jobs_changed = true;
+    }
+
+    pub fn jobs_changed(&self) -> bool {
+        self.jobs_changed
     }
 
     /// Counts an applied entry; callers bound a chunk by it.

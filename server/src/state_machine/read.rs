@@ -8,17 +8,19 @@ use crate::error::ServiceError;
 use crate::keys::{self, StoredValue};
 use crate::rocks::{self, corrupt, io_err};
 
-/// The job and the state table's id, or the precise NOT_FOUND.
-fn resolve(
-    db: &DB,
-    shard: u32,
+/// The state table's id in `job` (as [`SmShared::job`] found it), or the
+/// precise NOT_FOUND.
+///
+/// [`SmShared::job`]: super::SmShared::job
+fn resolve<'a>(
+    info: Option<&'a pb::JobInfo>,
     job: &str,
     state: &str,
-) -> Result<(pb::JobInfo, u32), ServiceError> {
-    let info = m::load_job(db, shard, job)?.ok_or_else(|| ServiceError::JobNotFound {
+) -> Result<(&'a pb::JobInfo, u32), ServiceError> {
+    let info = info.ok_or_else(|| ServiceError::JobNotFound {
         job: job.to_string(),
     })?;
-    let sid = m::state_id(&info, state).ok_or_else(|| ServiceError::StateNotFound {
+    let sid = m::state_id(info, state).ok_or_else(|| ServiceError::StateNotFound {
         job: job.to_string(),
         state: state.to_string(),
     })?;
@@ -37,12 +39,13 @@ fn to_kv(key: &[u8], v: StoredValue, group: u16) -> pb::KeyValue {
 
 pub fn get(
     db: &DB,
+    info: Option<&pb::JobInfo>,
     shard: u32,
     job: &str,
     state: &str,
     key: &[u8],
 ) -> Result<Option<pb::KeyValue>, ServiceError> {
-    let (info, sid) = resolve(db, shard, job, state)?;
+    let (info, sid) = resolve(info, job, state)?;
     let group = keys::key_group(key, info.key_groups);
     let cf = rocks::cf(db, CF_DATA)?;
     let dk = keys::data_key(shard, info.job_id, group, sid, key);
@@ -55,6 +58,13 @@ pub fn get(
     }
 }
 
+/// Which keys of a state table one scan answer holds.
+pub struct Page<'a> {
+    pub prefix: &'a [u8],
+    pub start_after: &'a [u8],
+    pub limit: usize,
+}
+
 /// Up to `limit` keys with `prefix`, greater than `start_after`, in key
 /// order, whether more follow, and the applied index they reflect. All of
 /// it comes from one RocksDB snapshot, so a page is never torn by a
@@ -65,14 +75,18 @@ pub fn get(
 /// sizes a scan serves.
 pub fn scan(
     db: &DB,
+    info: Option<&pb::JobInfo>,
     shard: u32,
     job: &str,
     state: &str,
-    prefix: &[u8],
-    start_after: &[u8],
-    limit: usize,
+    page: Page<'_>,
 ) -> Result<(Vec<pb::KeyValue>, bool, u64), ServiceError> {
-    let (info, sid) = resolve(db, shard, job, state)?;
+    let Page {
+        prefix,
+        start_after,
+        limit,
+    } = page;
+    let (info, sid) = resolve(info, job, state)?;
     let cf = rocks::cf(db, CF_DATA)?;
     let snap = db.snapshot();
     let applied = match snap

@@ -109,6 +109,28 @@ impl TestCluster {
     }
 }
 
+/// A failed test deletes its directory with the servers' logs in it, so
+/// their tails go to the test's output first.
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for id in self.cluster.specs().map(|s| s.id).collect::<Vec<_>>() {
+            let path = self.cluster.log_path(id);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!("---- last {} lines of {} ----", tail.len(), path.display());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+const LOG_TAIL_LINES: usize = 80;
+
 pub fn client_for(endpoints: Vec<String>) -> Client {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.deadline = Duration::from_secs(30);
