@@ -4,7 +4,9 @@
 //! `append` writes entries to RocksDB without waiting for the disk, so they
 //! are readable at once, and queues openraft's flush callback. A dedicated
 //! thread fsyncs the WAL once for everything queued since its last fsync
-//! and then fires all those callbacks: many proposals, one fsync.
+//! and then fires all those callbacks: many proposals, one fsync. On a
+//! follower, an append that finds the disk idle syncs inline instead (see
+//! [`LogStore::sync_followed_entries_inline`]).
 
 use std::fmt::Debug;
 use std::io;
@@ -40,14 +42,24 @@ type Flushed = IOFlushed<TypeConfig>;
 
 /// Callbacks waiting for the next WAL fsync.
 struct FlushQueue {
-    pending: Mutex<(Vec<Flushed>, bool)>,
+    pending: Mutex<QueueState>,
     wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    callbacks: Vec<Flushed>,
+    /// An fsync (on the thread or inline) is under way.
+    flushing: bool,
+    closing: bool,
 }
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     queue: Arc<FlushQueue>,
+    /// This node's id: entries another leader sent may be synced inline.
+    own_id: Option<u64>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -58,7 +70,7 @@ impl LogStore {
     pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
         let db = Arc::new(rocks::open(path, &[CF_LOG, CF_META])?);
         let queue = Arc::new(FlushQueue {
-            pending: Mutex::new((Vec::new(), false)),
+            pending: Mutex::new(QueueState::default()),
             wake: Condvar::new(),
         });
         let (db2, q2) = (db.clone(), queue.clone());
@@ -66,7 +78,21 @@ impl LogStore {
             .name("raft-log-fsync".into())
             .spawn(move || fsync_loop(db2, q2))
             .expect("spawn the log fsync thread");
-        Ok(Self { db, queue })
+        Ok(Self {
+            db,
+            queue,
+            own_id: None,
+        })
+    }
+
+    /// Lets appends of entries from another leader sync inline when no
+    /// other fsync is under way. On a follower nothing waits on `append`
+    /// but the answer to that leader, so the two thread hand-offs of the
+    /// fsync thread are pure latency there; a leader's own entries still
+    /// sync on the thread, so replication starts before its disk is done.
+    pub fn sync_followed_entries_inline(mut self, own_id: u64) -> Self {
+        self.own_id = Some(own_id);
+        self
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -108,7 +134,6 @@ impl LogStore {
         }
     }
 
-    /// Stops the fsync thread once the queue drains; called on shutdown.
     /// Entries `[start, end)` in order, stopping before the one that would
     /// take their encoded size past `max_bytes` (the first always comes).
     fn read_entries(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
@@ -135,10 +160,30 @@ impl LogStore {
         Ok(out)
     }
 
+    /// Stops the fsync thread once the queue drains; called on shutdown.
     pub fn close(&self) {
         let mut p = self.queue.pending.lock().expect("flush queue lock");
-        p.1 = true;
+        p.closing = true;
         self.queue.wake.notify_all();
+    }
+
+    /// Claims the disk for an inline fsync if nothing is queued or being
+    /// synced (callbacks must fire in append order).
+    fn claim_inline_sync(&self) -> bool {
+        let mut p = self.queue.pending.lock().expect("flush queue lock");
+        if p.flushing || !p.callbacks.is_empty() {
+            return false;
+        }
+        p.flushing = true;
+        true
+    }
+
+    fn end_sync(&self) {
+        let mut p = self.queue.pending.lock().expect("flush queue lock");
+        p.flushing = false;
+        if !p.callbacks.is_empty() {
+            self.queue.wake.notify_one();
+        }
     }
 }
 
@@ -151,26 +196,38 @@ fn fsync_loop(db: Arc<DB>, q: Arc<FlushQueue>) {
     loop {
         let batch = {
             let mut p = q.pending.lock().expect("flush queue lock");
-            while p.0.is_empty() && !p.1 {
+            while (p.callbacks.is_empty() || p.flushing) && !p.closing {
                 p = q.wake.wait(p).expect("flush queue lock");
             }
-            if p.0.is_empty() && p.1 {
+            if p.callbacks.is_empty() && p.closing {
                 return;
             }
-            std::mem::take(&mut p.0)
+            if p.flushing {
+                // Closing while an inline sync runs: wait for it to end.
+                p = q.wake.wait(p).expect("flush queue lock");
+                continue;
+            }
+            p.flushing = true;
+            std::mem::take(&mut p.callbacks)
         };
-        let started = Instant::now();
-        let result = db.flush_wal(true);
-        metrics::histogram!("streamshield_log_fsync_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("streamshield_log_appends_per_fsync").record(batch.len() as f64);
-        for cb in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(e.clone())),
-            };
-            cb.io_completed(r);
-        }
+        sync_wal(&db, batch);
+        let mut p = q.pending.lock().expect("flush queue lock");
+        p.flushing = false;
+    }
+}
+
+/// One fsync of the WAL for everything written so far, then the callbacks.
+fn sync_wal(db: &DB, callbacks: Vec<Flushed>) {
+    let started = Instant::now();
+    let result = db.flush_wal(true);
+    metrics::histogram!("streamshield_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("streamshield_log_appends_per_fsync").record(callbacks.len() as f64);
+    for cb in callbacks {
+        let r = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::other(e.clone())),
+        };
+        cb.io_completed(r);
     }
 }
 
@@ -255,7 +312,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = rocks::cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         let mut n = 0u64;
+        let mut from_other_leader = false;
         for e in entries {
+            from_other_leader = self
+                .own_id
+                .is_some_and(|me| e.log_id.leader_id.node_id != me);
             batch.put_cf(
                 cf,
                 index_key(e.log_id.index),
@@ -267,8 +328,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         wo.set_sync(false);
         self.db.write_opt(batch, &wo).map_err(io_err)?;
         metrics::counter!("streamshield_log_entries_appended_total").increment(n);
+        if from_other_leader && self.claim_inline_sync() {
+            sync_wal(&self.db, vec![callback]);
+            self.end_sync();
+            return Ok(());
+        }
         let mut p = self.queue.pending.lock().expect("flush queue lock");
-        p.0.push(callback);
+        p.callbacks.push(callback);
         self.queue.wake.notify_one();
         Ok(())
     }

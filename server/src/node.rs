@@ -92,10 +92,12 @@ pub async fn run(
         source,
     })?;
     let log_path = data_dir.join("raft");
-    let log_store = LogStore::open(&log_path).map_err(|source| NodeError::OpenLog {
-        path: log_path.display().to_string(),
-        source,
-    })?;
+    let log_store = LogStore::open(&log_path)
+        .map_err(|source| NodeError::OpenLog {
+            path: log_path.display().to_string(),
+            source,
+        })?
+        .sync_followed_entries_inline(config.id);
     let sm = StateMachineStore::open(&data_dir).map_err(|source| NodeError::OpenStateMachine {
         path: data_dir.display().to_string(),
         source,

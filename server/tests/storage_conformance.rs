@@ -8,14 +8,21 @@ use streamshield_server::state_machine::StateMachineStore;
 use streamshield_server::types::TypeConfig;
 use tempfile::TempDir;
 
-struct RocksBuilder;
+/// `inline_as`: the node id for which entries of other leaders are synced
+/// inline (a follower's appends), or `None` for the fsync thread only.
+struct RocksBuilder {
+    inline_as: Option<u64>,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBuilder {
     async fn build(
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(&dir.path().join("raft")).expect("open log");
+        let mut log = LogStore::open(&dir.path().join("raft")).expect("open log");
+        if let Some(id) = self.inline_as {
+            log = log.sync_followed_entries_inline(id);
+        }
         let sm = StateMachineStore::open(dir.path()).expect("open state machine");
         Ok((dir, log, sm))
     }
@@ -23,6 +30,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_stores_pass_openraft_suite() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(RocksBuilder).await?;
+    Suite::test_all(RocksBuilder { inline_as: None }).await?;
+    Ok(())
+}
+
+/// The suite's entries come from leaders other than node 99, so every
+/// append that finds the disk idle takes the inline fsync path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_stores_pass_openraft_suite_with_inline_follower_sync(
+) -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(RocksBuilder {
+        inline_as: Some(99),
+    })
+    .await?;
     Ok(())
 }
