@@ -3,7 +3,7 @@
 //! `state` is the client API, `admin` the operator API, `raft` the
 //! receiving side of node-to-node Raft RPCs. Each handler turns its request
 //! into a Raft proposal or a read of the state machine and its failures
-//! into [`ServiceError`](crate::error::ServiceError), which maps to a
+//! into [`ServiceError`], which maps to a
 //! status in one place.
 
 pub mod admin;
