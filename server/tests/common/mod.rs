@@ -91,18 +91,34 @@ impl TestCluster {
         }
     }
 
+    /// The status of whichever node says it leads, if one does.
+    pub async fn leader_status(&self) -> Option<pb::StatusResponse> {
+        for id in self.cluster.specs().map(|s| s.id).collect::<Vec<_>>() {
+            if let Some(s) = self.status(id).await {
+                if s.role == pb::Role::Leader as i32 {
+                    return Some(s);
+                }
+            }
+        }
+        None
+    }
+
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) -> pb::StatusResponse {
         let deadline = Instant::now() + within;
+        let mut last_seen = None;
         loop {
             if let Some(s) = self.status(id).await {
                 if s.last_applied >= index {
                     return s;
                 }
+                last_seen = Some(s);
             }
             assert!(
                 Instant::now() < deadline,
-                "node {id} did not apply {index} within {within:?}"
+                "node {id} did not apply {index} within {within:?}; its last status: {last_seen:?}; \
+                 the leader's: {:?}",
+                self.leader_status().await
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
