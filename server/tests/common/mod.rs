@@ -43,8 +43,43 @@ impl TestCluster {
         let cluster = LocalCluster::start(dir.path(), nodes, Path::new(SERVER_BIN), &args, false)
             .expect("start servers");
         let c = Self { cluster, dir };
-        c.wait_for_leader(Duration::from_secs(60)).await;
+        c.wait_for_settled_leader(Duration::from_secs(60)).await;
         c
+    }
+
+    /// Waits until every node names the same leader in the same term and
+    /// that node says it leads. Every founding node starts an election when
+    /// it initializes, so a leader seen first can still be deposed by a
+    /// later candidate; once all agree, only a timeout can change it.
+    pub async fn wait_for_settled_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        let ids: Vec<u64> = self.cluster.specs().map(|s| s.id).collect();
+        loop {
+            let mut seen = Vec::new();
+            for id in &ids {
+                seen.push(self.status(*id).await);
+            }
+            let first = seen.first().cloned().flatten();
+            let settled = first.as_ref().is_some_and(|f| {
+                f.leader_id != 0
+                    && seen.iter().all(|s| {
+                        s.as_ref()
+                            .is_some_and(|s| s.leader_id == f.leader_id && s.term == f.term)
+                    })
+                    && seen
+                        .iter()
+                        .flatten()
+                        .any(|s| s.id == f.leader_id && s.role == pb::Role::Leader as i32)
+            });
+            if settled {
+                return first.expect("checked").leader_id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader all nodes agree on within {within:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn client(&self) -> Client {
