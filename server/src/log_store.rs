@@ -38,6 +38,9 @@ const KEY_PURGED: &[u8] = b"purged";
 /// batcher's 1 MiB, a message stays far below `MAX_RAFT_MESSAGE_BYTES`.
 pub const MAX_APPEND_BYTES: usize = 32 << 20;
 
+/// Appends up to this size may be synced inline on a follower.
+const MAX_INLINE_SYNC_BYTES: usize = 256 << 10;
+
 type Flushed = IOFlushed<TypeConfig>;
 
 /// Callbacks waiting for the next WAL fsync.
@@ -85,8 +88,8 @@ impl LogStore {
         })
     }
 
-    /// Lets appends of entries from another leader sync inline when no
-    /// other fsync is under way. On a follower nothing waits on `append`
+    /// Lets small appends of entries from another leader sync inline when
+    /// no other fsync is under way. On a follower nothing waits on `append`
     /// but the answer to that leader, so the two thread hand-offs of the
     /// fsync thread are pure latency there; a leader's own entries still
     /// sync on the thread, so replication starts before its disk is done.
@@ -312,23 +315,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = rocks::cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         let mut n = 0u64;
+        let mut bytes = 0usize;
         let mut from_other_leader = false;
         for e in entries {
             from_other_leader = self
                 .own_id
                 .is_some_and(|me| e.log_id.leader_id.node_id != me);
-            batch.put_cf(
-                cf,
-                index_key(e.log_id.index),
-                codec::entry_to_pb(&e).encode_to_vec(),
-            );
+            let raw = codec::entry_to_pb(&e).encode_to_vec();
+            bytes += raw.len();
+            batch.put_cf(cf, index_key(e.log_id.index), raw);
             n += 1;
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.db.write_opt(batch, &wo).map_err(io_err)?;
         metrics::counter!("streamshield_log_entries_appended_total").increment(n);
-        if from_other_leader && self.claim_inline_sync() {
+        // A large append's fsync would hold up RaftCore (heartbeats, the
+        // next appends) for long, and saving two hand-offs is nothing
+        // beside it: only small ones sync inline.
+        if from_other_leader && bytes <= MAX_INLINE_SYNC_BYTES && self.claim_inline_sync() {
             sync_wal(&self.db, vec![callback]);
             self.end_sync();
             return Ok(());

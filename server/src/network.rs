@@ -17,6 +17,7 @@ use openraft::raft::{
 };
 use openraft::storage::Snapshot;
 use openraft::RaftNetworkV2;
+use prost::Message;
 use streamshield_proto::v1::{self as pb, raft_client::RaftClient};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -152,13 +153,27 @@ impl PeerConnection {
     }
 }
 
-/// The answer stream of one pipelined AppendStream session, with the send
-/// time of every request not answered yet.
+/// The answer stream of one pipelined AppendStream session, with the
+/// answer deadline of every request not answered yet.
 struct ReplyStream {
     replies: tonic::Streaming<pb::AppendStreamReply>,
+    /// The answer deadline of each request handed to the transport and
+    /// not answered yet, oldest first.
     unanswered: Arc<Mutex<VecDeque<Instant>>>,
     ttl: Duration,
     peer: PeerError,
+}
+
+/// How long a follower may take to answer one AppendEntries of `bytes`:
+/// openraft's TTL (the heartbeat interval) suits an empty or small request,
+/// not one of megabytes that the follower must decode, store and fsync. A
+/// request that outlives its allowance ends the stream and openraft starts
+/// over from what was acknowledged, which for a large backlog that can never
+/// be answered in time would repeat forever.
+fn answer_allowance(ttl: Duration, bytes: usize) -> Duration {
+    /// A disk and a debug build slower than this are not expected.
+    const BYTES_PER_SEC: u64 = 8 << 20;
+    ttl + Duration::from_millis(bytes as u64 * 1000 / BYTES_PER_SEC)
 }
 
 /// One answer of a stream session, as openraft consumes it.
@@ -169,8 +184,8 @@ impl ReplyStream {
         Some((Err(e), None))
     }
 
-    /// The next answer; an error once the oldest unanswered request has
-    /// waited longer than the TTL (a paused or partitioned follower).
+    /// The next answer; an error once the oldest unanswered request is past
+    /// its answer deadline (a paused or partitioned follower).
     async fn next(mut self) -> Option<(StreamItem, Option<Self>)> {
         loop {
             match tokio::time::timeout(self.ttl / 4, self.replies.message()).await {
@@ -193,10 +208,11 @@ impl ReplyStream {
                 }
                 Err(_) => {
                     let oldest = self.unanswered.lock().expect("unanswered").front().copied();
-                    if oldest.is_some_and(|t| t.elapsed() > self.ttl) {
-                        let e = RPCError::Unreachable(Unreachable::new(
-                            &self.peer.with(format!("no answer within {:?}", self.ttl)),
-                        ));
+                    if oldest.is_some_and(|deadline| Instant::now() > deadline) {
+                        let e = RPCError::Unreachable(Unreachable::new(&self.peer.with(format!(
+                            "no answer within {:?} plus the request's size allowance",
+                            self.ttl
+                        ))));
                         return self.fail(e);
                     }
                 }
@@ -230,13 +246,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     {
         Box::pin(async move {
             let mut c = self.client()?;
+            let ttl = option.hard_ttl();
             let unanswered = Arc::new(Mutex::new(VecDeque::new()));
             let sent = unanswered.clone();
             let requests = input.map(move |r| {
-                sent.lock().expect("unanswered").push_back(Instant::now());
-                codec::append_request_to_pb(&r)
+                let pb = codec::append_request_to_pb(&r);
+                let mut q = sent.lock().expect("unanswered");
+                // Answers come in order: one queued behind a large request
+                // cannot come before that one's.
+                let now = Instant::now();
+                let start = q.back().map_or(now, |prev: &Instant| (*prev).max(now));
+                q.push_back(start + answer_allowance(ttl, pb.encoded_len()));
+                pb
             });
-            let ttl = option.hard_ttl();
             let replies = self.with_deadline(ttl, c.append_stream(requests)).await?;
             let state = ReplyStream {
                 replies,
@@ -381,4 +403,21 @@ async fn stream_files(
     .await
     .map_err(|_| closed())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_request_gets_time_for_its_size() {
+        let ttl = Duration::from_millis(100);
+        assert_eq!(answer_allowance(ttl, 0), ttl);
+        assert_eq!(answer_allowance(ttl, 300), ttl, "a heartbeat-sized request");
+        assert_eq!(
+            answer_allowance(ttl, 32 << 20),
+            ttl + Duration::from_secs(4),
+            "a full 32 MiB message at 8 MiB/s"
+        );
+    }
 }
