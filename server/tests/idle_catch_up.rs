@@ -15,14 +15,9 @@ async fn follower_paused_mid_replication_catches_up_on_an_idle_cluster() {
     let t = TestCluster::start(3, &[]).await;
     let client = t.client();
     client.create_job("idle", 4).await.expect("create job");
-    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (follower, live) = t.pick_follower().await;
 
     t.cluster.pause(follower, true);
-    let live: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != follower).collect();
     let writer = t.client_of(&live);
     let mut last_index = 0;
     for i in 0..3 {

@@ -19,14 +19,9 @@ async fn follower_behind_by_more_than_one_message_catches_up() {
     let mut t = TestCluster::start(3, &[]).await;
     let client = t.client();
     client.create_job("big", 4).await.expect("create job");
-    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (follower, live) = t.pick_follower().await;
     t.cluster.kill(follower).expect("kill follower");
 
-    let live: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != follower).collect();
     let writer = t.client_of(&live);
     let mut last_index = 0;
     for i in 0..WRITES {

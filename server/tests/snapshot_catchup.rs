@@ -20,15 +20,10 @@ async fn lagging_follower_catches_up_by_snapshot() {
     client.create_job("snap", 64).await.expect("create job");
     write_keys(&client, "snap", "s", 0..100, 8).await;
 
-    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|i| *i != leader)
-        .expect("a follower");
+    let (follower, live) = t.pick_follower().await;
     let before = t.status(follower).await.expect("follower status");
     t.cluster.kill(follower).expect("kill follower");
 
-    let live: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != follower).collect();
     let writer = t.client_of(&live);
     write_keys(&writer, "snap", "s", 100..10_100, 16).await;
 

@@ -126,6 +126,16 @@ impl TestCluster {
         }
     }
 
+    /// A node that is not the leader now, and the ids of all the others
+    /// (who is left to write to once it is stopped).
+    pub async fn pick_follower(&self) -> (u64, Vec<u64>) {
+        let leader = self.wait_for_leader(Duration::from_secs(10)).await;
+        let ids: Vec<u64> = self.cluster.specs().map(|s| s.id).collect();
+        let follower = *ids.iter().find(|i| **i != leader).expect("a follower");
+        let rest = ids.into_iter().filter(|i| *i != follower).collect();
+        (follower, rest)
+    }
+
     /// The status of whichever node says it leads, if one does.
     pub async fn leader_status(&self) -> Option<pb::StatusResponse> {
         for id in self.cluster.specs().map(|s| s.id).collect::<Vec<_>>() {
