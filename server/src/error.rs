@@ -52,8 +52,7 @@ impl ServiceError {
         }
     }
 
-    /// The same failure for another waiter of a shared proposal or read
-    /// round. A storage failure carries an `io::Error`, which cannot be
+    /// The same failure for another write of a shared proposal. A storage failure carries an `io::Error`, which cannot be
     /// cloned; its waiters hear UNAVAILABLE with its text.
     pub fn duplicate(&self) -> ServiceError {
         match self {

@@ -89,11 +89,24 @@ pub mod meta {
     pub const MEMBERSHIP: &[u8] = b"m/membership";
     pub const NEXT_JOB_ID: &[u8] = b"m/next_job_id";
 
+    const JOB_PREFIX: &[u8] = b"j/";
+
     pub fn job(shard: u32, name: &str) -> Vec<u8> {
-        let mut k = b"j/".to_vec();
+        let mut k = JOB_PREFIX.to_vec();
         k.extend_from_slice(&shard.to_be_bytes());
         k.extend_from_slice(name.as_bytes());
         k
+    }
+
+    /// Whether any key in `[from, to)` is a job record.
+    pub fn range_has_jobs(from: &[u8], to: &[u8]) -> bool {
+        // Job keys are exactly those from "j/" up to (excluding) "j0".
+        const JOB_END: &[u8] = b"j0";
+        from < JOB_END && to > JOB_PREFIX
+    }
+
+    pub fn is_job(key: &[u8]) -> bool {
+        key.starts_with(JOB_PREFIX)
     }
 
     /// Up to which seq a client's answers have been forgotten.
@@ -115,6 +128,17 @@ pub mod meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_records_are_told_apart_from_other_meta_keys() {
+        let j = meta::job(0, "j");
+        assert!(meta::is_job(&j));
+        assert!(!meta::is_job(&meta::session(7)) && !meta::is_job(meta::APPLIED));
+        assert!(meta::range_has_jobs(&j, &meta::job(0, "k")));
+        assert!(meta::range_has_jobs(b"a", b"z"), "spans the job keys");
+        let (d1, d2) = (meta::dedupe(7, 1), meta::dedupe(7, 9));
+        assert!(!meta::range_has_jobs(&d1, &d2), "a client's dedupe range");
+    }
 
     #[test]
     fn key_group_is_stable_and_in_range() {

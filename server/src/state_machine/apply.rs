@@ -97,7 +97,6 @@ fn create_job(
         created_index: index,
     };
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
-    p.note_job_change();
     p.put(
         CF_META,
         meta::NEXT_JOB_ID,
@@ -279,7 +278,6 @@ fn write_outcome(
     }
     if job_changed {
         p.put(CF_META, &meta::job(shard, &job.job), job.encode_to_vec())?;
-        p.note_job_change();
     }
     Ok(write_response(pb::WriteResponse {
         succeeded: true,

@@ -23,15 +23,15 @@ pub struct JobCache {
 #[derive(Default)]
 struct Inner {
     epoch: u64,
-    jobs: HashMap<(u32, String), Arc<pb::JobInfo>>,
+    /// By shard, then name: looked up by `&str`, without a key to build.
+    jobs: HashMap<u32, HashMap<String, Arc<pb::JobInfo>>>,
 }
 
 impl JobCache {
     /// A cached record, and the epoch to insert under on a miss.
     pub fn lookup(&self, shard: u32, name: &str) -> (Option<Arc<pb::JobInfo>>, u64) {
         let g = self.inner.read().expect("job cache lock");
-        // The key type forces an owned String; a miss is rare.
-        let hit = g.jobs.get(&(shard, name.to_string())).cloned();
+        let hit = g.jobs.get(&shard).and_then(|j| j.get(name)).cloned();
         (hit, g.epoch)
     }
 
@@ -39,7 +39,10 @@ impl JobCache {
     pub fn insert(&self, epoch: u64, shard: u32, name: &str, info: Arc<pb::JobInfo>) {
         let mut g = self.inner.write().expect("job cache lock");
         if g.epoch == epoch {
-            g.jobs.insert((shard, name.to_string()), info);
+            g.jobs
+                .entry(shard)
+                .or_default()
+                .insert(name.to_string(), info);
         }
     }
 

@@ -12,6 +12,8 @@ use std::io;
 
 use rocksdb::{WriteBatch, DB};
 
+use super::meta::CF_META;
+use crate::keys::meta;
 use crate::rocks::{self, io_err};
 
 type Slot = (&'static str, Vec<u8>);
@@ -65,12 +67,14 @@ impl<'a> PendingWrites<'a> {
 
     pub fn put(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
         self.batch.put_cf(rocks::cf(self.db, cf)?, key, &value);
+        self.jobs_changed |= cf == CF_META && meta::is_job(key);
         self.known.insert((cf, key.to_vec()), Some(value));
         Ok(())
     }
 
     pub fn delete(&mut self, cf: &'static str, key: &[u8]) -> io::Result<()> {
         self.batch.delete_cf(rocks::cf(self.db, cf)?, key);
+        self.jobs_changed |= cf == CF_META && meta::is_job(key);
         self.known.insert((cf, key.to_vec()), None);
         Ok(())
     }
@@ -78,18 +82,15 @@ impl<'a> PendingWrites<'a> {
     pub fn delete_range(&mut self, cf: &'static str, from: &[u8], to: &[u8]) -> io::Result<()> {
         self.batch
             .delete_range_cf(rocks::cf(self.db, cf)?, from, to);
+        self.jobs_changed |= cf == CF_META && meta::range_has_jobs(from, to);
         self.known
             .retain(|(c, k), _| !(*c == cf && k.as_slice() >= from && k.as_slice() < to));
         self.deleted_ranges.push((cf, from.to_vec(), to.to_vec()));
         Ok(())
     }
 
-    /// Records that a job record is among the staged writes: readers'
-    /// decoded copies must be dropped once they are written.
-    pub fn note_job_change(&mut self) {
-        self.jobs_changed = true;
-    }
-
+    /// Whether a job record is among the staged writes: readers' decoded
+    /// copies must be dropped once they are written.
     pub fn jobs_changed(&self) -> bool {
         self.jobs_changed
     }
