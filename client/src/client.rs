@@ -14,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::batch::WriteBatch;
+use crate::coalesce::{CallKind, Coalescer, Gets, Writes};
 use crate::error::ClientError;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -30,6 +31,9 @@ pub struct ClientConfig {
     /// Dial these addresses instead of the ones named (endpoints and
     /// leader hints alike), e.g. a fault-injecting proxy per node.
     pub dial: HashMap<String, String>,
+    /// Send concurrent writes and gets to the same node together, in one
+    /// `WriteMany`/`GetMany` call (see `coalesce.rs`). Default on.
+    pub coalesce: bool,
 }
 
 impl ClientConfig {
@@ -39,6 +43,7 @@ impl ClientConfig {
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             dial: HashMap::new(),
+            coalesce: true,
         }
     }
 }
@@ -84,9 +89,59 @@ pub struct ScanPage {
     pub applied_index: u64,
 }
 
+/// One node: its channel and, once used, the tasks that coalesce calls
+/// to it.
+struct Conn {
+    channel: Channel,
+    writes: Mutex<Option<Arc<Coalescer<Writes>>>>,
+    gets: Mutex<Option<Arc<Coalescer<Gets>>>>,
+}
+
+impl Conn {
+    /// Starts the coalescer on first use, and again if the runtime that
+    /// ran it has shut down.
+    fn coalescer<K: CallKind>(&self, slot: &Mutex<Option<Arc<Coalescer<K>>>>) -> Arc<Coalescer<K>> {
+        let mut c = slot.lock().expect("coalescer");
+        match &*c {
+            Some(running) if running.is_running() => running.clone(),
+            _ => {
+                let started = Arc::new(Coalescer::start(state_client(self.channel.clone())));
+                *c = Some(started.clone());
+                started
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        req: pb::WriteRequest,
+        coalesce: bool,
+    ) -> Result<pb::WriteResponse, Status> {
+        if coalesce {
+            self.coalescer(&self.writes).submit(req).await
+        } else {
+            Writes::one(state_client(self.channel.clone()), req).await
+        }
+    }
+
+    async fn get(&self, req: pb::GetRequest, coalesce: bool) -> Result<pb::GetResponse, Status> {
+        if coalesce {
+            self.coalescer(&self.gets).submit(req).await
+        } else {
+            Gets::one(state_client(self.channel.clone()), req).await
+        }
+    }
+}
+
+fn state_client(ch: Channel) -> StateClient<Channel> {
+    StateClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 struct Inner {
     config: ClientConfig,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Arc<Conn>>>,
     leader: Mutex<Option<String>>,
     next_endpoint: AtomicUsize,
     client_id: u64,
@@ -175,6 +230,10 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        Ok(self.conn(addr)?.channel.clone())
+    }
+
+    fn conn(&self, addr: &str) -> Result<Arc<Conn>, ClientError> {
         let mut map = self.inner.channels.lock().expect("channel map");
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
@@ -195,8 +254,13 @@ impl Client {
             .timeout(self.inner.config.attempt_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        let conn = Arc::new(Conn {
+            channel: ch,
+            writes: Mutex::new(None),
+            gets: Mutex::new(None),
+        });
+        map.insert(addr.to_string(), conn.clone());
+        Ok(conn)
     }
 
     fn pick(&self, route: Route) -> String {
@@ -219,7 +283,7 @@ impl Client {
     /// attempts on unavailable nodes.
     async fn with_retries<T, F, Fut>(&self, route: Route, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.inner.config.deadline;
@@ -228,7 +292,7 @@ impl Client {
         loop {
             attempts += 1;
             let addr = self.pick(route);
-            let status = match call(self.channel(&addr)?).await {
+            let status = match call(self.conn(&addr)?).await {
                 Ok(v) => {
                     if route == Route::Leader {
                         self.set_leader(Some(addr));
@@ -268,12 +332,6 @@ impl Client {
         }
     }
 
-    fn state(ch: Channel) -> StateClient<Channel> {
-        StateClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
-    }
-
     /// Applies `batch` atomically. A condition that does not hold is
     /// [`ClientError::ConditionFailed`]. Retries after an unknown outcome
     /// carry the same sequence number, so the write applies at most once.
@@ -281,7 +339,7 @@ impl Client {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         self.inner.in_flight.lock().expect("in flight").insert(seq);
         let result = self
-            .with_retries(Route::Leader, |ch| {
+            .with_retries(Route::Leader, |conn| {
                 let acked_below = *self
                     .inner
                     .in_flight
@@ -299,7 +357,8 @@ impl Client {
                     acked_below,
                     mode: pb::WriteMode::Sync as i32,
                 };
-                async move { Self::state(ch).write(req).await.map(|r| r.into_inner()) }
+                let coalesce = self.inner.config.coalesce;
+                async move { conn.write(req, coalesce).await }
             })
             .await;
         // Once this call returns the seq is never sent again, whatever the
@@ -376,9 +435,10 @@ impl Client {
             Route::Leader
         };
         let r = self
-            .with_retries(route, |ch| {
+            .with_retries(route, |conn| {
                 let req = req.clone();
-                async move { Self::state(ch).get(req).await.map(|r| r.into_inner()) }
+                let coalesce = self.inner.config.coalesce;
+                async move { conn.get(req, coalesce).await }
             })
             .await?;
         Ok(r.kv)
@@ -399,7 +459,7 @@ impl Client {
             key: key.into(),
             consistency: pb::Consistency::Stale as i32,
         };
-        Self::state(self.channel(addr)?)
+        state_client(self.channel(addr)?)
             .get(req)
             .await
             .map(|r| r.into_inner())
@@ -427,9 +487,14 @@ impl Client {
             Route::Leader
         };
         let r = self
-            .with_retries(route, |ch| {
+            .with_retries(route, |conn| {
                 let req = req.clone();
-                async move { Self::state(ch).scan(req).await.map(|r| r.into_inner()) }
+                async move {
+                    state_client(conn.channel.clone())
+                        .scan(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
         Ok(ScanPage {
@@ -473,10 +538,10 @@ impl Client {
             key_groups,
         };
         let r = self
-            .with_retries(Route::Leader, |ch| {
+            .with_retries(Route::Leader, |conn| {
                 let req = req.clone();
                 async move {
-                    Self::admin(ch)
+                    Self::admin(conn.channel.clone())
                         .create_job(req)
                         .await
                         .map(|r| r.into_inner())
@@ -492,10 +557,10 @@ impl Client {
     pub async fn describe_job(&self, job: &str) -> Result<pb::JobInfo, ClientError> {
         let req = pb::DescribeJobRequest { job: job.into() };
         let r = self
-            .with_retries(Route::Leader, |ch| {
+            .with_retries(Route::Leader, |conn| {
                 let req = req.clone();
                 async move {
-                    Self::admin(ch)
+                    Self::admin(conn.channel.clone())
                         .describe_job(req)
                         .await
                         .map(|r| r.into_inner())
@@ -550,10 +615,10 @@ impl Client {
             addr: addr.into(),
             blocking,
         };
-        self.with_retries(Route::Leader, |ch| {
+        self.with_retries(Route::Leader, |conn| {
             let req = req.clone();
             async move {
-                Self::admin(ch)
+                Self::admin(conn.channel.clone())
                     .add_learner(req)
                     .await
                     .map(|r| r.into_inner())
@@ -568,10 +633,10 @@ impl Client {
         retain: bool,
     ) -> Result<pb::MembershipResponse, ClientError> {
         let req = pb::ChangeMembershipRequest { voters, retain };
-        self.with_retries(Route::Leader, |ch| {
+        self.with_retries(Route::Leader, |conn| {
             let req = req.clone();
             async move {
-                Self::admin(ch)
+                Self::admin(conn.channel.clone())
                     .change_membership(req)
                     .await
                     .map(|r| r.into_inner())

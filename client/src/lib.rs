@@ -12,6 +12,7 @@
 
 mod batch;
 mod client;
+mod coalesce;
 mod error;
 pub mod local;
 

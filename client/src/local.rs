@@ -84,6 +84,14 @@ fn signal(pid: i32, sig: i32) {
     }
 }
 
+/// The nodes of a local cluster share this machine: each gets an equal
+/// share of its cores, at least one thread (`worker_threads` in the server
+/// configuration says why).
+pub fn worker_threads_each(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / nodes.max(1)).max(1)
+}
+
 impl LocalCluster {
     /// Lays out a new cluster of `n` founding voters in `dir`, or loads the
     /// layout already there, and starts every node.
@@ -277,8 +285,17 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .arg("--metrics-listen")
-            .arg(&spec.metrics_addr)
-            .args(&self.extra_args)
+            .arg(&spec.metrics_addr);
+        let own_threads = self
+            .extra_args
+            .iter()
+            .chain(self.node_args.get(&id).into_iter().flatten())
+            .any(|a| a.starts_with("--worker-threads"));
+        if !own_threads {
+            cmd.arg("--worker-threads")
+                .arg(worker_threads_each(self.specs.len()).to_string());
+        }
+        cmd.args(&self.extra_args)
             .args(self.node_args.get(&id).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -31,6 +31,12 @@ pub struct ServerConfig {
     pub peer_addrs: Vec<String>,
     /// Where `/metrics` (Prometheus text format) is served; none if unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Threads that run the node's async work (gRPC, Raft, apply); 0 means
+    /// one per core. Nodes sharing a machine do better dividing its cores
+    /// among them: every hand-off between two threads wakes a parked
+    /// thread, and on a VM that costs a hypervisor round trip (see
+    /// README, "Nodes sharing a machine"). Default 0.
+    pub worker_threads: usize,
     pub raft: RaftTuning,
     pub limits: Limits,
 }
@@ -101,6 +107,7 @@ impl Default for ServerConfig {
             initial_cluster: Vec::new(),
             peer_addrs: Vec::new(),
             metrics_listen: None,
+            worker_threads: 0,
             raft: RaftTuning::default(),
             limits: Limits::default(),
         }

@@ -113,6 +113,17 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// One failed item of a WriteMany or GetMany: what a unary call with that
+/// item alone would have failed with.
+pub fn item_error(e: ServiceError) -> pb::ItemError {
+    let s = Status::from(e);
+    pb::ItemError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        details: s.details().to_vec(),
+    }
+}
+
 /// A command answer from the state machine that is an error.
 pub fn rejected(e: &pb::CommandError) -> ServiceError {
     ServiceError::Rejected {

@@ -37,6 +37,9 @@ struct Flags {
     /// `2=host:port,3=host:port` (a proxy per link, in the lab).
     #[arg(long, env = "STREAMSHIELD_PEER_ADDRS", value_delimiter = ',')]
     peer_addrs: Option<Vec<String>>,
+    /// Threads for the node's async work; 0 = one per core.
+    #[arg(long, env = "STREAMSHIELD_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "STREAMSHIELD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -84,6 +87,7 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         data_dir => data_dir,
         initial_cluster => initial_cluster,
         peer_addrs => peer_addrs,
+        worker_threads => worker_threads,
         heartbeat_ms => raft.heartbeat_ms,
         election_timeout_min_ms => raft.election_timeout_min_ms,
         election_timeout_max_ms => raft.election_timeout_max_ms,
@@ -132,7 +136,11 @@ fn main() -> ExitCode {
         println!("{}", toml::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("streamshield-server: cannot start the runtime: {e}");

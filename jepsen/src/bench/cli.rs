@@ -85,6 +85,10 @@ pub struct BenchArgs {
     pub clients: u64,
     #[arg(long, value_enum, default_value = "streamshield")]
     pub target: TargetFlag,
+    /// StreamShield's client sends every operation as its own call, as
+    /// etcd's client does, instead of sending concurrent ones together.
+    #[arg(long)]
+    pub no_coalesce: bool,
     /// Runs per target; with `both` the targets alternate.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
@@ -147,11 +151,16 @@ fn spec(c: &ClusterArgs, target: TargetFlag) -> anyhow::Result<ClusterSpec> {
     Ok(s)
 }
 
-fn targets(t: TargetFlag) -> Vec<TargetKind> {
+fn targets(t: TargetFlag, no_coalesce: bool) -> Vec<TargetKind> {
+    let ours = if no_coalesce {
+        TargetKind::StreamshieldUncoalesced
+    } else {
+        TargetKind::Streamshield
+    };
     match t {
-        TargetFlag::Streamshield => vec![TargetKind::Streamshield],
+        TargetFlag::Streamshield => vec![ours],
         TargetFlag::Etcd => vec![TargetKind::Etcd],
-        TargetFlag::Both => vec![TargetKind::Streamshield, TargetKind::Etcd],
+        TargetFlag::Both => vec![ours, TargetKind::Etcd],
     }
 }
 
@@ -178,7 +187,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         }),
         WorkloadFlag::Limits => unreachable!("handled above"),
     };
-    let want = targets(a.target);
+    let want = targets(a.target, a.no_coalesce);
     let clusters = Clusters::start(&want, &spec(&a.cluster, a.target)?, dir.path()).await?;
     println!("{}", table_header());
     let mut per_target: Vec<Vec<Report>> = vec![Vec::new(); want.len()];
@@ -231,7 +240,7 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
         l.p50_us, l.grpc_rtt_p50_us, l.sync_put_floor_us
     );
     let clusters = Clusters::start(
-        &targets(TargetFlag::Both),
+        &targets(TargetFlag::Both, false),
         &spec(&a.cluster, TargetFlag::Both)?,
         dir.path(),
     )

@@ -8,6 +8,7 @@
 //! comparison and writes `BENCHMARKS.md`.
 
 pub mod cli;
+pub mod cpu;
 pub mod etcd;
 pub mod limits;
 pub mod matrix;
@@ -30,6 +31,8 @@ use workload::{KeySpace, WorkloadKind};
 /// Clusters a benchmark talks to; the ones it started die with it.
 pub struct Clusters {
     pub streamshield: Option<StreamShieldTarget>,
+    /// The same cluster through a client that does not coalesce calls.
+    pub streamshield_uncoalesced: Option<StreamShieldTarget>,
     pub etcd: Option<EtcdTarget>,
     /// Targets whose key space is already written (reads need data).
     preloaded: std::sync::Mutex<Vec<TargetKind>>,
@@ -58,12 +61,13 @@ impl Clusters {
     ) -> anyhow::Result<Self> {
         let mut c = Self {
             streamshield: None,
+            streamshield_uncoalesced: None,
             etcd: None,
             preloaded: Default::default(),
             _own: None,
             _own_etcd: None,
         };
-        if want.contains(&TargetKind::Streamshield) {
+        if want.iter().any(|t| t.cluster() == TargetKind::Streamshield) {
             let endpoints = match &spec.streamshield_endpoints {
                 Some(e) => e.clone(),
                 None => {
@@ -85,9 +89,13 @@ impl Clusters {
             };
             let mut cfg = ClientConfig::new(endpoints);
             cfg.deadline = READY_WITHIN;
-            let client = Client::new(cfg)?;
+            let client = Client::new(cfg.clone())?;
             client.wait_for_leader().await?;
             c.streamshield = Some(StreamShieldTarget::prepare(client).await?);
+            cfg.coalesce = false;
+            c.streamshield_uncoalesced = Some(StreamShieldTarget {
+                client: Client::new(cfg)?,
+            });
         }
         if want.contains(&TargetKind::Etcd) {
             let endpoints = match &spec.etcd_endpoints {
@@ -117,8 +125,8 @@ impl Clusters {
         let workload: Arc<dyn workload::BenchWorkload> = Arc::from(kind.build(space));
         let preload = workload.needs_preload() && {
             let mut done = self.preloaded.lock().expect("preloaded");
-            let first = !done.contains(&target);
-            done.push(target);
+            let first = !done.contains(&target.cluster());
+            done.push(target.cluster());
             first
         };
         let run = Run {
@@ -133,6 +141,13 @@ impl Clusters {
             TargetKind::Streamshield => {
                 let t = self
                     .streamshield
+                    .as_ref()
+                    .context("no streamshield target")?;
+                run.on(t).await
+            }
+            TargetKind::StreamshieldUncoalesced => {
+                let t = self
+                    .streamshield_uncoalesced
                     .as_ref()
                     .context("no streamshield target")?;
                 run.on(t).await
@@ -190,14 +205,24 @@ pub fn median_report(runs: &[Report]) -> Option<Report> {
 
 pub fn table_header() -> String {
     format!(
-        "{:<18} {:<13} {:>7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7}",
-        "workload", "target", "clients", "ops", "ops/s", "p50 µs", "p99 µs", "p999 µs", "errors"
+        "{:<18} {:<14} {:>7} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7} {:>10} {:>6}",
+        "workload",
+        "target",
+        "clients",
+        "ops",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs",
+        "errors",
+        "CPU µs/op",
+        "steal"
     )
 }
 
 pub fn table_row(r: &Report) -> String {
     format!(
-        "{:<18} {:<13} {:>7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>7}",
+        "{:<18} {:<14} {:>7} {:>9} {:>11.0} {:>9} {:>9} {:>9} {:>7} {:>10} {:>6}",
         r.workload,
         r.target,
         r.clients,
@@ -206,7 +231,9 @@ pub fn table_row(r: &Report) -> String {
         r.p50_us,
         r.p99_us,
         r.p999_us,
-        r.errors
+        r.errors,
+        r.cpu_us_per_op.map_or("-".into(), |c| format!("{c:.1}")),
+        r.steal_pct.map_or("-".into(), |s| format!("{s:.1}%")),
     )
 }
 
@@ -229,6 +256,8 @@ mod tests {
             max_us: 1,
             errors: 0,
             first_error: None,
+            cpu_us_per_op: None,
+            steal_pct: None,
         }
     }
 

@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use super::cpu::{self, CpuUse};
 use super::target::Target;
 use super::workload::{BenchWorkload, KeySpace};
 
@@ -31,6 +32,13 @@ pub struct Report {
     /// The first error seen, to tell a misconfiguration from noise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// CPU time of the whole machine (every process and the kernel) in the
+    /// window, per operation; see `cpu.rs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_op: Option<f64>,
+    /// Share of the window's CPU time the hypervisor took, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steal_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +56,8 @@ pub struct Measured {
     pub hist: Histogram<u64>,
     pub first_error: Option<String>,
     pub window: Duration,
+    /// The machine's CPU use in the window, where it can be read.
+    pub cpu: Option<CpuUse>,
 }
 
 struct TaskResult {
@@ -98,6 +108,12 @@ pub async fn run<T: Target>(
     let started = Instant::now();
     let measure_from = started + shape.warmup;
     let end = measure_from + shape.measure;
+    let cpu_in_window = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let from = cpu::sample();
+        tokio::time::sleep_until(end.into()).await;
+        Some(cpu::sample()?.since(&from?))
+    });
     let mut tasks = Vec::new();
     for c in 0..shape.clients {
         let (target, workload) = (target.clone(), workload.clone());
@@ -152,6 +168,7 @@ pub async fn run<T: Target>(
         hist,
         first_error,
         window: shape.measure,
+        cpu: cpu_in_window.await?,
     })
 }
 
@@ -168,6 +185,7 @@ impl Report {
             hist,
             first_error,
             window,
+            cpu,
         } = m;
         let ops = hist.len();
         let q = |p: f64| {
@@ -191,6 +209,8 @@ impl Report {
             max_us: if ops == 0 { 0 } else { hist.max() },
             errors,
             first_error,
+            cpu_us_per_op: cpu.filter(|_| ops > 0).map(|c| c.busy_s * 1e6 / ops as f64),
+            steal_pct: cpu.map(|c| c.steal_share * 100.0),
         }
     }
 }

@@ -23,7 +23,12 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
+    /// StreamShield through its client as shipped: concurrent calls to a
+    /// node go together (`WriteMany`/`GetMany`).
     Streamshield,
+    /// The same cluster through a client that sends every operation as its
+    /// own call, as etcd's client does.
+    StreamshieldUncoalesced,
     Etcd,
 }
 
@@ -31,7 +36,16 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Streamshield => "streamshield",
+            Self::StreamshieldUncoalesced => "ss-uncoalesced",
             Self::Etcd => "etcd",
+        }
+    }
+
+    /// The cluster it measures: both StreamShield clients share one.
+    pub fn cluster(self) -> TargetKind {
+        match self {
+            Self::StreamshieldUncoalesced => Self::Streamshield,
+            other => other,
         }
     }
 }

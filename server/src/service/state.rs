@@ -1,14 +1,17 @@
-//! The client API: Get, Scan and Write.
+//! The client API: Get, Scan, Write, and their many-item forms.
 
 use std::sync::Arc;
 
-use streamshield_proto::v1::{self as pb, state_server::State};
+use streamshield_proto::v1::{self as pb, get_outcome, state_server::State, write_outcome};
 use tonic::{Request, Response, Status};
 
 use super::NodeContext;
-use crate::error::ServiceError;
+use crate::error::{item_error, ServiceError};
 use crate::state_machine::read;
 use crate::validate;
+
+/// Items one WriteMany or GetMany may carry.
+pub const MAX_ITEMS_PER_CALL: usize = 1024;
 
 pub struct StateService {
     ctx: Arc<NodeContext>,
@@ -19,14 +22,57 @@ impl StateService {
         Self { ctx }
     }
 
+    fn check_get(&self, r: &pb::GetRequest) -> Result<pb::Consistency, ServiceError> {
+        let l = &self.ctx.limits;
+        self.ctx.check_shard(r.shard)?;
+        validate::name("job", &r.job, l)?;
+        validate::name("state", &r.state, l)?;
+        validate::key("key", &r.key, l)?;
+        validate::consistency(r.consistency)
+    }
+
+    /// Answers from what this replica has applied; a linearizable read must
+    /// have passed read-index first.
+    fn read_one(&self, r: &pb::GetRequest) -> Result<pb::GetResponse, ServiceError> {
+        // Taken before the value: the value then reflects at least it.
+        let applied_index = self.ctx.sm.applied_index();
+        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+        let kv = read::get(&db, info.as_deref(), r.shard, &r.job, &r.state, &r.key)?;
+        metrics::counter!("streamshield_reads_total", "kind" => "get").increment(1);
+        Ok(pb::GetResponse {
+            kv,
+            applied_index,
+            answered_by: self.ctx.id,
+        })
+    }
+
+    async fn write_one(&self, w: pb::WriteRequest) -> Result<pb::WriteResponse, ServiceError> {
+        self.ctx.check_shard(w.shard)?;
+        validate::write(&w, &self.ctx.limits)?;
+        self.ctx.write(w).await
+    }
+
     /// Linearizable reads wait for read-index on the leader; stale reads
     /// answer from whatever this replica has applied.
-    async fn prepare_read(&self, raw: i32) -> Result<(), ServiceError> {
-        match validate::consistency(raw)? {
+    async fn prepare_read(&self, c: pb::Consistency) -> Result<(), ServiceError> {
+        match c {
             pb::Consistency::Linearizable => self.ctx.linearize().await,
             pb::Consistency::Stale => Ok(()),
         }
     }
+}
+
+fn check_item_count(field: &str, n: usize) -> Result<(), ServiceError> {
+    if n == 0 {
+        return Err(ServiceError::invalid(field, "must not be empty"));
+    }
+    if n > MAX_ITEMS_PER_CALL {
+        return Err(ServiceError::invalid(
+            field,
+            format!("{n} items, above the limit of {MAX_ITEMS_PER_CALL}"),
+        ));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -36,22 +82,48 @@ impl State for StateService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let r = request.into_inner();
-        let l = &self.ctx.limits;
-        self.ctx.check_shard(r.shard)?;
-        validate::name("job", &r.job, l)?;
-        validate::name("state", &r.state, l)?;
-        validate::key("key", &r.key, l)?;
-        self.prepare_read(r.consistency).await?;
-        // Taken before the value: the value then reflects at least it.
-        let applied_index = self.ctx.sm.applied_index();
-        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
-        let kv = read::get(&db, info.as_deref(), r.shard, &r.job, &r.state, &r.key)?;
-        metrics::counter!("streamshield_reads_total", "kind" => "get").increment(1);
-        Ok(Response::new(pb::GetResponse {
-            kv,
-            applied_index,
-            answered_by: self.ctx.id,
-        }))
+        let c = self.check_get(&r)?;
+        self.prepare_read(c).await?;
+        Ok(Response::new(self.read_one(&r)?))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let gets = request.into_inner().gets;
+        check_item_count("gets", gets.len())?;
+        metrics::histogram!("streamshield_items_per_call", "kind" => "get")
+            .record(gets.len() as f64);
+        let checked: Vec<_> = gets.iter().map(|g| self.check_get(g)).collect();
+        // One read-index round serves every linearizable item: it starts
+        // after all of them arrived.
+        let linearized = if checked
+            .iter()
+            .any(|c| matches!(c, Ok(pb::Consistency::Linearizable)))
+        {
+            Some(self.ctx.linearize().await)
+        } else {
+            None
+        };
+        let outcomes = gets
+            .iter()
+            .zip(checked)
+            .map(|(g, c)| {
+                let r = match (c, &linearized) {
+                    (Err(e), _) => Err(e),
+                    (Ok(pb::Consistency::Linearizable), Some(Err(e))) => Err(e.duplicate()),
+                    (Ok(_), _) => self.read_one(g),
+                };
+                pb::GetOutcome {
+                    result: Some(match r {
+                        Ok(ok) => get_outcome::Result::Ok(ok),
+                        Err(e) => get_outcome::Result::Error(item_error(e)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetManyResponse { outcomes }))
     }
 
     async fn scan(
@@ -75,7 +147,8 @@ impl State for StateService {
             0 => 1000,
             n => n.min(l.max_scan_limit),
         } as usize;
-        self.prepare_read(r.consistency).await?;
+        self.prepare_read(validate::consistency(r.consistency)?)
+            .await?;
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
         let page = read::Page {
             prefix: &r.prefix,
@@ -97,9 +170,30 @@ impl State for StateService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let w = request.into_inner();
-        self.ctx.check_shard(w.shard)?;
-        validate::write(&w, &self.ctx.limits)?;
-        Ok(Response::new(self.ctx.write(w).await?))
+        Ok(Response::new(self.write_one(request.into_inner()).await?))
+    }
+
+    async fn write_many(
+        &self,
+        request: Request<pb::WriteManyRequest>,
+    ) -> Result<Response<pb::WriteManyResponse>, Status> {
+        let writes = request.into_inner().writes;
+        check_item_count("writes", writes.len())?;
+        metrics::histogram!("streamshield_items_per_call", "kind" => "write")
+            .record(writes.len() as f64);
+        // All are handed to the write batcher before any is awaited, so
+        // they travel in as few proposals as its bounds allow.
+        let answers =
+            futures::future::join_all(writes.into_iter().map(|w| self.write_one(w))).await;
+        let outcomes = answers
+            .into_iter()
+            .map(|r| pb::WriteOutcome {
+                result: Some(match r {
+                    Ok(ok) => write_outcome::Result::Ok(ok),
+                    Err(e) => write_outcome::Result::Error(item_error(e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::WriteManyResponse { outcomes }))
     }
 }

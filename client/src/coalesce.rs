@@ -1,0 +1,260 @@
+//! Sends concurrent calls to one node together.
+//!
+//! Every gRPC call costs a fixed amount of CPU at both ends (HTTP/2 frames
+//! and headers, a server task, a client task), about a quarter of what a
+//! small write costs the whole cluster. A [`Coalescer`] keeps at most
+//! [`CallKind::MAX_IN_FLIGHT`] calls outstanding to its node; requests
+//! that arrive while they are wait, and go out together in one many-call
+//! (`WriteMany`, `GetMany`) as soon as a call returns. A request that finds
+//! a free slot goes out at once, alone, as its unary call, so a lone caller
+//! waits for nothing. Each request gets its own answer or its own status,
+//! exactly what its unary call would have given, and its caller retries it
+//! as before; a call that fails as a whole fails each of its requests.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use prost::Message;
+use streamshield_proto::v1::{self as pb, get_outcome, state_client::StateClient, write_outcome};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Bounds of one many-call; the server accepts up to 1,024 items.
+pub const MAX_ITEMS: usize = 256;
+pub const MAX_BYTES: usize = 4 << 20;
+
+/// A unary call and its many-item form.
+pub trait CallKind: Send + Sync + 'static {
+    /// Calls of this kind outstanding to one node.
+    const MAX_IN_FLIGHT: usize;
+    type Req: Message + Send + 'static;
+    type Resp: Send + 'static;
+    fn one(
+        client: StateClient<Channel>,
+        req: Self::Req,
+    ) -> impl Future<Output = Result<Self::Resp, Status>> + Send;
+    /// One answer per request, in order.
+    fn many(
+        client: StateClient<Channel>,
+        reqs: Vec<Self::Req>,
+    ) -> impl Future<Output = Result<Vec<Result<Self::Resp, Status>>, Status>> + Send;
+}
+
+fn item_status(e: pb::ItemError) -> Status {
+    Status::with_details(Code::from_i32(e.code), e.message, e.details.into())
+}
+
+fn answers_of<T>(
+    n: usize,
+    outcomes: Vec<Option<Result<T, Status>>>,
+) -> Result<Vec<Result<T, Status>>, Status> {
+    if outcomes.len() != n {
+        return Err(Status::internal(format!(
+            "{n} requests were answered with {} outcomes",
+            outcomes.len()
+        )));
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Status::internal("an outcome without a result"))))
+        .collect())
+}
+
+pub struct Writes;
+
+impl CallKind for Writes {
+    /// One: a write call costs a Raft round (fsyncs, replication, apply)
+    /// whatever its size, so writes gain more from waiting for the round
+    /// in flight and sharing the next one than from overlapping rounds.
+    /// With 64 closed-loop writers, one call in flight spent 10 % less CPU
+    /// per write than two and was as fast or faster (README, "Coalescing").
+    const MAX_IN_FLIGHT: usize = 1;
+    type Req = pb::WriteRequest;
+    type Resp = pb::WriteResponse;
+
+    async fn one(
+        mut client: StateClient<Channel>,
+        req: pb::WriteRequest,
+    ) -> Result<pb::WriteResponse, Status> {
+        client.write(req).await.map(|r| r.into_inner())
+    }
+
+    async fn many(
+        mut client: StateClient<Channel>,
+        writes: Vec<pb::WriteRequest>,
+    ) -> Result<Vec<Result<pb::WriteResponse, Status>>, Status> {
+        let n = writes.len();
+        let r = client
+            .write_many(pb::WriteManyRequest { writes })
+            .await?
+            .into_inner();
+        let outcomes = r.outcomes.into_iter().map(|o| {
+            o.result.map(|r| match r {
+                write_outcome::Result::Ok(ok) => Ok(ok),
+                write_outcome::Result::Error(e) => Err(item_status(e)),
+            })
+        });
+        answers_of(n, outcomes.collect())
+    }
+}
+
+pub struct Gets;
+
+impl CallKind for Gets {
+    /// Two: a read round is short (one read-index heartbeat round, then
+    /// local reads), so a second call overlapping it keeps the leader busy;
+    /// with 64 readers two gave ~20 % more reads/s than one.
+    const MAX_IN_FLIGHT: usize = 2;
+    type Req = pb::GetRequest;
+    type Resp = pb::GetResponse;
+
+    async fn one(
+        mut client: StateClient<Channel>,
+        req: pb::GetRequest,
+    ) -> Result<pb::GetResponse, Status> {
+        client.get(req).await.map(|r| r.into_inner())
+    }
+
+    async fn many(
+        mut client: StateClient<Channel>,
+        gets: Vec<pb::GetRequest>,
+    ) -> Result<Vec<Result<pb::GetResponse, Status>>, Status> {
+        let n = gets.len();
+        let r = client
+            .get_many(pb::GetManyRequest { gets })
+            .await?
+            .into_inner();
+        let outcomes = r.outcomes.into_iter().map(|o| {
+            o.result.map(|r| match r {
+                get_outcome::Result::Ok(ok) => Ok(ok),
+                get_outcome::Result::Error(e) => Err(item_status(e)),
+            })
+        });
+        answers_of(n, outcomes.collect())
+    }
+}
+
+struct Queued<K: CallKind> {
+    req: K::Req,
+    bytes: usize,
+    reply: oneshot::Sender<Result<K::Resp, Status>>,
+}
+
+/// The calls of one kind to one node.
+pub struct Coalescer<K: CallKind> {
+    tx: mpsc::UnboundedSender<Queued<K>>,
+}
+
+async fn call<K: CallKind>(client: StateClient<Channel>, mut batch: Vec<Queued<K>>) {
+    if batch.len() == 1 {
+        let q = batch.pop().expect("one request");
+        let _ = q.reply.send(K::one(client, q.req).await);
+        return;
+    }
+    let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.req, q.reply)).unzip();
+    match K::many(client, reqs).await {
+        Ok(answers) => {
+            for (reply, a) in replies.into_iter().zip(answers) {
+                let _ = reply.send(a);
+            }
+        }
+        Err(s) => {
+            for reply in replies {
+                let _ = reply.send(Err(s.clone()));
+            }
+        }
+    }
+}
+
+impl<K: CallKind> Coalescer<K> {
+    /// Starts the task that forms calls on the current runtime; it ends
+    /// when the coalescer is dropped.
+    pub fn start(client: StateClient<Channel>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued<K>>();
+        let slots = Arc::new(Semaphore::new(K::MAX_IN_FLIGHT));
+        tokio::spawn(async move {
+            // A request that did not fit the last call opens the next one.
+            let mut carried: Option<Queued<K>> = None;
+            loop {
+                // Take requests only once a slot is free, so that they
+                // gather in the channel while every slot is busy.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let first = match carried.take() {
+                    Some(q) => q,
+                    None => match rx.recv().await {
+                        Some(q) => q,
+                        None => return,
+                    },
+                };
+                let mut bytes = first.bytes;
+                let mut batch = vec![first];
+                while batch.len() < MAX_ITEMS {
+                    match rx.try_recv() {
+                        Ok(q) if bytes + q.bytes > MAX_BYTES => {
+                            carried = Some(q);
+                            break;
+                        }
+                        Ok(q) => {
+                            bytes += q.bytes;
+                            batch.push(q);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let client = client.clone();
+                tokio::spawn(async move {
+                    call::<K>(client, batch).await;
+                    drop(slot);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// False once its task is gone (its runtime shut down).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    pub async fn submit(&self, req: K::Req) -> Result<K::Resp, Status> {
+        let (reply, answer) = oneshot::channel();
+        let bytes = req.encoded_len();
+        self.tx
+            .send(Queued { req, bytes, reply })
+            .map_err(|_| Status::unavailable("the client's call task has stopped"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("the client's call task has stopped")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_errors_keep_code_message_and_details() {
+        let s = item_status(pb::ItemError {
+            code: Code::Unavailable as i32,
+            message: "not leader".into(),
+            details: vec![1, 2, 3],
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.message(), "not leader");
+        assert_eq!(s.details(), &[1, 2, 3][..]);
+    }
+
+    #[test]
+    fn a_short_or_empty_answer_is_an_error() {
+        assert_eq!(
+            answers_of::<u8>(2, vec![Some(Ok(1))]).unwrap_err().code(),
+            Code::Internal
+        );
+        let a = answers_of::<u8>(2, vec![Some(Ok(1)), None]).unwrap();
+        assert_eq!(a[0].as_ref().unwrap(), &1);
+        assert_eq!(a[1].as_ref().unwrap_err().code(), Code::Internal);
+    }
+}
