@@ -3,12 +3,14 @@
 //! [`Client`] is the typed async client of a state cluster: it finds the
 //! leader from `NotLeader` hints, caches it, and retries with backoff under
 //! a caller deadline; writes carry a client id and sequence number so a
-//! retry after an unknown outcome applies at most once. [`WriteBatch`]
-//! builds atomic conditional writes, [`ClientError`] says what went wrong
-//! by what the caller can do. [`local`] starts and stops clusters of real
-//! server processes on loopback for the CLI, the demo and tests. The
-//! `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI over all of
-//! it.
+//! retry after an unknown outcome applies at most once. Concurrent writes
+//! and gets to one node travel together in one `WriteMany`/`GetMany` call
+//! (`coalesce.rs`), each still answered and retried on its own.
+//! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
+//! what went wrong by what the caller can do. [`local`] starts and stops
+//! clusters of real server processes on loopback for the CLI, the demo and
+//! tests. The `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI
+//! over all of it.
 
 mod batch;
 mod client;
