@@ -35,6 +35,11 @@ enum Cmd {
         time_limit: u64,
         #[arg(long, default_value_t = 8)]
         concurrency: u64,
+        /// Workers sharing one client: their overlapping calls travel
+        /// together (WriteMany/GetMany), as a task's concurrent calls do
+        /// (with one write call in flight, that takes three or more).
+        #[arg(long, default_value_t = 4)]
+        workers_per_client: u64,
         /// Fixes the nemesis schedule and the operations (default: random).
         #[arg(long)]
         seed: Option<u64>,
@@ -108,6 +113,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
             nodes,
             time_limit,
             concurrency,
+            workers_per_client,
             seed,
             store,
         } => {
@@ -120,6 +126,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                 nodes,
                 time_limit: Duration::from_secs(time_limit),
                 concurrency,
+                workers_per_client,
                 seed,
                 store,
                 server_bin: server_bin()?,
@@ -158,6 +165,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                     nodes,
                     time_limit: Duration::from_secs(time_limit),
                     concurrency: 8,
+                    workers_per_client: 4,
                     seed,
                     store: store.clone(),
                     server_bin: bin.clone(),

@@ -25,6 +25,9 @@ pub struct TestOptions {
     pub nodes: u64,
     pub time_limit: Duration,
     pub concurrency: u64,
+    /// Workers that share one `Client` (and so one client id, and calls
+    /// coalesced into `WriteMany`/`GetMany` when they overlap).
+    pub workers_per_client: u64,
     pub seed: u64,
     pub store: PathBuf,
     pub server_bin: PathBuf,
@@ -106,9 +109,13 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(started);
     let counter = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
+    let mut shared = None;
     for index in 0..o.concurrency {
-        // Short deadlines: an operation that cannot finish soon is `info`.
-        let client = lab.lock().await.client(Duration::from_secs(2))?;
+        if index % o.workers_per_client.max(1) == 0 {
+            // Short deadlines: an operation that cannot finish soon is `info`.
+            shared = Some(lab.lock().await.client(Duration::from_secs(2))?);
+        }
+        let client = shared.clone().expect("made for the first worker");
         let slot = Slot {
             index,
             of: o.concurrency,

@@ -22,6 +22,7 @@ fn options(
         nodes: 3,
         time_limit: Duration::from_secs(secs),
         concurrency: 6,
+        workers_per_client: 3,
         seed: 7,
         store: store.to_path_buf(),
         server_bin: local::find_server_binary()

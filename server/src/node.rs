@@ -21,6 +21,10 @@ use crate::state_machine::StateMachineStore;
 use crate::telemetry;
 use crate::types::Raft;
 
+/// Room a client's call needs whatever `max_batch_bytes` is: a coalescing
+/// client packs up to 4 MiB of requests into one WriteMany or GetMany.
+const MANY_CALL_BYTES: usize = 8 << 20;
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -158,9 +162,11 @@ pub async fn run(
         .build_v1()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     // Room for twice the largest batch, so an oversized batch still
-    // reaches validation and gets INVALID_ARGUMENT naming the limit; far
-    // larger messages are refused by the transport with OUT_OF_RANGE.
-    let client_limit = 2 * config.limits.max_batch_bytes + (1 << 20);
+    // reaches validation and gets INVALID_ARGUMENT naming the limit, and at
+    // least for a coalescing client's WriteMany (it packs up to 4 MiB of
+    // requests, more only for a single one); far larger messages are
+    // refused by the transport with OUT_OF_RANGE.
+    let client_limit = (2 * config.limits.max_batch_bytes).max(MANY_CALL_BYTES) + (1 << 20);
 
     tracing::info!(id = config.id, listen = %local, advertise = %advertise, data_dir = %data_dir.display(), "serving");
     // The builder's own `tcp_nodelay` only applies to listeners tonic binds

@@ -318,3 +318,25 @@ async fn a_client_sends_concurrent_calls_together_unless_told_not_to() {
         "no WriteMany without coalescing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_calls_fit_a_server_with_small_batches() {
+    // A node that takes writes of at most 64 KiB must still take a client's
+    // WriteMany of many such writes (up to 4 MiB of them in one call).
+    let t = TestCluster::start(3, &["--max-value-bytes=61440", "--max-batch-bytes=65536"]).await;
+    let client = t.client();
+    client.create_job("j", 16).await.expect("create job");
+    let tasks: Vec<_> = (0..100u32)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                c.put("j", "s", format!("k{i}"), vec![i as u8; 40 << 10])
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let w = task.await.unwrap().expect("a 40 KiB put");
+        assert_eq!(w.versions, vec![1]);
+    }
+}

@@ -138,19 +138,12 @@ impl Clusters {
             preload,
         };
         match target {
-            TargetKind::Streamshield => {
-                let t = self
-                    .streamshield
-                    .as_ref()
-                    .context("no streamshield target")?;
-                run.on(t).await
-            }
-            TargetKind::StreamshieldUncoalesced => {
-                let t = self
-                    .streamshield_uncoalesced
-                    .as_ref()
-                    .context("no streamshield target")?;
-                run.on(t).await
+            TargetKind::Streamshield | TargetKind::StreamshieldUncoalesced => {
+                let t = match target {
+                    TargetKind::Streamshield => &self.streamshield,
+                    _ => &self.streamshield_uncoalesced,
+                };
+                run.on(t.as_ref().context("no streamshield target")?).await
             }
             TargetKind::Etcd => {
                 let t = self.etcd.as_ref().context("no etcd target")?;
