@@ -149,6 +149,31 @@ struct Inner {
     in_flight: Mutex<BTreeSet<u64>>,
 }
 
+/// A write's seq, in the client's in-flight set for as long as the write
+/// runs. Once it ends — answered, failed, or dropped by its caller — the
+/// seq is never sent again, so the server may forget its answer; without
+/// the guard a cancelled write would hold `acked_below` back for good and
+/// the server would keep every later answer of this client.
+struct InFlight<'a> {
+    set: &'a Mutex<BTreeSet<u64>>,
+    seq: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(set: &'a Mutex<BTreeSet<u64>>, seq: u64) -> Self {
+        set.lock().expect("in flight").insert(seq);
+        Self { set, seq }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.lock() {
+            set.remove(&self.seq);
+        }
+    }
+}
+
 /// A handle to a cluster; cheap to clone and safe to share.
 #[derive(Clone)]
 pub struct Client {
@@ -337,7 +362,7 @@ impl Client {
     /// carry the same sequence number, so the write applies at most once.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.inner.in_flight.lock().expect("in flight").insert(seq);
+        let in_flight = InFlight::enter(&self.inner.in_flight, seq);
         let result = self
             .with_retries(Route::Leader, |conn| {
                 let acked_below = *self
@@ -361,9 +386,7 @@ impl Client {
                 async move { conn.write(req, coalesce).await }
             })
             .await;
-        // Once this call returns the seq is never sent again, whatever the
-        // outcome, so the server may forget its answer.
-        self.inner.in_flight.lock().expect("in flight").remove(&seq);
+        drop(in_flight);
         let w = result?;
         if !w.succeeded {
             return Err(ClientError::ConditionFailed {
@@ -723,6 +746,16 @@ mod tests {
         ] {
             assert!(!retryable(final_code), "{final_code:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_its_caller_gave_up_on_is_no_longer_in_flight() {
+        // Nothing listens on port 1: the write keeps retrying until dropped.
+        let c = Client::connect(["127.0.0.1:1"]).unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), c.put("j", "s", "k", "v")).await;
+        assert!(gave_up.is_err(), "the write was still retrying");
+        assert!(c.inner.in_flight.lock().unwrap().is_empty());
     }
 
     #[test]
