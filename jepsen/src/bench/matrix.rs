@@ -308,7 +308,7 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
     );
     let _ = writeln!(
         s,
-        "* Clients: closed loop, one process, one HTTP/2 connection per target (etcd: to its leader, StreamShield: the client follows the leader). StreamShield's client as shipped sends concurrent calls to a node together (`WriteMany`/`GetMany`, at most one write call and two read calls in flight); rows marked \"one call per op\" use it with that turned off, one call per operation as etcd's client makes. CPU µs/op: CPU time of the whole machine (all processes and the kernel, from `/proc/stat`) in the measured window per operation. {} keys, {} B random values. Each row: {} rounds of {} s warm-up + {} s measured per target, alternating which target goes first; the table shows the run with the median throughput.",
+        "* Clients: closed loop, one process, one HTTP/2 connection per target (etcd: to its leader, StreamShield: the client follows the leader). StreamShield's client as shipped sends concurrent calls to a node together (`WriteMany`/`GetMany`, one call of each kind in flight per node); rows marked \"one call per op\" use it with that turned off, one call per operation as etcd's client makes. CPU µs/op: CPU time of the whole machine (all processes and the kernel, from `/proc/stat`) in the measured window per operation. {} keys, {} B random values. Each row: {} rounds of {} s warm-up + {} s measured per target, alternating which target goes first; the table shows the run with the median throughput.",
         opts.space.keys,
         opts.space.value_size,
         opts.rounds,
