@@ -93,42 +93,36 @@ pub struct ScanPage {
 /// to it.
 struct Conn {
     channel: Channel,
-    writes: Mutex<Option<Arc<Coalescer<Writes>>>>,
-    gets: Mutex<Option<Arc<Coalescer<Gets>>>>,
+    writes: Mutex<Option<Coalescer<Writes>>>,
+    gets: Mutex<Option<Coalescer<Gets>>>,
 }
 
 impl Conn {
     /// Starts the coalescer on first use, and again if the runtime that
     /// ran it has shut down.
-    fn coalescer<K: CallKind>(&self, slot: &Mutex<Option<Arc<Coalescer<K>>>>) -> Arc<Coalescer<K>> {
+    fn coalescer<K: CallKind>(&self, slot: &Mutex<Option<Coalescer<K>>>) -> Coalescer<K> {
         let mut c = slot.lock().expect("coalescer");
         match &*c {
             Some(running) if running.is_running() => running.clone(),
             _ => {
-                let started = Arc::new(Coalescer::start(state_client(self.channel.clone())));
+                let started = Coalescer::start(state_client(self.channel.clone()));
                 *c = Some(started.clone());
                 started
             }
         }
     }
 
-    async fn write(
+    /// `req` through this node's coalescer, or as its own unary call.
+    async fn call<K: CallKind>(
         &self,
-        req: pb::WriteRequest,
+        slot: &Mutex<Option<Coalescer<K>>>,
+        req: K::Req,
         coalesce: bool,
-    ) -> Result<pb::WriteResponse, Status> {
+    ) -> Result<K::Resp, Status> {
         if coalesce {
-            self.coalescer(&self.writes).submit(req).await
+            self.coalescer(slot).submit(req).await
         } else {
-            Writes::one(state_client(self.channel.clone()), req).await
-        }
-    }
-
-    async fn get(&self, req: pb::GetRequest, coalesce: bool) -> Result<pb::GetResponse, Status> {
-        if coalesce {
-            self.coalescer(&self.gets).submit(req).await
-        } else {
-            Gets::one(state_client(self.channel.clone()), req).await
+            K::one(state_client(self.channel.clone()), req).await
         }
     }
 }
@@ -383,7 +377,7 @@ impl Client {
                     mode: pb::WriteMode::Sync as i32,
                 };
                 let coalesce = self.inner.config.coalesce;
-                async move { conn.write(req, coalesce).await }
+                async move { conn.call(&conn.writes, req, coalesce).await }
             })
             .await;
         drop(in_flight);
@@ -461,7 +455,7 @@ impl Client {
             .with_retries(route, |conn| {
                 let req = req.clone();
                 let coalesce = self.inner.config.coalesce;
-                async move { conn.get(req, coalesce).await }
+                async move { conn.call(&conn.gets, req, coalesce).await }
             })
             .await?;
         Ok(r.kv)

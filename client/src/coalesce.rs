@@ -4,31 +4,30 @@
 //! and headers, a server task, a client task), about a quarter of what a
 //! small write costs the whole cluster. A [`Coalescer`] keeps one call
 //! outstanding to its node; requests that arrive while it is wait, and go
-//! out together in one many-call
-//! (`WriteMany`, `GetMany`) as soon as it returns. A request that finds
-//! no call outstanding goes out at once, alone, as its unary call, so a
-//! lone caller waits for nothing. Each request gets its own answer or its own status,
-//! exactly what its unary call would have given, and its caller retries it
-//! as before; a call that fails as a whole fails each of its requests.
+//! out together in one many-call (`WriteMany`, `GetMany`) as soon as it
+//! returns. A request that finds no call outstanding goes out at once,
+//! alone, as its unary call, so a lone caller waits for nothing. Each
+//! request gets its own answer or its own status, exactly what its unary
+//! call would have given, and its caller retries it as before; a call that
+//! fails as a whole fails each of its requests.
+//!
+//! One call at a time: a call costs a round (a Raft round for writes, a
+//! read-index round for reads) whatever its size, so requests gain more
+//! from sharing the next round than from overlapping rounds. With 64
+//! closed-loop clients (A/B, 10 s rounds), writes: one call in flight spent
+//! 10 % less CPU per write than two and was as fast or faster; mixed
+//! put/get: 65-74 vs 72-77 CPU µs/op, +1 to +8 % ops/s with one read call
+//! instead of two; linearizable gets: 19-21 vs 23-27 CPU µs/op at the same
+//! ops/s.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use prost::Message;
 use streamshield_proto::v1::{self as pb, get_outcome, state_client::StateClient, write_outcome};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Calls of one kind outstanding to one node. One: a call costs a round
-/// (a Raft round for writes, a read-index round for reads) whatever its
-/// size, so requests gain more from sharing the next round than from
-/// overlapping rounds. With 64 closed-loop clients (A/B, 10 s rounds),
-/// writes: one call spent 10 % less CPU per write than two and was as fast
-/// or faster; mixed put/get: 65-74 vs 72-77 CPU µs/op, +1 to +8 % ops/s
-/// with one read call instead of two; linearizable gets: 19-21 vs 23-27
-/// CPU µs/op at the same ops/s.
-pub const MAX_CALLS_IN_FLIGHT: usize = 1;
 /// Bounds of one many-call; the server accepts up to 1,024 items.
 pub const MAX_ITEMS: usize = 256;
 pub const MAX_BYTES: usize = 4 << 20;
@@ -156,9 +155,17 @@ struct Queued<K: CallKind> {
     reply: oneshot::Sender<Result<K::Resp, Status>>,
 }
 
-/// The calls of one kind to one node.
+/// The calls of one kind to one node; clones feed the same task.
 pub struct Coalescer<K: CallKind> {
     tx: mpsc::UnboundedSender<Queued<K>>,
+}
+
+impl<K: CallKind> Clone for Coalescer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
 }
 
 async fn call<K: CallKind>(client: StateClient<Channel>, mut batch: Vec<Queued<K>>) {
@@ -187,16 +194,10 @@ impl<K: CallKind> Coalescer<K> {
     /// when the coalescer is dropped.
     pub fn start(client: StateClient<Channel>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued<K>>();
-        let slots = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
         tokio::spawn(async move {
             // A request that did not fit the last call opens the next one.
             let mut carried: Option<Queued<K>> = None;
             loop {
-                // Take requests only once a slot is free, so that they
-                // gather in the channel while every slot is busy.
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let first = match carried.take() {
                     Some(q) => q,
                     None => match rx.recv().await {
@@ -219,11 +220,8 @@ impl<K: CallKind> Coalescer<K> {
                         Err(_) => break,
                     }
                 }
-                let client = client.clone();
-                tokio::spawn(async move {
-                    call::<K>(client, batch).await;
-                    drop(slot);
-                });
+                // Requests gather in the channel while this call runs.
+                call::<K>(client.clone(), batch).await;
             }
         });
         Self { tx }
