@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod log_cache;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -6,7 +6,8 @@
 //! thread fsyncs the WAL once for everything queued since its last fsync
 //! and then fires all those callbacks: many proposals, one fsync. On a
 //! follower, an append that finds the disk idle syncs inline instead (see
-//! [`LogStore::sync_followed_entries_inline`]).
+//! [`LogStore::sync_followed_entries_inline`]). The newest entries are also
+//! kept in memory ([`RecentEntries`]) for the reads that follow each append.
 
 use std::fmt::Debug;
 use std::io;
@@ -22,6 +23,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
 use crate::codec;
+use crate::log_cache::RecentEntries;
 use crate::rocks::{self, corrupt, io_err};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
@@ -63,6 +65,12 @@ pub struct LogStore {
     queue: Arc<FlushQueue>,
     /// This node's id: entries another leader sent may be synced inline.
     own_id: Option<u64>,
+    recent: RecentEntries,
+    /// The newest committed log id openraft told us, not yet written: it
+    /// goes with the next append (or on close) instead of costing a write
+    /// of its own on every commit. It is only a hint for a restart (apply
+    /// up to it without waiting for a leader); losing it loses nothing.
+    unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -85,6 +93,8 @@ impl LogStore {
             db,
             queue,
             own_id: None,
+            recent: RecentEntries::default(),
+            unsaved_committed: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -140,6 +150,9 @@ impl LogStore {
     /// Entries `[start, end)` in order, stopping before the one that would
     /// take their encoded size past `max_bytes` (the first always comes).
     fn read_entries(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = self.recent.read(start, end, max_bytes) {
+            return Ok(entries);
+        }
         let cf = rocks::cf(&self.db, CF_LOG)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -163,8 +176,18 @@ impl LogStore {
         Ok(out)
     }
 
-    /// Stops the fsync thread once the queue drains; called on shutdown.
+    /// Writes the committed log id held back, then stops the fsync thread
+    /// once the queue drains; called on shutdown.
     pub fn close(&self) {
+        if let Some(c) = self.take_unsaved_committed() {
+            if let Err(e) = self.put_meta(
+                KEY_COMMITTED,
+                codec::log_id_to_pb(&c).encode_to_vec(),
+                false,
+            ) {
+                tracing::warn!(error = %e, "saving the committed log id on close");
+            }
+        }
         let mut p = self.queue.pending.lock().expect("flush queue lock");
         p.closing = true;
         self.queue.wake.notify_all();
@@ -179,6 +202,13 @@ impl LogStore {
         }
         p.flushing = true;
         true
+    }
+
+    fn take_unsaved_committed(&self) -> Option<LogId> {
+        self.unsaved_committed
+            .lock()
+            .expect("committed lock")
+            .take()
     }
 
     fn end_sync(&self) {
@@ -291,20 +321,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Held until the next append: losing it only means re-applying from
+        // the state machine's own applied index, which is durable with the
+        // data.
         if let Some(c) = committed {
-            // Not synced: losing it only means re-applying from the state
-            // machine's own applied index, which is durable with the data.
-            self.put_meta(
-                KEY_COMMITTED,
-                codec::log_id_to_pb(&c).encode_to_vec(),
-                false,
-            )?;
+            let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
+            if unsaved.is_none_or(|u| u < c) {
+                *unsaved = Some(c);
+            }
         }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        self.read_log_id(KEY_COMMITTED)
+        let unsaved = *self.unsaved_committed.lock().expect("committed lock");
+        Ok(unsaved.max(self.read_log_id(KEY_COMMITTED)?))
     }
 
     async fn append<I>(&mut self, entries: I, callback: Flushed) -> Result<(), io::Error>
@@ -314,22 +345,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = rocks::cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
-        let mut n = 0u64;
         let mut bytes = 0usize;
         let mut from_other_leader = false;
+        let mut written = Vec::new();
         for e in entries {
             from_other_leader = self
                 .own_id
                 .is_some_and(|me| e.log_id.leader_id.node_id != me);
             let raw = codec::entry_to_pb(&e).encode_to_vec();
             bytes += raw.len();
-            batch.put_cf(cf, index_key(e.log_id.index), raw);
-            n += 1;
+            batch.put_cf(cf, index_key(e.log_id.index), &raw);
+            written.push((e, raw.len()));
+        }
+        let committed = self.take_unsaved_committed();
+        if let Some(c) = committed {
+            let meta = rocks::cf(&self.db, CF_META)?;
+            batch.put_cf(meta, KEY_COMMITTED, codec::log_id_to_pb(&c).encode_to_vec());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(batch, &wo).map_err(io_err)?;
-        metrics::counter!("streamshield_log_entries_appended_total").increment(n);
+        if let Err(e) = self.db.write_opt(batch, &wo) {
+            if let Some(c) = committed {
+                let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
+                *unsaved = (*unsaved).max(Some(c));
+            }
+            return Err(io_err(e));
+        }
+        metrics::counter!("streamshield_log_entries_appended_total")
+            .increment(written.len() as u64);
+        self.recent.appended(written);
         // A large append's fsync would hold up RaftCore (heartbeats, the
         // next appends) for long, and saving two hand-offs is nothing
         // beside it: only small ones sync inline.
@@ -346,6 +390,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        self.recent.truncated_from(from);
         let cf = rocks::cf(&self.db, CF_LOG)?;
         self.db
             .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
@@ -362,6 +407,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             codec::log_id_to_pb(&log_id).encode_to_vec(),
             true,
         )?;
+        self.recent.purged_up_to(log_id.index);
         let cf = rocks::cf(&self.db, CF_LOG)?;
         self.db
             .delete_range_cf(cf, index_key(0), index_key(log_id.index + 1))
@@ -403,6 +449,64 @@ mod tests {
                 })),
             }),
         }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(LeaderId { term, node_id: 1 }, index)
+    }
+
+    #[tokio::test]
+    async fn the_committed_log_id_is_written_with_the_next_append_or_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        log.save_committed(Some(log_id(1, 3))).await.unwrap();
+        // An older one (openraft never sends one, but it must not win).
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
+        assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), None, "held back");
+        log.append([big_entry(1, 8)], IOFlushed::noop())
+            .await
+            .unwrap();
+        assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), Some(log_id(1, 3)));
+
+        log.save_committed(Some(log_id(1, 4))).await.unwrap();
+        let db = log.db().clone();
+        log.close();
+        drop(log);
+        // The fsync thread lets go of the store once it sees the close.
+        while Arc::strong_count(&db) > 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(db);
+        let mut reopened = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.read_committed().await.unwrap(),
+            Some(log_id(1, 4)),
+            "written on close"
+        );
+        reopened.close();
+    }
+
+    #[tokio::test]
+    async fn reads_agree_with_the_store_across_truncation_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        log.append((1..=6).map(|i| big_entry(i, 8)), IOFlushed::noop())
+            .await
+            .unwrap();
+        log.truncate_after(Some(log_id(1, 4))).await.unwrap();
+        log.purge(log_id(1, 1)).await.unwrap();
+        let cached = log.try_get_log_entries(2..10).await.unwrap();
+        let stored = LogStore {
+            recent: RecentEntries::default(),
+            ..log.clone()
+        }
+        .read_entries(2, 10, usize::MAX)
+        .unwrap();
+        let idx = |v: &[Entry]| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(idx(&stored), vec![2, 3, 4]);
+        assert_eq!(idx(&cached), idx(&stored));
+        log.close();
     }
 
     #[tokio::test]
