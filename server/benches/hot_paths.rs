@@ -83,14 +83,14 @@ fn entry_codec(c: &mut Criterion) {
 fn state_machine_apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let sm = StateMachineStore::open(dir.path()).unwrap();
-    let db = sm.shared().db();
+    let shared = sm.shared();
     let create = pb::Command {
         kind: Some(command::Kind::CreateJob(pb::CreateJob {
             job: "bench".into(),
             key_groups: 128,
         })),
     };
-    apply_chunk(&db, 1, &[create]).unwrap();
+    apply_chunk(&shared, 1, &[create]).unwrap();
     let value = vec![0x5au8; 256];
     let mut index = 2;
     let mut seq = 1;
@@ -104,7 +104,7 @@ fn state_machine_apply(c: &mut Criterion) {
             },
             |cmd| {
                 index += 1;
-                black_box(apply_chunk(&db, index, &[cmd]).unwrap())
+                black_box(apply_chunk(&shared, index, &[cmd]).unwrap())
             },
             BatchSize::SmallInput,
         )
@@ -122,7 +122,7 @@ fn state_machine_apply(c: &mut Criterion) {
             |cmds| {
                 let first = index + 1;
                 index += cmds.len() as u64;
-                black_box(apply_chunk(&db, first, &cmds).unwrap())
+                black_box(apply_chunk(&shared, first, &cmds).unwrap())
             },
             BatchSize::SmallInput,
         )

@@ -120,10 +120,12 @@ fn apply_write(
     if w.client_id == 0 {
         return write_outcome(p, index, w);
     }
-    if let Some(raw) = p.get(CF_META, &meta::dedupe(w.client_id, w.seq))? {
-        metrics::counter!("streamshield_writes_deduplicated_total").increment(1);
-        return pb::CommandResponse::decode(raw.as_ref())
-            .map_err(|e| corrupt(format!("dedupe record: {e}")));
+    if p.may_have_answer(w.client_id, w.seq)? {
+        if let Some(raw) = p.get(CF_META, &meta::dedupe(w.client_id, w.seq))? {
+            metrics::counter!("streamshield_writes_deduplicated_total").increment(1);
+            return pb::CommandResponse::decode(raw.as_ref())
+                .map_err(|e| corrupt(format!("dedupe record: {e}")));
+        }
     }
     let forgotten = forgotten_below(p, w.client_id)?;
     if w.seq < forgotten {
@@ -143,6 +145,7 @@ fn apply_write(
         &meta::dedupe(w.client_id, w.seq),
         resp.encode_to_vec(),
     )?;
+    p.answer_staged(w.client_id, w.seq);
     if w.acked_below >= forgotten + FORGET_STEP {
         p.delete_range(
             CF_META,
@@ -266,7 +269,7 @@ fn write_outcome(
             op::Kind::Put(put) => {
                 // Earlier ops of this request and earlier entries of this
                 // chunk are visible through the pending writes.
-                let version = read_value(p, &dk)?.map_or(0, |v| v.version) + 1;
+                let version = p.version(&dk)? + 1;
                 let stored = StoredValue {
                     version,
                     mod_index: index,
@@ -295,15 +298,20 @@ fn write_outcome(
 
 #[cfg(test)]
 mod tests {
-    use rocksdb::DB;
+    use std::sync::Mutex;
+
+    use rocksdb::{WriteOptions, DB};
 
     use super::*;
     use crate::rocks;
+    use crate::state_machine::memo::ApplyMemo;
     use crate::state_machine::meta::ALL_CFS;
 
+    /// A store applied to the way the apply path does, memo included.
     struct Fixture {
         _dir: tempfile::TempDir,
         db: DB,
+        memo: Mutex<ApplyMemo>,
         index: u64,
     }
 
@@ -314,6 +322,7 @@ mod tests {
             let mut f = Self {
                 _dir: dir,
                 db,
+                memo: Mutex::default(),
                 index: 0,
             };
             let r = f.apply(pb::Command {
@@ -331,21 +340,21 @@ mod tests {
 
         fn apply(&mut self, cmd: pb::Command) -> pb::CommandResponse {
             self.index += 1;
-            let mut p = PendingWrites::new(&self.db);
+            let mut p = PendingWrites::with_memo(&self.db, &self.memo);
             let r = apply_command(&mut p, self.index, &cmd).unwrap();
-            self.db.write(p.into_batch()).unwrap();
+            p.write(&WriteOptions::default()).unwrap();
             r
         }
 
         /// Applies several commands as one chunk: one RocksDB write.
         fn apply_chunk(&mut self, cmds: Vec<pb::Command>) -> Vec<pb::CommandResponse> {
-            let mut p = PendingWrites::new(&self.db);
+            let mut p = PendingWrites::with_memo(&self.db, &self.memo);
             let mut out = Vec::new();
             for cmd in cmds {
                 self.index += 1;
                 out.push(apply_command(&mut p, self.index, &cmd).unwrap());
             }
-            self.db.write(p.into_batch()).unwrap();
+            p.write(&WriteOptions::default()).unwrap();
             out
         }
 
@@ -402,13 +411,74 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_the_same_from_the_memo_and_from_the_store() {
+        let mut f = Fixture::new();
+        let del = || pb::Op {
+            state: "s".into(),
+            key: b"k".to_vec(),
+            kind: Some(op::Kind::Delete(pb::Delete {})),
+        };
+        let versions = |r: &pb::CommandResponse| match &r.kind {
+            Some(command_response::Kind::Write(w)) => w.versions.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Chunk after chunk (memo hits), a delete, and within one chunk.
+        assert_eq!(versions(&f.write(req(vec![put(b"k", b"a")]))), [1]);
+        assert_eq!(versions(&f.write(req(vec![put(b"k", b"b")]))), [2]);
+        assert_eq!(versions(&f.write(req(vec![del()]))), [0]);
+        assert_eq!(versions(&f.write(req(vec![put(b"k", b"c")]))), [1]);
+        let chunk = f.apply_chunk(vec![
+            pb::Command {
+                kind: Some(command::Kind::Write(req(vec![put(b"k", b"d")]))),
+            },
+            pb::Command {
+                kind: Some(command::Kind::Write(req(vec![put(b"k", b"e")]))),
+            },
+        ]);
+        assert_eq!(versions(&chunk[1]), [3]);
+        // A restart (or an install) starts with an empty memo: the store
+        // answers, and the count goes on.
+        f.memo = Mutex::default();
+        assert_eq!(versions(&f.write(req(vec![put(b"k", b"f")]))), [4]);
+        assert_eq!(f.get(b"k").unwrap().version, 4);
+    }
+
+    #[test]
+    fn a_retry_is_answered_from_its_record_even_after_a_restart_and_newer_writes() {
+        let mut f = Fixture::new();
+        let write = |seq: u64, value: &[u8]| {
+            let mut w = req(vec![put(b"k", value)]);
+            w.client_id = 9;
+            w.seq = seq;
+            w
+        };
+        let five = f.write(write(5, b"a"));
+        let six = f.write(write(6, b"b"));
+        // A restart forgets the memo; then seq 4, never applied, comes
+        // late. It is new and applies; the retried 6 must not.
+        f.memo = Mutex::default();
+        assert!(succeeded(&f.write(write(4, b"c"))));
+        assert_eq!(
+            f.write(write(6, b"b")),
+            six,
+            "seq 6 answered from its record"
+        );
+        assert_eq!(f.get(b"k").unwrap().version, 3, "5, 6 and 4: three puts");
+        // And with the memo warm: 5 again is a retry, 7 is new.
+        assert_eq!(f.write(write(5, b"d")), five);
+        assert_eq!(f.get(b"k").unwrap().version, 3);
+        assert!(succeeded(&f.write(write(7, b"e"))));
+        assert_eq!(f.get(b"k").unwrap().version, 4);
+    }
+
+    #[test]
     fn only_creating_a_job_or_a_state_table_marks_job_records_changed() {
         let f = Fixture::new();
         let changed = |cmd: pb::Command, index: u64| {
             let mut p = PendingWrites::new(&f.db);
             apply_command(&mut p, index, &cmd).unwrap();
             let changed = p.jobs_changed();
-            f.db.write(p.into_batch()).unwrap();
+            p.write(&WriteOptions::default()).unwrap();
             changed
         };
         let write = |w| pb::Command {

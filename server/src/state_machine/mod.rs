@@ -10,6 +10,7 @@
 
 mod apply;
 mod job_cache;
+mod memo;
 pub mod meta;
 mod pending;
 pub mod read;
@@ -32,6 +33,7 @@ use rocksdb::{WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
 use self::job_cache::JobCache;
+use self::memo::ApplyMemo;
 use self::meta::{ALL_CFS, CF_META};
 use self::pending::PendingWrites;
 pub use self::snapshot::SnapshotFiles;
@@ -56,6 +58,8 @@ pub struct SmShared {
     /// so that reads need not fetch it from RocksDB.
     applied: AtomicU64,
     jobs: JobCache,
+    /// Of the live store; only the apply path and installs touch it.
+    memo: Mutex<ApplyMemo>,
 }
 
 /// The `RaftStateMachine` openraft drives; cheap to clone.
@@ -127,6 +131,7 @@ impl StateMachineStore {
                 snapshots_installed: AtomicU64::new(0),
                 applied: AtomicU64::new(applied),
                 jobs: JobCache::default(),
+                memo: Mutex::new(ApplyMemo::default()),
             }),
         })
     }
@@ -223,6 +228,7 @@ impl SmShared {
         let old = {
             let mut g = self.db.write().expect("sm lock");
             self.jobs.invalidate();
+            self.memo.lock().expect("apply memo lock").clear();
             self.applied
                 .store(applied.map_or(0, |l| l.index), Ordering::Release);
             std::mem::replace(&mut *g, Arc::new(db))
@@ -263,13 +269,15 @@ fn retire(db: Arc<DB>, dir: PathBuf) {
 }
 
 /// Applies `cmds` as entries `first_index..` in one chunk, the way the
-/// apply path does, straight on `db` (for benchmarks and tests; no Raft).
+/// apply path does (with the store's memo), straight on the live store (for
+/// benchmarks and tests; no Raft).
 pub fn apply_chunk(
-    db: &DB,
+    shared: &SmShared,
     first_index: u64,
     cmds: &[pb::Command],
 ) -> io::Result<Vec<pb::CommandResponse>> {
-    let mut pending = PendingWrites::new(db);
+    let db = shared.db();
+    let mut pending = PendingWrites::with_memo(&db, &shared.memo);
     let mut out = Vec::with_capacity(cmds.len());
     for (i, cmd) in cmds.iter().enumerate() {
         out.push(apply::apply_command(
@@ -279,7 +287,7 @@ pub fn apply_chunk(
         )?);
         pending.entry_done();
     }
-    db.write(pending.into_batch()).map_err(io_err)?;
+    pending.write(&WriteOptions::default())?;
     Ok(out)
 }
 
@@ -292,7 +300,6 @@ const MAX_ENTRIES_PER_WRITE: usize = 256;
 /// then answers the proposers.
 fn commit_applied(
     shared: &SmShared,
-    db: &DB,
     mut pending: PendingWrites,
     wo: &WriteOptions,
     answers: &mut Vec<(Option<ApplyResponder<TypeConfig>>, pb::CommandResponse)>,
@@ -307,7 +314,7 @@ fn commit_applied(
         codec::log_id_to_pb(&last).encode_to_vec(),
     )?;
     let jobs_changed = pending.jobs_changed();
-    db.write_opt(pending.into_batch(), wo).map_err(io_err)?;
+    pending.write(wo)?;
     // Before anyone hears of the write, so no read after it sees less.
     if jobs_changed {
         shared.jobs.invalidate();
@@ -362,7 +369,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // The Raft log is fsynced; a crash loses at most applied entries
         // that are re-applied from it on restart.
         wo.set_sync(false);
-        let mut pending = PendingWrites::new(&db);
+        let memo = &self.shared.memo;
+        let mut pending = PendingWrites::with_memo(&db, memo);
         let mut answers = Vec::new();
         let mut last = None;
         while let Some(item) = entries.next().await {
@@ -385,11 +393,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last = Some(entry.log_id);
             answers.push((responder, response));
             if pending.entries() >= MAX_ENTRIES_PER_WRITE {
-                let full = std::mem::replace(&mut pending, PendingWrites::new(&db));
-                commit_applied(&self.shared, &db, full, &wo, &mut answers, last)?;
+                let full = std::mem::replace(&mut pending, PendingWrites::with_memo(&db, memo));
+                commit_applied(&self.shared, full, &wo, &mut answers, last)?;
             }
         }
-        commit_applied(&self.shared, &db, pending, &wo, &mut answers, last)
+        commit_applied(&self.shared, pending, &wo, &mut answers, last)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

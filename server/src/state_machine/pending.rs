@@ -5,16 +5,20 @@
 //! must see what earlier ones did — a second put of a key in the same chunk
 //! gets the next version — so every read goes through this overlay first.
 //! It also remembers what it read, so the job record and a client's session
-//! are fetched once per chunk, not once per write.
+//! are fetched once per chunk, not once per write; with an [`ApplyMemo`] it
+//! answers version and dedupe lookups without the store, and teaches the
+//! memo what the chunk left behind once the chunk is written.
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Mutex;
 
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use super::meta::CF_META;
-use crate::keys::meta;
-use crate::rocks::{self, io_err};
+use super::memo::ApplyMemo;
+use super::meta::{CF_DATA, CF_META};
+use crate::keys::{meta, StoredValue};
+use crate::rocks::{self, corrupt, io_err};
 
 type Slot = (&'static str, Vec<u8>);
 
@@ -28,6 +32,16 @@ pub struct PendingWrites<'a> {
     deleted_ranges: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
     entries: usize,
     jobs_changed: bool,
+    memo: Option<&'a Mutex<ApplyMemo>>,
+    /// Per client seen in this chunk: no answer stored or staged has a
+    /// `seq` above this.
+    seq_bounds: HashMap<u64, u64>,
+}
+
+fn version_of(raw: Option<&[u8]>) -> io::Result<u64> {
+    raw.map_or(Ok(0), |r| {
+        StoredValue::decode(r).map(|v| v.version).map_err(corrupt)
+    })
 }
 
 impl<'a> PendingWrites<'a> {
@@ -39,6 +53,91 @@ impl<'a> PendingWrites<'a> {
             deleted_ranges: Vec::new(),
             entries: 0,
             jobs_changed: false,
+            memo: None,
+            seq_bounds: HashMap::new(),
+        }
+    }
+
+    /// Like [`PendingWrites::new`], answering from and teaching `memo`.
+    pub fn with_memo(db: &'a DB, memo: &'a Mutex<ApplyMemo>) -> Self {
+        Self {
+            memo: Some(memo),
+            ..Self::new(db)
+        }
+    }
+
+    fn memo(&self) -> Option<std::sync::MutexGuard<'a, ApplyMemo>> {
+        self.memo.map(|m| m.lock().expect("apply memo lock"))
+    }
+
+    fn in_deleted_range(&self, cf: &'static str, key: &[u8]) -> bool {
+        self.deleted_ranges
+            .iter()
+            .any(|(c, from, to)| *c == cf && key >= from.as_slice() && key < to.as_slice())
+    }
+
+    /// The version of data key `key` as the entries applied so far left it
+    /// (0: absent).
+    pub fn version(&mut self, key: &[u8]) -> io::Result<u64> {
+        if let Some(v) = self.known.get(&(CF_DATA, key.to_vec())) {
+            return version_of(v.as_deref());
+        }
+        if !self.in_deleted_range(CF_DATA, key) {
+            if let Some(v) = self.memo().and_then(|m| m.version(key)) {
+                return Ok(v);
+            }
+        }
+        let raw = self.get(CF_DATA, key)?;
+        version_of(raw.as_deref())
+    }
+
+    /// Whether an answer to `(client_id, seq)` may be stored or staged;
+    /// `false` only when it certainly is not. Without a memo: always.
+    pub fn may_have_answer(&mut self, client_id: u64, seq: u64) -> io::Result<bool> {
+        let bound = match self.seq_bounds.get(&client_id) {
+            Some(b) => *b,
+            None => {
+                let remembered = self.memo().and_then(|m| m.max_seq(client_id));
+                let b = match remembered {
+                    Some(b) => b,
+                    None if self.memo.is_some() => self.stored_max_seq(client_id)?,
+                    None => return Ok(true),
+                };
+                self.seq_bounds.insert(client_id, b);
+                b
+            }
+        };
+        Ok(seq <= bound)
+    }
+
+    /// The highest `seq` with a stored answer of this client (0: none).
+    fn stored_max_seq(&self, client_id: u64) -> io::Result<u64> {
+        let cf = rocks::cf(self.db, CF_META)?;
+        let last = meta::dedupe(client_id, u64::MAX);
+        let prefix = &last[..last.len() - 8];
+        let mut it = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&last, Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item.map_err(io_err)?;
+                match k.strip_prefix(prefix) {
+                    Some(seq) => {
+                        Ok(u64::from_be_bytes(seq.try_into().map_err(|_| {
+                            corrupt("dedupe record key is not a client and a seq")
+                        })?))
+                    }
+                    None => Ok(0),
+                }
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// An answer to `(client_id, seq)` is staged.
+    pub fn answer_staged(&mut self, client_id: u64, seq: u64) {
+        if let Some(b) = self.seq_bounds.get_mut(&client_id) {
+            *b = (*b).max(seq);
         }
     }
 
@@ -48,11 +147,7 @@ impl<'a> PendingWrites<'a> {
         if let Some(v) = self.known.get(&slot) {
             return Ok(v.clone());
         }
-        let in_deleted_range = self
-            .deleted_ranges
-            .iter()
-            .any(|(c, from, to)| *c == cf && key >= from.as_slice() && key < to.as_slice());
-        let v = if in_deleted_range {
+        let v = if self.in_deleted_range(cf, key) {
             None
         } else {
             let handle = rocks::cf(self.db, cf)?;
@@ -104,15 +199,32 @@ impl<'a> PendingWrites<'a> {
         self.entries
     }
 
-    pub fn into_batch(self) -> WriteBatch {
-        self.batch
+    /// Writes the staged effects in one batch; then (only if that worked)
+    /// the memo learns the versions of every data key this chunk touched
+    /// and each client's bound.
+    pub fn write(self, wo: &WriteOptions) -> io::Result<()> {
+        self.db.write_opt(self.batch, wo).map_err(io_err)?;
+        let Some(memo) = self.memo else {
+            return Ok(());
+        };
+        let mut memo = memo.lock().expect("apply memo lock");
+        if self.deleted_ranges.iter().any(|(cf, _, _)| *cf == CF_DATA) {
+            memo.forget_versions();
+        }
+        let versions = self
+            .known
+            .into_iter()
+            .filter(|((cf, _), _)| *cf == CF_DATA)
+            .filter_map(|((_, k), v)| version_of(v.as_deref()).ok().map(|v| (k, v)));
+        memo.learn(versions, self.seq_bounds);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::meta::{ALL_CFS, CF_DATA, CF_META};
+    use crate::state_machine::meta::ALL_CFS;
 
     #[test]
     fn reads_see_staged_writes_deletes_and_ranges_before_they_reach_the_store() {
@@ -153,7 +265,7 @@ mod tests {
             Some(&b"stored"[..])
         );
 
-        db.write(p.into_batch()).unwrap();
+        p.write(&WriteOptions::default()).unwrap();
         assert_eq!(db.get_cf(data, b"a").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(db.get_cf(data, b"b").unwrap(), None);
         assert_eq!(
