@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::ReadPolicy;
 use streamshield_proto::v1 as pb;
 
@@ -27,6 +28,11 @@ use crate::types::{Raft, TypeConfig};
 /// How long a proposal may wait for commit before the caller hears
 /// DEADLINE_EXCEEDED (outcome unknown; retries are deduplicated).
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a linearizable read waits for the replication of a write
+/// already under way to confirm leadership before it starts a heartbeat
+/// round of its own.
+const RIDE_ON_WRITES: Duration = Duration::from_millis(50);
 
 /// What every service of a node holds.
 pub struct NodeContext {
@@ -121,15 +127,33 @@ impl NodeContext {
     }
 
     /// Waits until this node, as leader, may serve a linearizable read
-    /// (read-index: a quorum confirmed leadership and the state machine
-    /// applied everything committed before the read started).
+    /// (read-index: a quorum confirmed leadership after the read started,
+    /// and the state machine applied everything committed before it).
+    ///
+    /// The confirmation is any message sent to the followers after the
+    /// read began and acknowledged by a quorum. While a write is being
+    /// proposed such messages come anyway (its entries, then the news of
+    /// its commit), so the read waits for them instead of sending a
+    /// heartbeat round of its own: in a mixed workload that round was a
+    /// gRPC call to each follower for every batch of reads. With no write
+    /// under way, or if the writes do not confirm in time, it is the
+    /// heartbeat round of openraft's read-index.
     pub async fn linearize(&self) -> Result<(), ServiceError> {
-        let r = tokio::time::timeout(
-            PROPOSAL_TIMEOUT,
-            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
-        )
-        .await
-        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
+        if self.writes.in_flight() {
+            let ride = LinearizerOption::new(Some(Duration::ZERO), false)
+                .with_wait_timeout(RIDE_ON_WRITES);
+            match self.ensure_linearizable(ride).await {
+                Err(ServiceError::Unavailable(_)) => {}
+                done => return done,
+            }
+        }
+        self.ensure_linearizable(ReadPolicy::ReadIndex.into()).await
+    }
+
+    async fn ensure_linearizable(&self, option: LinearizerOption) -> Result<(), ServiceError> {
+        let r = tokio::time::timeout(PROPOSAL_TIMEOUT, self.raft.ensure_linearizable(option))
+            .await
+            .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
         match r {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {

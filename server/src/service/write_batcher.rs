@@ -9,6 +9,7 @@
 //! a lone client waits for nothing. Each write keeps its own conditions,
 //! dedupe record and answer; the apply path handles them one by one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
@@ -35,6 +36,8 @@ struct Pending {
 
 pub struct WriteBatcher {
     tx: mpsc::UnboundedSender<Pending>,
+    /// Proposals between their proposal and their answer.
+    proposing: Arc<AtomicUsize>,
 }
 
 fn answer_of(resp: pb::CommandResponse) -> Answer {
@@ -93,6 +96,8 @@ impl WriteBatcher {
     pub fn start(proposer: Proposer) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let proposing = Arc::new(AtomicUsize::new(0));
+        let counted = proposing.clone();
         tokio::spawn(async move {
             loop {
                 // Wait for a free slot before taking writes, so that they
@@ -116,13 +121,22 @@ impl WriteBatcher {
                 }
                 metrics::histogram!("streamshield_writes_per_proposal").record(batch.len() as f64);
                 let proposer = proposer.clone();
+                let counted = counted.clone();
+                counted.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(async move {
                     propose(proposer, batch).await;
+                    counted.fetch_sub(1, Ordering::AcqRel);
                     drop(slot);
                 });
             }
         });
-        Self { tx }
+        Self { tx, proposing }
+    }
+
+    /// Whether a proposal is under way (between its proposal and its
+    /// answer).
+    pub fn in_flight(&self) -> bool {
+        self.proposing.load(Ordering::Acquire) > 0
     }
 
     pub async fn submit(&self, write: pb::WriteRequest) -> Answer {
