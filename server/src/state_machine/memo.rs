@@ -4,9 +4,12 @@
 //! Each write used to make two point lookups before its two inserts: the
 //! key's current version, and whether an answer for its `(client_id, seq)`
 //! is already stored. Both are skiplist searches in a memtable holding
-//! every recent version; together they were a quarter of the apply's CPU
-//! on every replica (`examples`-style probe of 400,000 applied writes:
-//! 11.5-14 µs per write with them, 8.4-10.3 without). The memo holds:
+//! every recent version; together they were a third of the apply's CPU on
+//! every replica (a probe applying 400,000 one-put writes through
+//! `apply_chunk`: 13.2-13.9 µs of CPU per write with them, 8.4-9.6 with
+//! the memo). In a cluster much of that search moves into the insert that
+//! follows, which no longer finds the key's nodes in the CPU cache (see
+//! the README). The memo holds:
 //!
 //! * the version of every data key a committed chunk touched, and
 //! * per client, a bound no stored answer's `seq` exceeds. A write above
