@@ -14,7 +14,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -39,6 +39,9 @@ const KEY_PURGED: &[u8] = b"purged";
 /// over and over. With one entry at most `MAX_WRITE_BATCH_BYTES` plus the
 /// batcher's 1 MiB, a message stays far below `MAX_RAFT_MESSAGE_BYTES`.
 pub const MAX_APPEND_BYTES: usize = 32 << 20;
+
+/// A log fsync at least this slow is logged.
+const SLOW_FSYNC: Duration = Duration::from_millis(50);
 
 /// Appends up to this size may be synced inline on a follower.
 const MAX_INLINE_SYNC_BYTES: usize = 256 << 10;
@@ -253,7 +256,17 @@ fn fsync_loop(db: Arc<DB>, q: Arc<FlushQueue>) {
 fn sync_wal(db: &DB, callbacks: Vec<Flushed>) {
     let started = Instant::now();
     let result = db.flush_wal(true);
-    metrics::histogram!("streamshield_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!("streamshield_log_fsync_seconds").record(took.as_secs_f64());
+    if took >= SLOW_FSYNC {
+        // Every write waiting on this fsync waited this long: worth a line
+        // in the log, to line up with the disk's other work.
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            appends = callbacks.len(),
+            "slow log fsync"
+        );
+    }
     metrics::histogram!("streamshield_log_appends_per_fsync").record(callbacks.len() as f64);
     for cb in callbacks {
         let r = match &result {
