@@ -464,6 +464,17 @@ mod tests {
         }
     }
 
+    /// Closes the store and waits until its fsync thread has let go of
+    /// RocksDB, so that the store is shut before its directory goes.
+    async fn close_and_wait(log: LogStore) {
+        let db = log.db().clone();
+        log.close();
+        drop(log);
+        while Arc::strong_count(&db) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     fn log_id(term: u64, index: u64) -> LogId {
         openraft::LogId::new(LeaderId { term, node_id: 1 }, index)
     }
@@ -483,21 +494,14 @@ mod tests {
         assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), Some(log_id(1, 3)));
 
         log.save_committed(Some(log_id(1, 4))).await.unwrap();
-        let db = log.db().clone();
-        log.close();
-        drop(log);
-        // The fsync thread lets go of the store once it sees the close.
-        while Arc::strong_count(&db) > 1 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        drop(db);
+        close_and_wait(log).await;
         let mut reopened = LogStore::open(dir.path()).unwrap();
         assert_eq!(
             reopened.read_committed().await.unwrap(),
             Some(log_id(1, 4)),
             "written on close"
         );
-        reopened.close();
+        close_and_wait(reopened).await;
     }
 
     #[tokio::test]
@@ -519,7 +523,7 @@ mod tests {
         let idx = |v: &[Entry]| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
         assert_eq!(idx(&stored), vec![2, 3, 4]);
         assert_eq!(idx(&cached), idx(&stored));
-        log.close();
+        close_and_wait(log).await;
     }
 
     #[tokio::test]
@@ -550,6 +554,6 @@ mod tests {
         assert_eq!(alone.len(), 1);
         // The apply path's read is not bounded.
         assert_eq!(log.try_get_log_entries(1..42).await.unwrap().len(), 41);
-        log.close();
+        close_and_wait(log).await;
     }
 }
