@@ -69,6 +69,14 @@ impl StoredValue {
         v
     }
 
+    /// The version alone, from the header: no copy of the user's bytes.
+    pub fn version_of(raw: &[u8]) -> Result<u64, CorruptValue> {
+        match raw.first_chunk::<8>() {
+            Some(v) if raw.len() >= 16 => Ok(u64::from_be_bytes(*v)),
+            _ => Err(CorruptValue { len: raw.len() }),
+        }
+    }
+
     pub fn decode(raw: &[u8]) -> Result<Self, CorruptValue> {
         if raw.len() < 16 {
             return Err(CorruptValue { len: raw.len() });
@@ -168,5 +176,7 @@ mod tests {
         };
         assert_eq!(StoredValue::decode(&v.encode()).unwrap(), v);
         assert!(StoredValue::decode(&[1, 2, 3]).is_err());
+        assert_eq!(StoredValue::version_of(&v.encode()).unwrap(), 3);
+        assert!(StoredValue::version_of(&[0; 15]).is_err());
     }
 }

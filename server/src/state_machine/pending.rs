@@ -39,9 +39,7 @@ pub struct PendingWrites<'a> {
 }
 
 fn version_of(raw: Option<&[u8]>) -> io::Result<u64> {
-    raw.map_or(Ok(0), |r| {
-        StoredValue::decode(r).map(|v| v.version).map_err(corrupt)
-    })
+    raw.map_or(Ok(0), |r| StoredValue::version_of(r).map_err(corrupt))
 }
 
 impl<'a> PendingWrites<'a> {
