@@ -1,10 +1,11 @@
 //! Durability: with every node killed at once (kill -9) and restarted from
 //! its data directory, nothing acknowledged is lost — the log is fsynced
-//! before a write is acknowledged.
+//! before a write is acknowledged, and the state machine (whose writes skip
+//! RocksDB's WAL) is rebuilt from it.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use streamshield_client::Consistency;
@@ -41,4 +42,47 @@ async fn kill_all_and_restart_keeps_every_acknowledged_write() {
         .put("durable", "s", "more", "ok")
         .await
         .expect("writes continue");
+}
+
+/// The state machine's writes become durable only with a flush, and the
+/// log is purged behind snapshots: every store must still hold, on disk,
+/// all that its log no longer does. Frequent snapshots with few entries
+/// kept make each node purge many times before it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_all_after_log_purges_keeps_every_acknowledged_write() {
+    let mut t = TestCluster::start(
+        3,
+        &["--snapshot-every=100", "--logs-kept-after-snapshot=10"],
+    )
+    .await;
+    let client = t.client();
+    client.create_job("purged", 16).await.expect("create job");
+    write_keys(&client, "purged", "s", 0..3_000, 16).await;
+    // Snapshots and purges run in the background on every node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in [1, 2, 3] {
+        loop {
+            let s = t.status(id).await.expect("status");
+            if s.purged_index > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {id} purged nothing: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for id in [1, 2, 3] {
+        t.cluster.kill(id).expect("kill");
+    }
+    for id in [1, 2, 3] {
+        t.cluster.start_node(id).expect("restart");
+    }
+    t.wait_for_leader(Duration::from_secs(60)).await;
+
+    let all = t
+        .client()
+        .scan_all("purged", "s", b"user", Consistency::Linearizable)
+        .await
+        .expect("scan");
+    assert_exact(&all, 0..3_000);
 }

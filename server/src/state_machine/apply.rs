@@ -305,7 +305,6 @@ mod tests {
     use super::*;
     use crate::rocks;
     use crate::state_machine::memo::ApplyMemo;
-    use crate::state_machine::meta::ALL_CFS;
 
     /// A store applied to the way the apply path does, memo included.
     struct Fixture {
@@ -318,7 +317,7 @@ mod tests {
     impl Fixture {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let db = rocks::open(dir.path(), ALL_CFS).unwrap();
+            let db = crate::state_machine::open_store(dir.path()).unwrap();
             let mut f = Self {
                 _dir: dir,
                 db,

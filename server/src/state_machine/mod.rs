@@ -90,6 +90,24 @@ pub fn read_applied_state(db: &DB) -> io::Result<(Option<LogId>, StoredMembershi
     Ok((applied, membership))
 }
 
+/// One generation's store. Applied writes skip RocksDB's WAL
+/// ([`apply_write_options`]): the fsynced Raft log already holds them, and
+/// a crash costs only the re-apply of entries since the last flush. That
+/// is safe because openraft purges the log only up to a snapshot, and a
+/// snapshot is a checkpoint taken after a flush of every column family
+/// (see `build_snapshot`), so the store on disk never lags the log's start.
+pub(crate) fn open_store(dir: &Path) -> io::Result<DB> {
+    rocks::open(dir, ALL_CFS, rocks::Durability::FlushedOnly).map_err(io_err)
+}
+
+/// How applied entries are written: no fsync, no WAL (see [`open_store`]).
+pub(crate) fn apply_write_options() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(false);
+    wo.disable_wal(true);
+    wo
+}
+
 fn gen_dir(sm_root: &Path, gen: u64) -> PathBuf {
     sm_root.join(format!("gen-{gen}"))
 }
@@ -119,7 +137,7 @@ impl StateMachineStore {
             }
         }
         snapshot::clean_scratch(&snap_root)?;
-        let db = rocks::open(&gen_dir(&sm_root, gen), ALL_CFS).map_err(io_err)?;
+        let db = open_store(&gen_dir(&sm_root, gen))?;
         let applied = read_applied_state(&db)?.0.map_or(0, |l| l.index);
         Ok(Self {
             shared: Arc::new(SmShared {
@@ -187,6 +205,9 @@ impl SmShared {
         let started = Instant::now();
         let db = self.db();
         let tmp = snapshot::scratch_dir(&self.snap_root, "tmp");
+        // `create_checkpoint` flushes every memtable first (atomically, see
+        // `open_store`): the log may be purged up to this snapshot only
+        // because the live store is then durable up to it as well.
         rocksdb::checkpoint::Checkpoint::new(&db)
             .and_then(|c| c.create_checkpoint(&tmp))
             .map_err(io_err)?;
@@ -211,7 +232,7 @@ impl SmShared {
             fs::remove_dir_all(&new_dir)?;
         }
         snapshot::link_copy(&files.dir, &new_dir)?;
-        let db = rocks::open(&new_dir, ALL_CFS).map_err(io_err)?;
+        let db = open_store(&new_dir)?;
         let (applied, _) = read_applied_state(&db)?;
         if applied != meta.last_log_id {
             drop(db);
@@ -287,7 +308,7 @@ pub fn apply_chunk(
         )?);
         pending.entry_done();
     }
-    pending.write(&WriteOptions::default())?;
+    pending.write(&apply_write_options())?;
     Ok(out)
 }
 
@@ -365,10 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let db = self.shared.db();
-        let mut wo = WriteOptions::default();
-        // The Raft log is fsynced; a crash loses at most applied entries
-        // that are re-applied from it on restart.
-        wo.set_sync(false);
+        let wo = apply_write_options();
         let memo = &self.shared.memo;
         let mut pending = PendingWrites::with_memo(&db, memo);
         let mut answers = Vec::new();

@@ -222,12 +222,11 @@ impl<'a> PendingWrites<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state_machine::meta::ALL_CFS;
 
     #[test]
     fn reads_see_staged_writes_deletes_and_ranges_before_they_reach_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let db = rocks::open(dir.path(), ALL_CFS).unwrap();
+        let db = crate::state_machine::open_store(dir.path()).unwrap();
         let data = rocks::cf(&db, CF_DATA).unwrap();
         db.put_cf(data, b"a", b"stored").unwrap();
         db.put_cf(rocks::cf(&db, CF_META).unwrap(), b"r2", b"x")
