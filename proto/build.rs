@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Served by gRPC reflection so grpcurl and friends work without the files.
     std::fs::write(out.join("streamshield_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Shared, not copied, between the log, its cache and every
+        // follower's AppendEntries.
+        .bytes(".streamshield.v1.Entry.normal")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -9,6 +9,7 @@ use openraft::EntryPayload;
 use prost::Message;
 use streamshield_proto::v1::{self as pb, command, op};
 use streamshield_server::codec;
+use streamshield_server::command::SharedCommand;
 use streamshield_server::keys;
 use streamshield_server::state_machine::{apply_chunk, StateMachineStore};
 use streamshield_server::types::{Entry, LeaderId};
@@ -63,7 +64,11 @@ fn entry_codec(c: &mut Criterion) {
             },
             42,
         ),
-        payload: EntryPayload::Normal(write((0..1000).map(|i| put(i, &value)).collect(), 9, 1)),
+        payload: EntryPayload::Normal(SharedCommand::new(write(
+            (0..1000).map(|i| put(i, &value)).collect(),
+            9,
+            1,
+        ))),
     };
     let raw = codec::entry_to_pb(&entry).encode_to_vec();
     let mut g = c.benchmark_group("log entry, 1,000 puts of 256 B");

@@ -13,6 +13,7 @@ use openraft::raft::{
 use openraft::{EntryPayload, LogId as RaftLogId};
 use streamshield_proto::v1 as pb;
 
+use crate::command::SharedCommand;
 use crate::types::{
     Entry, LeaderId, LogId, Membership, Node, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
@@ -139,7 +140,7 @@ pub fn stored_membership_from_pb(
 pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(true),
-        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.clone()),
+        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.encoded().clone()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
     pb::Entry {
@@ -156,7 +157,9 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
     )?;
     let payload = match e.payload {
         Some(pb::entry::Payload::Blank(_)) => EntryPayload::Blank,
-        Some(pb::entry::Payload::Normal(c)) => EntryPayload::Normal(c),
+        Some(pb::entry::Payload::Normal(raw)) => EntryPayload::Normal(
+            SharedCommand::decode(raw).map_err(|e| malformed("entry", format!("command: {e}")))?,
+        ),
         Some(pb::entry::Payload::Membership(m)) => {
             EntryPayload::Membership(membership_from_pb(&m)?)
         }
@@ -346,12 +349,12 @@ mod tests {
             },
             Entry {
                 log_id: lid(2, 3, 8),
-                payload: EntryPayload::Normal(pb::Command {
+                payload: EntryPayload::Normal(SharedCommand::new(pb::Command {
                     kind: Some(command::Kind::CreateJob(pb::CreateJob {
                         job: "j".into(),
                         key_groups: 16,
                     })),
-                }),
+                })),
             },
         ];
         for e in entries {
@@ -368,6 +371,11 @@ mod tests {
             payload: None,
         };
         assert!(entry_from_pb(no_payload).is_err());
+        let bad_command = pb::Entry {
+            log_id: Some(log_id_to_pb(&lid(1, 1, 1))),
+            payload: Some(pb::entry::Payload::Normal(vec![0xff, 0xff].into())),
+        };
+        assert!(entry_from_pb(bad_command).is_err());
         // A learner-only node map with a voter that has no address.
         let bad = pb::MembershipConfig {
             configs: vec![pb::NodeIds { ids: vec![9] }],

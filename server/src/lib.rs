@@ -11,6 +11,7 @@
 //! [`config::ServerConfig`] from TOML, flags and environment.
 
 pub mod codec;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod keys;

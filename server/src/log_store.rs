@@ -439,6 +439,7 @@ mod tests {
     use streamshield_proto::v1::{command, op};
 
     use super::*;
+    use crate::command::SharedCommand;
     use crate::types::LeaderId;
 
     /// An entry carrying one put of `value_bytes` bytes.
@@ -458,13 +459,13 @@ mod tests {
                 },
                 index,
             ),
-            payload: EntryPayload::Normal(pb::Command {
+            payload: EntryPayload::Normal(SharedCommand::new(pb::Command {
                 kind: Some(command::Kind::Write(pb::WriteRequest {
                     job: "j".into(),
                     ops: vec![put],
                     ..Default::default()
                 })),
-            }),
+            })),
         }
     }
 

@@ -3,10 +3,10 @@
 use streamshield_proto::v1 as pb;
 
 openraft::declare_raft_types!(
-    /// StreamShield's Raft: protobuf commands in, protobuf responses out,
-    /// nodes addressed by `host:port`.
+    /// StreamShield's Raft: protobuf commands in (shared, encoded once),
+    /// protobuf responses out, nodes addressed by `host:port`.
     pub TypeConfig:
-        D = pb::Command,
+        D = crate::command::SharedCommand,
         R = pb::CommandResponse,
         Node = openraft::BasicNode,
 );

@@ -19,6 +19,7 @@ use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::ReadPolicy;
 use streamshield_proto::v1 as pb;
 
+use crate::command::SharedCommand;
 use crate::config::Limits;
 use crate::error::{rejected, ServiceError};
 use crate::keys::DEFAULT_SHARD;
@@ -76,10 +77,13 @@ impl Proposer {
     /// Proposes `cmd` and waits until it is committed and applied here.
     pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResponse, ServiceError> {
         let started = Instant::now();
-        let r = tokio::time::timeout(PROPOSAL_TIMEOUT, self.raft.client_write(cmd))
-            .await
-            .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?
-            .map_err(|e| self.write_error(e))?;
+        let r = tokio::time::timeout(
+            PROPOSAL_TIMEOUT,
+            self.raft.client_write(SharedCommand::new(cmd)),
+        )
+        .await
+        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?
+        .map_err(|e| self.write_error(e))?;
         metrics::counter!("streamshield_proposals_total").increment(1);
         metrics::histogram!("streamshield_commit_seconds").record(started.elapsed().as_secs_f64());
         let resp = r.data;
