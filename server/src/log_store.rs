@@ -82,11 +82,7 @@ fn index_key(index: u64) -> [u8; 8] {
 
 impl LogStore {
     pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
-        let db = Arc::new(rocks::open(
-            path,
-            &[CF_LOG, CF_META],
-            rocks::Durability::Wal,
-        )?);
+        let db = Arc::new(rocks::open(path, &[CF_LOG, CF_META])?);
         let queue = Arc::new(FlushQueue {
             pending: Mutex::new(QueueState::default()),
             wake: Condvar::new(),

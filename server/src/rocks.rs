@@ -25,22 +25,8 @@ fn cf_options(cache: &Cache) -> Options {
     o
 }
 
-/// How a store survives a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Writes go through RocksDB's WAL (the Raft log and vote).
-    Wal,
-    /// Writes skip the WAL and become durable only when memtables are
-    /// flushed; every column family flushes at once, so a crash leaves the
-    /// store as some earlier write left it, never part of one. For the
-    /// state machine: the Raft log holds everything since its last flush
-    /// and is re-applied on restart.
-    FlushedOnly,
-}
-
-pub fn open(path: &Path, cfs: &[&str], durability: Durability) -> Result<DB, rocksdb::Error> {
+pub fn open(path: &Path, cfs: &[&str]) -> Result<DB, rocksdb::Error> {
     let mut opts = Options::default();
-    opts.set_atomic_flush(durability == Durability::FlushedOnly);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Refuse to run on a damaged store rather than serve from it.

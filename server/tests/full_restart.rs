@@ -1,7 +1,6 @@
 //! Durability: with every node killed at once (kill -9) and restarted from
 //! its data directory, nothing acknowledged is lost — the log is fsynced
-//! before a write is acknowledged, and the state machine (whose writes skip
-//! RocksDB's WAL) is rebuilt from it.
+//! before a write is acknowledged, and the state machine catches up from it.
 
 mod common;
 
@@ -44,10 +43,9 @@ async fn kill_all_and_restart_keeps_every_acknowledged_write() {
         .expect("writes continue");
 }
 
-/// The state machine's writes become durable only with a flush, and the
-/// log is purged behind snapshots: every store must still hold, on disk,
-/// all that its log no longer does. Frequent snapshots with few entries
-/// kept make each node purge many times before it is killed.
+/// The log is purged behind snapshots: every store must still hold, on
+/// disk, all that its log no longer does. Frequent snapshots with few
+/// entries kept make each node purge many times before it is killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_all_after_log_purges_keeps_every_acknowledged_write() {
     let mut t = TestCluster::start(
