@@ -50,12 +50,6 @@ impl Deref for SharedCommand {
     }
 }
 
-impl From<pb::Command> for SharedCommand {
-    fn from(command: pb::Command) -> Self {
-        Self::new(command)
-    }
-}
-
 impl PartialEq for SharedCommand {
     fn eq(&self, other: &Self) -> bool {
         self.0.command == other.0.command

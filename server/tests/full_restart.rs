@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use streamshield_client::Consistency;
@@ -57,16 +57,11 @@ async fn kill_all_after_log_purges_keeps_every_acknowledged_write() {
     client.create_job("purged", 16).await.expect("create job");
     write_keys(&client, "purged", "s", 0..3_000, 16).await;
     // Snapshots and purges run in the background on every node.
-    let deadline = Instant::now() + Duration::from_secs(30);
     for id in [1, 2, 3] {
-        loop {
-            let s = t.status(id).await.expect("status");
-            if s.purged_index > 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node {id} purged nothing: {s:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        t.wait_status(id, Duration::from_secs(30), "purge its log", |s| {
+            s.purged_index > 0
+        })
+        .await;
     }
 
     for id in [1, 2, 3] {

@@ -95,17 +95,6 @@ pub(crate) fn open_store(dir: &Path) -> io::Result<DB> {
     rocks::open(dir, ALL_CFS).map_err(io_err)
 }
 
-/// How applied entries are written: through RocksDB's WAL but without an
-/// fsync (the Raft log is fsynced; a machine crash loses at most applied
-/// entries, re-applied from it on restart). Skipping the WAL altogether
-/// (flush-only durability) was tried and reverted: the lab found
-/// linearizability violations under `restart-all` (README).
-pub(crate) fn apply_write_options() -> WriteOptions {
-    let mut wo = WriteOptions::default();
-    wo.set_sync(false);
-    wo
-}
-
 fn gen_dir(sm_root: &Path, gen: u64) -> PathBuf {
     sm_root.join(format!("gen-{gen}"))
 }
@@ -303,7 +292,7 @@ pub fn apply_chunk(
         )?);
         pending.entry_done();
     }
-    pending.write(&apply_write_options())?;
+    pending.write(&WriteOptions::default())?;
     Ok(out)
 }
 
@@ -381,7 +370,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let db = self.shared.db();
-        let wo = apply_write_options();
+        let mut wo = WriteOptions::default();
+        // The Raft log is fsynced; a crash loses at most applied entries
+        // that are re-applied from it on restart. (Without the WAL at all,
+        // the lab found stale reads after a full restart: see the README.)
+        wo.set_sync(false);
         let memo = &self.shared.memo;
         let mut pending = PendingWrites::with_memo(&db, memo);
         let mut answers = Vec::new();

@@ -150,18 +150,33 @@ impl TestCluster {
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64, within: Duration) -> pb::StatusResponse {
+        self.wait_status(id, within, &format!("apply {index}"), |s| {
+            s.last_applied >= index
+        })
+        .await
+    }
+
+    /// Waits until node `id` reports a status for which `done` holds;
+    /// `what` names the wait in the failure.
+    pub async fn wait_status(
+        &self,
+        id: u64,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&pb::StatusResponse) -> bool,
+    ) -> pb::StatusResponse {
         let deadline = Instant::now() + within;
         let mut last_seen = None;
         loop {
             if let Some(s) = self.status(id).await {
-                if s.last_applied >= index {
+                if done(&s) {
                     return s;
                 }
                 last_seen = Some(s);
             }
             assert!(
                 Instant::now() < deadline,
-                "node {id} did not apply {index} within {within:?}; its last status: {last_seen:?}; \
+                "node {id} did not {what} within {within:?}; its last status: {last_seen:?}; \
                  the leader's: {:?}",
                 self.leader_status().await
             );
