@@ -72,7 +72,10 @@ pub struct LogStore {
     /// The newest committed log id openraft told us, not yet written: it
     /// goes with the next append (or on close) instead of costing a write
     /// of its own on every commit. It is only a hint for a restart (apply
-    /// up to it without waiting for a leader); losing it loses nothing.
+    /// up to it without waiting for a leader); losing it loses nothing
+    /// because a restarted leader is not restored in place (see
+    /// `enable_leader_restore` in `node.rs`) and learns the commit index
+    /// from its new term's no-op.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 

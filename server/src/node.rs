@@ -72,6 +72,14 @@ fn raft_config(c: &ServerConfig) -> Result<openraft::Config, NodeError> {
         snapshot_max_chunk_size: r.snapshot_chunk_bytes as u64,
         install_snapshot_timeout: 60_000,
         enable_pre_vote: Some(r.pre_vote),
+        // A leader that restarts holds an election before it serves again.
+        // Restored in place, it would answer read-index reads at the commit
+        // index it knew on disk, which lags the real one (the log store
+        // writes it lazily) while its state machine may have come back
+        // older still (it is not fsynced): a read after the restart could
+        // miss a write acknowledged before it. The new term's no-op entry
+        // is what tells a leader the true commit index (Raft §8).
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
