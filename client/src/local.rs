@@ -234,6 +234,18 @@ impl LocalCluster {
         self.specs.get(&id)
     }
 
+    /// Every port the layout gave its nodes (listen and metrics). They are
+    /// free but unbound until each node starts, so anything else binding
+    /// loopback ports meanwhile must keep off them.
+    pub fn planned_ports(&self) -> Vec<u16> {
+        self.specs
+            .values()
+            .flat_map(|s| [s.addr.as_str(), s.metrics_addr.as_str()])
+            .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .collect()
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.specs.values().map(|s| s.addr.clone()).collect()
     }

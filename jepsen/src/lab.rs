@@ -36,18 +36,22 @@ impl Lab {
         let mut cluster = LocalCluster::layout(dir, nodes, server_bin, extra_args, false)?;
         let ids: Vec<u64> = (1..=nodes).collect();
         let mut links = BTreeMap::new();
+        let planned = cluster.planned_ports();
         let addr = |c: &LocalCluster, id: u64| -> anyhow::Result<SocketAddr> {
             Ok(c.spec(id).context("node spec")?.addr.parse()?)
         };
         for &i in &ids {
             let mut dial = Vec::new();
             for &j in ids.iter().filter(|j| **j != i) {
-                let p = Proxy::start(addr(&cluster, j)?).await?;
+                let p = Proxy::start_avoiding(addr(&cluster, j)?, &planned).await?;
                 dial.push(format!("{j}={}", p.addr()));
                 links.insert((i, j), p);
             }
             cluster.set_node_args(i, vec![format!("--peer-addrs={}", dial.join(","))]);
-            links.insert((CLIENTS, i), Proxy::start(addr(&cluster, i)?).await?);
+            links.insert(
+                (CLIENTS, i),
+                Proxy::start_avoiding(addr(&cluster, i)?, &planned).await?,
+            );
         }
         for &id in &ids {
             cluster.start_node(id)?;

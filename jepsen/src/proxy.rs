@@ -40,6 +40,24 @@ impl Proxy {
         })
     }
 
+    /// Like [`start`](Self::start), on a port not in `avoid` (a local
+    /// cluster's [`planned_ports`]: the OS could hand one of them to a
+    /// proxy before its node binds it, and the node then fails to start).
+    ///
+    /// [`planned_ports`]: streamshield_client::local::LocalCluster::planned_ports
+    pub async fn start_avoiding(target: SocketAddr, avoid: &[u16]) -> io::Result<Self> {
+        // Colliding proxies stay bound until a good one is found, so that
+        // the OS does not hand out the same port again.
+        let mut colliding = Vec::new();
+        loop {
+            let p = Self::start(target).await?;
+            if !avoid.contains(&p.addr().port()) {
+                return Ok(p);
+            }
+            colliding.push(p);
+        }
+    }
+
     /// Where to connect instead of the target.
     pub fn addr(&self) -> SocketAddr {
         self.addr

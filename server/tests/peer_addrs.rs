@@ -23,11 +23,14 @@ async fn isolating_the_leader_through_link_proxies() {
             .expect("layout");
     let addr =
         |c: &LocalCluster, id: u64| -> SocketAddr { c.spec(id).unwrap().addr.parse().unwrap() };
+    let planned = cluster.planned_ports();
     let mut links: BTreeMap<(u64, u64), Proxy> = BTreeMap::new();
     for i in 1..=3 {
         let mut dial = Vec::new();
         for j in (1..=3).filter(|j| *j != i) {
-            let p = Proxy::start(addr(&cluster, j)).await.expect("proxy");
+            let p = Proxy::start_avoiding(addr(&cluster, j), &planned)
+                .await
+                .expect("proxy");
             dial.push(format!("{j}={}", p.addr()));
             links.insert((i, j), p);
         }
