@@ -18,24 +18,20 @@ use std::time::Duration;
 
 use common::*;
 use streamshield_client::Consistency;
+use streamshield_server::state_machine::snapshot;
 
 /// Puts the store of the node with data directory `data` back to the
-/// state of its newest snapshot, as a lost unsynced tail would.
+/// state of its newest snapshot, as a lost unsynced tail would (the way a
+/// snapshot install lays a store out).
 fn roll_back_state_machine(data: &Path) {
     let sm = data.join("sm");
     let gen = fs::read_to_string(sm.join("CURRENT")).unwrap_or_else(|_| "0".into());
     let live = sm.join(format!("gen-{}", gen.trim()));
-    let snapshot = fs::read_dir(data.join("snapshots"))
-        .expect("snapshots dir")
-        .map(|e| e.expect("dir entry").path())
-        .find(|p| p.is_dir() && p.with_extension("meta").exists())
+    let (_, files) = snapshot::current(&data.join("snapshots"))
+        .expect("read the snapshots dir")
         .expect("the leader kept a snapshot");
     fs::remove_dir_all(&live).expect("remove the live store");
-    fs::create_dir_all(&live).expect("recreate the store dir");
-    for f in fs::read_dir(&snapshot).expect("snapshot files") {
-        let f = f.expect("snapshot file").path();
-        fs::copy(&f, live.join(f.file_name().expect("file name"))).expect("copy snapshot file");
-    }
+    snapshot::link_copy(&files.dir, &live).expect("copy the snapshot in");
 }
 
 /// Each round is a chance for the stale read to show (it races the
