@@ -5,8 +5,9 @@
 //! batcher packs the writes waiting into one Raft proposal. Each forms its
 //! batch when the first request arrives. When one answer wakes many callers
 //! at once (a many-call's answers, a proposal's answers), the first of them
-//! to send woke the batcher while the others were still waiting to run: it
-//! went out alone and the rest waited a whole round for it.
+//! to send wakes the batcher while the others still wait to run; formed at
+//! once, its batch would carry that one request alone, and the rest would
+//! wait a whole round for it. So a batcher first lets them run.
 
 /// Turns a batcher gives the ready tasks at most.
 pub const MAX_TURNS: usize = 4;
