@@ -167,6 +167,7 @@ impl Run {
     async fn on<T: Target>(self, t: &T) -> anyhow::Result<Report> {
         if self.preload {
             runner::preload(t, self.space, 64).await?;
+            t.settle().await?;
         }
         let m = runner::run(t, self.workload, self.shape).await?;
         Ok(Report::from_run(

@@ -2,7 +2,9 @@
 //! through its v3 gRPC API. Both answer the same two operations.
 
 use std::future::Future;
+use std::time::{Duration, Instant};
 
+use streamshield_client::pb;
 use streamshield_client::{Client, Consistency};
 use tonic::transport::Channel;
 
@@ -54,9 +56,20 @@ impl TargetKind {
 pub trait Target: Clone + Send + Sync + 'static {
     /// Runs `op`; the error is only counted, so a description suffices.
     fn execute(&self, op: Op) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Waits until the replicas that serve reads have what was written so
+    /// far, so that a read run after a preload finds its keys wherever it
+    /// goes. Nothing to wait for where reads go to the node that wrote.
+    fn settle(&self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The job and state table every StreamShield benchmark writes to.
+/// How long replicas get to apply a preload before a read run.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+
 pub const JOB: &str = "bench";
 pub const STATE: &str = "kv";
 
@@ -78,6 +91,42 @@ impl StreamShieldTarget {
 }
 
 impl Target for StreamShieldTarget {
+    /// Stale reads may go to a follower, which answers from what it has
+    /// applied: right after a preload on a fresh cluster, a follower still
+    /// applying could answer that the job does not exist. Waits until every
+    /// node that answers has applied the highest commit index any of them
+    /// reported at the start.
+    async fn settle(&self) -> anyhow::Result<()> {
+        let answering = |all: Vec<(String, Result<pb::StatusResponse, _>)>| {
+            all.into_iter()
+                .filter_map(|(addr, r)| r.ok().map(|s| (addr, s)))
+                .collect::<Vec<_>>()
+        };
+        let committed = answering(self.client.cluster_status().await)
+            .iter()
+            .map(|(_, s)| s.committed_index)
+            .max()
+            .unwrap_or(0);
+        let deadline = Instant::now() + SETTLE_WITHIN;
+        loop {
+            let behind: Vec<String> = answering(self.client.cluster_status().await)
+                .into_iter()
+                .filter(|(_, s)| s.last_applied < committed)
+                .map(|(addr, s)| format!("{addr} at {}", s.last_applied))
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "after {SETTLE_WITHIN:?}, nodes still behind index {committed}: {}",
+                    behind.join(", ")
+                );
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+
     async fn execute(&self, op: Op) -> Result<(), String> {
         match op {
             Op::Put { key, value } => self
