@@ -65,11 +65,11 @@ pub trait Target: Clone + Send + Sync + 'static {
     }
 }
 
-/// The job and state table every StreamShield benchmark writes to.
 /// How long replicas get to apply a preload before a read run.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 
+/// The job and state table every StreamShield benchmark writes to.
 pub const JOB: &str = "bench";
 pub const STATE: &str = "kv";
 
