@@ -235,10 +235,7 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
     let dir = work_dir(&a.cluster)?;
     let time = Duration::from_secs(a.load.seconds.max(1));
     let l = limits::measure(dir.path(), Duration::from_secs(3)).await?;
-    println!(
-        "machine floor: fsync p50 {} µs, loopback gRPC round trip p50 {} µs, durable write floor {} µs",
-        l.p50_us, l.grpc_rtt_p50_us, l.sync_put_floor_us
-    );
+    println!("{}", l.summary());
     let clusters = Clusters::start(
         &targets(TargetFlag::Both, false),
         &spec(&a.cluster, TargetFlag::Both)?,
@@ -254,7 +251,7 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
         out: Some(a.out.clone()),
         command,
     };
-    let m = matrix::run(&clusters, l, &opts).await?;
+    let m = matrix::run(&clusters, l, dir.path(), &opts).await?;
     println!("\n{}", matrix::summary_table(&m));
     println!("{}", matrix::goals_list(&m));
     let date = std::process::Command::new("date")

@@ -34,6 +34,16 @@ pub struct Limits {
     pub sync_put_floor_us: u64,
 }
 
+impl Limits {
+    /// One line for a progress log.
+    pub fn summary(&self) -> String {
+        format!(
+            "machine floor: fsync p50 {} µs, loopback gRPC round trip p50 {} µs, durable write floor {} µs",
+            self.p50_us, self.grpc_rtt_p50_us, self.sync_put_floor_us
+        )
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("static histogram bounds")
 }
