@@ -35,7 +35,7 @@ pub struct ServerConfig {
     /// one per core. Nodes sharing a machine do better dividing its cores
     /// among them: every hand-off between two threads wakes a parked
     /// thread, and on a VM that costs a hypervisor round trip (see
-    /// README, "Nodes sharing a machine"). Default 0.
+    /// PERFORMANCE.md, second session). Default 0.
     pub worker_threads: usize,
     pub raft: RaftTuning,
     pub limits: Limits,
