@@ -98,4 +98,5 @@ fn limits_measure_fsync_and_round_trip() {
     let rtt = v["grpc_rtt_p50_us"].as_u64().unwrap();
     assert!(fsync > 0 && rtt > 0, "{v}");
     assert_eq!(v["sync_put_floor_us"].as_u64().unwrap(), fsync + 2 * rtt);
+    assert!(v["shared_disk_fsync_p50_us"].as_u64().unwrap() > 0, "{v}");
 }

@@ -172,8 +172,14 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
     if a.workload == WorkloadFlag::Limits {
         let l = limits::measure(dir.path(), time).await?;
         println!(
-            "fsync (4 KiB append + fdatasync) p50 {} µs p99 {} µs; loopback gRPC round trip p50 {} µs p99 {} µs; floor of a durable Raft write (fsync + 2 round trips) {} µs",
-            l.p50_us, l.p99_us, l.grpc_rtt_p50_us, l.grpc_rtt_p99_us, l.sync_put_floor_us
+            "fsync (4 KiB append + fdatasync) p50 {} µs p99 {} µs ({} writers at once: p50 {} µs); loopback gRPC round trip p50 {} µs p99 {} µs; floor of a durable Raft write (fsync + 2 round trips) {} µs",
+            l.p50_us,
+            l.p99_us,
+            limits::SHARED_DISK_WRITERS,
+            l.shared_disk_fsync_p50_us,
+            l.grpc_rtt_p50_us,
+            l.grpc_rtt_p99_us,
+            l.sync_put_floor_us
         );
         println!("{}", serde_json::to_string(&l)?);
         return Ok(true);
