@@ -240,7 +240,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
 pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> {
     let dir = work_dir(&a.cluster)?;
     let time = Duration::from_secs(a.load.seconds.max(1));
-    let l = limits::measure(dir.path(), Duration::from_secs(3)).await?;
+    let l = limits::measure(dir.path(), matrix::FLOOR_TIME).await?;
     println!("{}", l.summary());
     let clusters = Clusters::start(
         &targets(TargetFlag::Both, false),

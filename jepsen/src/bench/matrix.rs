@@ -147,12 +147,13 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
     goals
 }
 
-/// How long each floor measurement between 1-client rounds takes.
-const FLOOR_TIME: Duration = Duration::from_secs(3);
+/// How long each floor measurement (before the matrix and between 1-client
+/// rounds) takes.
+pub const FLOOR_TIME: Duration = Duration::from_secs(3);
 
 /// The floor with the median `sync_put_floor_us` (the lower of the two
 /// middle ones for an even count).
-pub fn median_floor(floors: &[Limits]) -> Option<Limits> {
+fn median_floor(floors: &[Limits]) -> Option<Limits> {
     let mut sorted: Vec<&Limits> = floors.iter().collect();
     sorted.sort_by_key(|l| l.sync_put_floor_us);
     sorted
