@@ -14,8 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::batch::WriteBatch;
-use crate::coalesce::{CallKind, Coalescer, Gets, Writes};
+use crate::coalesce::{CallKind, Coalescer, Gets, Link, Writes};
 use crate::error::ClientError;
+use crate::session::SessionSlot;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -95,6 +96,9 @@ struct Conn {
     channel: Channel,
     writes: Mutex<Option<Coalescer<Writes>>>,
     gets: Mutex<Option<Coalescer<Gets>>>,
+    /// Shared by both coalescers: one stream to the node.
+    session: Arc<SessionSlot>,
+    attempt_timeout: Duration,
 }
 
 impl Conn {
@@ -105,7 +109,11 @@ impl Conn {
         match &*c {
             Some(running) if running.is_running() => running.clone(),
             _ => {
-                let started = Coalescer::start(state_client(self.channel.clone()));
+                let started = Coalescer::start(Link {
+                    client: state_client(self.channel.clone()),
+                    session: self.session.clone(),
+                    attempt_timeout: self.attempt_timeout,
+                });
                 *c = Some(started.clone());
                 started
             }
@@ -277,6 +285,8 @@ impl Client {
             channel: ch,
             writes: Mutex::new(None),
             gets: Mutex::new(None),
+            session: Arc::new(SessionSlot::default()),
+            attempt_timeout: self.inner.config.attempt_timeout,
         });
         map.insert(addr.to_string(), conn.clone());
         Ok(conn)

@@ -10,7 +10,8 @@
 //! unary call, if none of them sends. Each request gets its own answer or
 //! its own status, exactly what its unary call would have given, and its
 //! caller retries it as before; a call that fails as a whole fails each of
-//! its requests.
+//! its requests. The calls travel on the node's session ([`Link`]), or
+//! unary where the node has none.
 //!
 //! One call at a time: a call costs a round (a Raft round for writes, a
 //! read-index round for reads) whatever its size, so requests gain more
@@ -30,13 +31,20 @@
 //! → 29,649 (3 rounds of 6 s); one client unchanged.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use streamshield_proto::gather;
-use streamshield_proto::v1::{self as pb, get_outcome, state_client::StateClient, write_outcome};
+use streamshield_proto::v1::{
+    self as pb, get_outcome, session_reply, session_request, state_client::StateClient,
+    write_outcome,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::session::{Route, SessionSlot};
 
 /// Bounds of one many-call; the server accepts up to 1,024 items.
 pub const MAX_ITEMS: usize = 256;
@@ -55,6 +63,26 @@ pub trait CallKind: Send + Sync + 'static {
         client: StateClient<Channel>,
         reqs: Vec<Self::Req>,
     ) -> impl Future<Output = Result<Vec<Result<Self::Resp, Status>>, Status>> + Send;
+    /// The same calls on a session, and their answers there.
+    fn one_on_session(req: Self::Req) -> session_request::Call;
+    fn many_on_session(reqs: Vec<Self::Req>) -> session_request::Call;
+    fn answer_of_one(a: session_reply::Result) -> Result<Self::Resp, Status>;
+    fn answers_of_many(
+        n: usize,
+        a: session_reply::Result,
+    ) -> Result<Vec<Result<Self::Resp, Status>>, Status>;
+}
+
+/// A session answer of another kind than the call's.
+fn mismatched(a: &session_reply::Result) -> Status {
+    let kind = match a {
+        session_reply::Result::Write(_) => "write",
+        session_reply::Result::Get(_) => "get",
+        session_reply::Result::WriteMany(_) => "write_many",
+        session_reply::Result::GetMany(_) => "get_many",
+        session_reply::Result::Error(_) => "error",
+    };
+    Status::internal(format!("a session call was answered with a {kind} answer"))
 }
 
 fn item_status(e: pb::ItemError) -> Status {
@@ -131,6 +159,33 @@ impl CallKind for Writes {
             .into_inner();
         answers_of(n, r.outcomes)
     }
+
+    fn one_on_session(req: pb::WriteRequest) -> session_request::Call {
+        session_request::Call::Write(req)
+    }
+
+    fn many_on_session(writes: Vec<pb::WriteRequest>) -> session_request::Call {
+        session_request::Call::WriteMany(pb::WriteManyRequest { writes })
+    }
+
+    fn answer_of_one(a: session_reply::Result) -> Result<pb::WriteResponse, Status> {
+        match a {
+            session_reply::Result::Write(w) => Ok(w),
+            session_reply::Result::Error(e) => Err(item_status(e)),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    fn answers_of_many(
+        n: usize,
+        a: session_reply::Result,
+    ) -> Result<Vec<Result<pb::WriteResponse, Status>>, Status> {
+        match a {
+            session_reply::Result::WriteMany(r) => answers_of(n, r.outcomes),
+            session_reply::Result::Error(e) => Err(item_status(e)),
+            other => Err(mismatched(&other)),
+        }
+    }
 }
 
 pub struct Gets;
@@ -157,6 +212,33 @@ impl CallKind for Gets {
             .into_inner();
         answers_of(n, r.outcomes)
     }
+
+    fn one_on_session(req: pb::GetRequest) -> session_request::Call {
+        session_request::Call::Get(req)
+    }
+
+    fn many_on_session(gets: Vec<pb::GetRequest>) -> session_request::Call {
+        session_request::Call::GetMany(pb::GetManyRequest { gets })
+    }
+
+    fn answer_of_one(a: session_reply::Result) -> Result<pb::GetResponse, Status> {
+        match a {
+            session_reply::Result::Get(g) => Ok(g),
+            session_reply::Result::Error(e) => Err(item_status(e)),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    fn answers_of_many(
+        n: usize,
+        a: session_reply::Result,
+    ) -> Result<Vec<Result<pb::GetResponse, Status>>, Status> {
+        match a {
+            session_reply::Result::GetMany(r) => answers_of(n, r.outcomes),
+            session_reply::Result::Error(e) => Err(item_status(e)),
+            other => Err(mismatched(&other)),
+        }
+    }
 }
 
 struct Queued<K: CallKind> {
@@ -178,14 +260,58 @@ impl<K: CallKind> Clone for Coalescer<K> {
     }
 }
 
-async fn call<K: CallKind>(client: StateClient<Channel>, mut batch: Vec<Queued<K>>) {
+/// How a coalescer reaches its node: the node's session, and unary calls
+/// on its channel where the node has no sessions.
+#[derive(Clone)]
+pub struct Link {
+    pub client: StateClient<Channel>,
+    pub session: Arc<SessionSlot>,
+    /// One attempt's limit, as the channel puts on a unary call.
+    pub attempt_timeout: Duration,
+}
+
+impl Link {
+    async fn one<K: CallKind>(&self, req: K::Req) -> Result<K::Resp, Status> {
+        match self
+            .session
+            .route(&self.client, self.attempt_timeout)
+            .await?
+        {
+            Route::Session(s) => s
+                .call(K::one_on_session(req), self.attempt_timeout)
+                .await
+                .and_then(K::answer_of_one),
+            Route::Unary => K::one(self.client.clone(), req).await,
+        }
+    }
+
+    async fn many<K: CallKind>(
+        &self,
+        reqs: Vec<K::Req>,
+    ) -> Result<Vec<Result<K::Resp, Status>>, Status> {
+        let n = reqs.len();
+        match self
+            .session
+            .route(&self.client, self.attempt_timeout)
+            .await?
+        {
+            Route::Session(s) => s
+                .call(K::many_on_session(reqs), self.attempt_timeout)
+                .await
+                .and_then(|a| K::answers_of_many(n, a)),
+            Route::Unary => K::many(self.client.clone(), reqs).await,
+        }
+    }
+}
+
+async fn call<K: CallKind>(link: &Link, mut batch: Vec<Queued<K>>) {
     if batch.len() == 1 {
         let q = batch.pop().expect("one request");
-        let _ = q.reply.send(K::one(client, q.req).await);
+        let _ = q.reply.send(link.one::<K>(q.req).await);
         return;
     }
     let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.req, q.reply)).unzip();
-    match K::many(client, reqs).await {
+    match link.many::<K>(reqs).await {
         Ok(answers) => {
             for (reply, a) in replies.into_iter().zip(answers) {
                 let _ = reply.send(a);
@@ -202,7 +328,7 @@ async fn call<K: CallKind>(client: StateClient<Channel>, mut batch: Vec<Queued<K
 impl<K: CallKind> Coalescer<K> {
     /// Starts the task that forms calls on the current runtime; it ends
     /// when the coalescer is dropped.
-    pub fn start(client: StateClient<Channel>) -> Self {
+    pub fn start(link: Link) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued<K>>();
         tokio::spawn(async move {
             // A request that did not fit the last call opens the next one.
@@ -234,7 +360,7 @@ impl<K: CallKind> Coalescer<K> {
                     }
                 }
                 // Requests gather in the channel while this call runs.
-                call::<K>(client.clone(), batch).await;
+                call::<K>(&link, batch).await;
             }
         });
         Self { tx }

@@ -5,7 +5,9 @@
 //! a caller deadline; writes carry a client id and sequence number so a
 //! retry after an unknown outcome applies at most once. Concurrent writes
 //! and gets to one node travel together in one `WriteMany`/`GetMany` call
-//! (`coalesce.rs`), each still answered and retried on its own.
+//! (`coalesce.rs`), each still answered and retried on its own; those
+//! calls go on one long-lived stream per node (`session.rs`), not one
+//! HTTP/2 stream each.
 //! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
 //! what went wrong by what the caller can do. [`local`] starts and stops
 //! clusters of real server processes on loopback for the CLI, the demo and
@@ -17,6 +19,7 @@ mod client;
 mod coalesce;
 mod error;
 pub mod local;
+mod session;
 
 pub use batch::WriteBatch;
 pub use client::{Client, ClientConfig, Consistency, ScanOptions, ScanPage, WriteResult};

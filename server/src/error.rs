@@ -116,7 +116,12 @@ impl From<ServiceError> for Status {
 /// One failed item of a WriteMany or GetMany: what a unary call with that
 /// item alone would have failed with.
 pub fn item_error(e: ServiceError) -> pb::ItemError {
-    let s = Status::from(e);
+    status_item(&Status::from(e))
+}
+
+/// A status carried inside a message (an item of a many-call, an answer
+/// on a session), with its code, message and details intact.
+pub fn status_item(s: &Status) -> pb::ItemError {
     pb::ItemError {
         code: s.code() as i32,
         message: s.message().to_string(),

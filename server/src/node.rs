@@ -195,7 +195,13 @@ pub async fn run(
         .add_service(AdminServer::new(AdminService::new(ctx.clone())))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, {
+            let ctx = ctx.clone();
+            async move {
+                shutdown.await;
+                ctx.begin_shutdown();
+            }
+        })
         .await;
 
     tracing::info!("shutting down");

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod raft;
+mod session;
 pub mod state;
 mod write_batcher;
 
@@ -43,6 +44,9 @@ pub struct NodeContext {
     pub limits: Limits,
     proposer: Proposer,
     writes: write_batcher::WriteBatcher,
+    /// Turns true when the node starts shutting down: long-lived streams
+    /// end then, or the server's graceful shutdown would wait on them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Proposes commands to Raft on behalf of node `id`.
@@ -108,7 +112,17 @@ impl NodeContext {
             limits,
             writes: write_batcher::WriteBatcher::start(proposer.clone()),
             proposer,
+            stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Tells the node's long-lived streams to finish what they took and end.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn write_error(

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use streamshield_proto::v1::{self as pb, get_outcome, state_server::State, write_outcome};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
-use super::NodeContext;
+use super::{session, NodeContext};
 use crate::error::{item_error, ServiceError};
 use crate::state_machine::read;
 use crate::validate;
@@ -13,6 +13,7 @@ use crate::validate;
 /// Items one WriteMany or GetMany may carry.
 pub const MAX_ITEMS_PER_CALL: usize = 1024;
 
+#[derive(Clone)]
 pub struct StateService {
     ctx: Arc<NodeContext>,
 }
@@ -195,5 +196,19 @@ impl State for StateService {
             })
             .collect();
         Ok(Response::new(pb::WriteManyResponse { outcomes }))
+    }
+
+    type SessionStream = session::ReplyStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let stopping = self.ctx.stopping();
+        Ok(Response::new(session::serve(
+            self.clone(),
+            request.into_inner(),
+            stopping,
+        )))
     }
 }
