@@ -20,6 +20,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 mod rocks;
+pub mod segment_log;
 pub mod service;
 pub mod state_machine;
 pub mod telemetry;

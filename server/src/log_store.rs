@@ -1,13 +1,16 @@
-//! The Raft log and vote in RocksDB (`raft_log` and `raft_meta` column
-//! families), with group commit.
+//! The Raft log: entries in segment files ([`SegmentLog`]), the vote, the
+//! purge point and the committed hint in RocksDB (`raft_meta`), with group
+//! commit.
 //!
-//! `append` writes entries to RocksDB without waiting for the disk, so they
-//! are readable at once, and queues openraft's flush callback. A dedicated
-//! thread fsyncs the WAL once for everything queued since its last fsync
-//! and then fires all those callbacks: many proposals, one fsync. On a
-//! follower, an append that finds the disk idle syncs inline instead (see
-//! [`LogStore::sync_followed_entries_inline`]). The newest entries are also
-//! kept in memory ([`RecentEntries`]) for the reads that follow each append.
+//! `append` writes entries to the current segment without waiting for the
+//! disk, so they are readable at once, and queues openraft's flush
+//! callback. A dedicated thread fsyncs the segment once for everything
+//! queued since its last fsync and then fires all those callbacks: many
+//! proposals, one fsync. On a follower, an append that finds the disk idle
+//! syncs inline instead (see [`LogStore::sync_followed_entries_inline`]).
+//! The newest entries are also kept in memory ([`RecentEntries`]) for the
+//! reads that follow each append. A log kept in RocksDB's `raft_log` column
+//! family by an earlier version moves to segments when the store opens.
 
 use std::fmt::Debug;
 use std::io;
@@ -19,12 +22,13 @@ use std::time::{Duration, Instant};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{IteratorMode, WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
 use crate::codec;
 use crate::log_cache::RecentEntries;
 use crate::rocks::{self, corrupt, io_err};
+use crate::segment_log::{SegmentLog, SEGMENT_BYTES};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const CF_LOG: &str = "raft_log";
@@ -65,13 +69,14 @@ struct QueueState {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    segments: Arc<SegmentLog>,
     queue: Arc<FlushQueue>,
     /// This node's id: entries another leader sent may be synced inline.
     own_id: Option<u64>,
     recent: RecentEntries,
     /// The newest committed log id openraft told us, not yet written: it
-    /// goes with the next append (or on close) instead of costing a write
-    /// of its own on every commit. It is only a hint for a restart (apply
+    /// is written after the next fsync (or on close) instead of costing a
+    /// write of its own on every commit, or one in the commit's path. It is only a hint for a restart (apply
     /// up to it without waiting for a leader); losing it loses nothing
     /// because a restarted leader is not restored in place (see
     /// `enable_leader_restore` in `node.rs`) and learns the commit index
@@ -79,29 +84,71 @@ pub struct LogStore {
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
 impl LogStore {
-    pub fn open(path: &Path) -> Result<Self, rocksdb::Error> {
-        let db = Arc::new(rocks::open(path, &[CF_LOG, CF_META])?);
+    /// Opens the store in `path`: RocksDB there, segments in `segments/`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_with_segments_of(path, SEGMENT_BYTES)
+    }
+
+    /// [`Self::open`] with segments of `segment_bytes` (tests use small
+    /// ones to cross segments often).
+    pub fn open_with_segments_of(path: &Path, segment_bytes: u64) -> io::Result<Self> {
+        let db = Arc::new(rocks::open(path, &[CF_LOG, CF_META]).map_err(io_err)?);
+        let segments = Arc::new(SegmentLog::open(&path.join("segments"), segment_bytes)?);
         let queue = Arc::new(FlushQueue {
             pending: Mutex::new(QueueState::default()),
             wake: Condvar::new(),
         });
-        let (db2, q2) = (db.clone(), queue.clone());
-        std::thread::Builder::new()
-            .name("raft-log-fsync".into())
-            .spawn(move || fsync_loop(db2, q2))
-            .expect("spawn the log fsync thread");
-        Ok(Self {
+        let store = Self {
             db,
+            segments,
             queue,
             own_id: None,
             recent: RecentEntries::default(),
             unsaved_committed: Arc::new(Mutex::new(None)),
-        })
+        };
+        store.move_rocksdb_log()?;
+        // Records before the purge point may still be in the first
+        // segment; the log starts after it.
+        if let Some(purged) = store.read_log_id(KEY_PURGED)? {
+            store.segments.purge(purged.index)?;
+        }
+        let worker = store.clone();
+        std::thread::Builder::new()
+            .name("raft-log-fsync".into())
+            .spawn(move || fsync_loop(worker))?;
+        Ok(store)
+    }
+
+    /// Moves entries an earlier version kept in the `raft_log` column
+    /// family into segments, durably, and then deletes them there.
+    fn move_rocksdb_log(&self) -> io::Result<()> {
+        let cf = rocks::cf(&self.db, CF_LOG)?;
+        let mut moved = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, v) = item.map_err(io_err)?;
+            let e = decode_entry(&v)?;
+            moved.push((e.log_id, v.to_vec()));
+        }
+        let Some(last) = moved.last().map(|(id, _)| id.index) else {
+            return Ok(());
+        };
+        if self.segments.last_log_id().is_none() {
+            for chunk in moved.chunks(1024) {
+                self.segments.append(chunk)?;
+            }
+            self.segments.current_segment().sync()?;
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(cf, 0u64.to_be_bytes(), (last + 1).to_be_bytes());
+        self.db.write_opt(batch, &wo).map_err(io_err)?;
+        tracing::info!(
+            entries = moved.len(),
+            "moved the raft log from RocksDB to segments"
+        );
+        Ok(())
     }
 
     /// Lets small appends of entries from another leader sync inline when
@@ -142,58 +189,39 @@ impl LogStore {
         }
     }
 
-    fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        match self.db.iterator_cf(cf, IteratorMode::End).next() {
-            None => Ok(None),
-            Some(item) => {
-                let (_, v) = item.map_err(io_err)?;
-                Ok(Some(decode_entry(&v)?.log_id))
-            }
-        }
-    }
-
     /// Entries `[start, end)` in order, stopping before the one that would
     /// take their encoded size past `max_bytes` (the first always comes).
     fn read_entries(&self, start: u64, end: u64, max_bytes: usize) -> io::Result<Vec<Entry>> {
         if let Some(entries) = self.recent.read(start, end, max_bytes) {
             return Ok(entries);
         }
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let from = index_key(start);
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (k, v) = item.map_err(io_err)?;
-            let idx = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt("raft_log key is not 8 bytes"))?,
+        self.segments
+            .read(start, end, max_bytes)?
+            .iter()
+            .map(|raw| decode_entry(raw))
+            .collect()
+    }
+
+    /// Writes the committed log id held back, without waiting for the disk.
+    fn save_unsaved_committed(&self) {
+        if let Some(c) = self.take_unsaved_committed() {
+            let r = self.put_meta(
+                KEY_COMMITTED,
+                codec::log_id_to_pb(&c).encode_to_vec(),
+                false,
             );
-            if idx >= end || (!out.is_empty() && bytes.saturating_add(v.len()) > max_bytes) {
-                break;
+            if let Err(e) = r {
+                let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
+                *unsaved = (*unsaved).max(Some(c));
+                tracing::warn!(error = %e, "saving the committed log id");
             }
-            bytes = bytes.saturating_add(v.len());
-            out.push(decode_entry(&v)?);
         }
-        Ok(out)
     }
 
     /// Writes the committed log id held back, then stops the fsync thread
     /// once the queue drains; called on shutdown.
     pub fn close(&self) {
-        if let Some(c) = self.take_unsaved_committed() {
-            if let Err(e) = self.put_meta(
-                KEY_COMMITTED,
-                codec::log_id_to_pb(&c).encode_to_vec(),
-                false,
-            ) {
-                tracing::warn!(error = %e, "saving the committed log id on close");
-            }
-        }
+        self.save_unsaved_committed();
         let mut p = self.queue.pending.lock().expect("flush queue lock");
         p.closing = true;
         self.queue.wake.notify_all();
@@ -231,7 +259,8 @@ fn decode_entry(raw: &[u8]) -> io::Result<Entry> {
     codec::entry_from_pb(e).map_err(corrupt)
 }
 
-fn fsync_loop(db: Arc<DB>, q: Arc<FlushQueue>) {
+fn fsync_loop(log: LogStore) {
+    let q = log.queue.clone();
     loop {
         let batch = {
             let mut p = q.pending.lock().expect("flush queue lock");
@@ -249,34 +278,39 @@ fn fsync_loop(db: Arc<DB>, q: Arc<FlushQueue>) {
             p.flushing = true;
             std::mem::take(&mut p.callbacks)
         };
-        sync_wal(&db, batch);
+        log.sync(batch);
+        log.save_unsaved_committed();
         let mut p = q.pending.lock().expect("flush queue lock");
         p.flushing = false;
     }
 }
 
-/// One fsync of the WAL for everything written so far, then the callbacks.
-fn sync_wal(db: &DB, callbacks: Vec<Flushed>) {
-    let started = Instant::now();
-    let result = db.flush_wal(true);
-    let took = started.elapsed();
-    metrics::histogram!("streamshield_log_fsync_seconds").record(took.as_secs_f64());
-    if took >= SLOW_FSYNC {
-        // Every write waiting on this fsync waited this long: worth a line
-        // in the log, to line up with the disk's other work.
-        tracing::warn!(
-            took_ms = took.as_millis() as u64,
-            appends = callbacks.len(),
-            "slow log fsync"
-        );
-    }
-    metrics::histogram!("streamshield_log_appends_per_fsync").record(callbacks.len() as f64);
-    for cb in callbacks {
-        let r = match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::other(e.clone())),
-        };
-        cb.io_completed(r);
+impl LogStore {
+    /// One fsync for everything appended so far, then the callbacks. Taken
+    /// after the callbacks were: every entry they wait for is in the
+    /// current segment or in one synced when it ended.
+    fn sync(&self, callbacks: Vec<Flushed>) {
+        let started = Instant::now();
+        let result = self.segments.current_segment().sync();
+        let took = started.elapsed();
+        metrics::histogram!("streamshield_log_fsync_seconds").record(took.as_secs_f64());
+        if took >= SLOW_FSYNC {
+            // Every write waiting on this fsync waited this long: worth a
+            // line in the log, to line up with the disk's other work.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                appends = callbacks.len(),
+                "slow log fsync"
+            );
+        }
+        metrics::histogram!("streamshield_log_appends_per_fsync").record(callbacks.len() as f64);
+        for cb in callbacks {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            cb.io_completed(r);
+        }
     }
 }
 
@@ -321,7 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id = self.read_log_id(KEY_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        let last_log_id = self.segments.last_log_id().max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -359,34 +393,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        let mut batch = WriteBatch::default();
-        let mut bytes = 0usize;
         let mut from_other_leader = false;
+        let mut raw = Vec::new();
         let mut written = Vec::new();
         for e in entries {
             from_other_leader = self
                 .own_id
                 .is_some_and(|me| e.log_id.leader_id.node_id != me);
-            let raw = codec::entry_to_pb(&e).encode_to_vec();
-            bytes += raw.len();
-            batch.put_cf(cf, index_key(e.log_id.index), &raw);
-            written.push((e, raw.len()));
+            let bytes = codec::entry_to_pb(&e).encode_to_vec();
+            written.push((e.clone(), bytes.len()));
+            raw.push((e.log_id, bytes));
         }
-        let committed = self.take_unsaved_committed();
-        if let Some(c) = committed {
-            let meta = rocks::cf(&self.db, CF_META)?;
-            batch.put_cf(meta, KEY_COMMITTED, codec::log_id_to_pb(&c).encode_to_vec());
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(false);
-        if let Err(e) = self.db.write_opt(batch, &wo) {
-            if let Some(c) = committed {
-                let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
-                *unsaved = (*unsaved).max(Some(c));
-            }
-            return Err(io_err(e));
-        }
+        let bytes: usize = written.iter().map(|(_, n)| n).sum();
+        self.segments.append(&raw)?;
         metrics::counter!("streamshield_log_entries_appended_total")
             .increment(written.len() as u64);
         self.recent.appended(written);
@@ -394,7 +413,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // next appends) for long, and saving two hand-offs is nothing
         // beside it: only small ones sync inline.
         if from_other_leader && bytes <= MAX_INLINE_SYNC_BYTES && self.claim_inline_sync() {
-            sync_wal(&self.db, vec![callback]);
+            self.sync(vec![callback]);
             self.end_sync();
             return Ok(());
         }
@@ -407,12 +426,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         self.recent.truncated_from(from);
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        self.db
-            .delete_range_cf(cf, index_key(from), index_key(u64::MAX))
-            .map_err(io_err)?;
-        // u64::MAX itself is excluded by delete_range; no real log reaches it.
-        Ok(())
+        self.segments.truncate_from(from)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -424,11 +438,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             true,
         )?;
         self.recent.purged_up_to(log_id.index);
-        let cf = rocks::cf(&self.db, CF_LOG)?;
-        self.db
-            .delete_range_cf(cf, index_key(0), index_key(log_id.index + 1))
-            .map_err(io_err)?;
-        Ok(())
+        self.segments.purge(log_id.index)
     }
 }
 
@@ -484,7 +494,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_committed_log_id_is_written_with_the_next_append_or_on_close() {
+    async fn the_committed_log_id_is_written_after_the_next_fsync_or_on_close() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = LogStore::open(dir.path()).unwrap();
         log.save_committed(Some(log_id(1, 3))).await.unwrap();
@@ -495,6 +505,11 @@ mod tests {
         log.append([big_entry(1, 8)], IOFlushed::noop())
             .await
             .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.read_log_id(KEY_COMMITTED).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "not written after the fsync");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), Some(log_id(1, 3)));
 
         log.save_committed(Some(log_id(1, 4))).await.unwrap();
@@ -506,6 +521,61 @@ mod tests {
             "written on close"
         );
         close_and_wait(reopened).await;
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_rocksdb_moves_to_segments_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let written: Vec<Entry> = (1..=5).map(|i| big_entry(i, 8)).collect();
+        {
+            let db = rocks::open(dir.path(), &[CF_LOG, CF_META]).unwrap();
+            let cf = rocks::cf(&db, CF_LOG).unwrap();
+            for e in &written {
+                let raw = codec::entry_to_pb(e).encode_to_vec();
+                db.put_cf(cf, e.log_id.index.to_be_bytes(), raw).unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+            let read = log.try_get_log_entries(1..6).await.unwrap();
+            assert_eq!(read, written);
+            let cf = rocks::cf(log.db(), CF_LOG).unwrap();
+            assert!(
+                log.db()
+                    .iterator_cf(cf, IteratorMode::Start)
+                    .next()
+                    .is_none(),
+                "nothing left in raft_log"
+            );
+            close_and_wait(log).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_log_starts_after_the_purge_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        log.append((1..=6).map(|i| big_entry(i, 8)), IOFlushed::noop())
+            .await
+            .unwrap();
+        log.purge(log_id(1, 4)).await.unwrap();
+        close_and_wait(log).await;
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 4)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 6)));
+        assert_eq!(log.segments.first_index(), Some(5));
+        let idx: Vec<u64> = log
+            .try_get_log_entries(5..7)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(idx, vec![5, 6]);
+        close_and_wait(log).await;
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub enum NodeError {
     #[error("cannot open the raft log in {path}: {source}")]
     OpenLog {
         path: String,
-        source: rocksdb::Error,
+        source: std::io::Error,
     },
     #[error("cannot open the state machine in {path}: {source}")]
     OpenStateMachine {

@@ -1,5 +1,5 @@
-//! openraft's storage conformance suite against the RocksDB log store and
-//! state machine.
+//! openraft's storage conformance suite against the log store (segments
+//! and RocksDB) and the state machine.
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -12,6 +12,8 @@ use tempfile::TempDir;
 /// inline (a follower's appends), or `None` for the fsync thread only.
 struct RocksBuilder {
     inline_as: Option<u64>,
+    /// Log segment size; small ones make the suite cross segments.
+    segment_bytes: u64,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBuilder {
@@ -19,7 +21,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut log = LogStore::open(&dir.path().join("raft")).expect("open log");
+        let mut log = LogStore::open_with_segments_of(&dir.path().join("raft"), self.segment_bytes)
+            .expect("open log");
         if let Some(id) = self.inline_as {
             log = log.sync_followed_entries_inline(id);
         }
@@ -30,7 +33,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_stores_pass_openraft_suite() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(RocksBuilder { inline_as: None }).await?;
+    Suite::test_all(RocksBuilder {
+        inline_as: None,
+        segment_bytes: streamshield_server::segment_log::SEGMENT_BYTES,
+    })
+    .await?;
     Ok(())
 }
 
@@ -41,6 +48,20 @@ async fn rocksdb_stores_pass_openraft_suite_with_inline_follower_sync(
 ) -> Result<(), StorageError<TypeConfig>> {
     Suite::test_all(RocksBuilder {
         inline_as: Some(99),
+        segment_bytes: streamshield_server::segment_log::SEGMENT_BYTES,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Segments of 1 KiB: a few entries each, so appends, truncations and
+/// purges cross segment boundaries all the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_stores_pass_openraft_suite_with_tiny_log_segments(
+) -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(RocksBuilder {
+        inline_as: None,
+        segment_bytes: 1 << 10,
     })
     .await?;
     Ok(())

@@ -1,0 +1,141 @@
+//! Reading a segment log back after a restart: the longest run of good
+//! records from the first segment on.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use prost::Message;
+use streamshield_proto::v1 as pb;
+
+use super::record::{self, Kind, HEADER_BYTES};
+use super::segment_path;
+use crate::codec;
+use crate::rocks::corrupt;
+use crate::types::LogId;
+
+pub struct FoundEntry {
+    pub log_id: LogId,
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Where the next record goes.
+pub struct End {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+pub struct Found {
+    /// The segments the log runs through, in order.
+    pub segments: Vec<u64>,
+    /// The entries of the newest run of consecutive indexes.
+    pub entries: Vec<FoundEntry>,
+    /// `None` if there is no segment, or the last one ended with an end
+    /// record and the next one is missing: the log goes on in a new one.
+    pub end: Option<End>,
+    /// The highest generation read.
+    pub generation: u64,
+}
+
+fn segment_files(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Reads the log in `dir` back and deletes segments it does not reach.
+pub fn recover(dir: &Path) -> io::Result<Found> {
+    let files = segment_files(dir)?;
+    let mut found = Found {
+        segments: Vec::new(),
+        entries: Vec::new(),
+        end: None,
+        generation: 0,
+    };
+    let mut next = files.first().copied();
+    while let Some(seq) = next.take() {
+        found.segments.push(seq);
+        let file = File::open(segment_path(dir, seq))?;
+        let size = file.metadata()?.len();
+        let mut off = 0u64;
+        let mut raw = [0u8; HEADER_BYTES];
+        let ended = loop {
+            if off + HEADER_BYTES as u64 > size {
+                break true;
+            }
+            file.read_exact_at(&mut raw, off)?;
+            let room = size - off - HEADER_BYTES as u64;
+            let Some(h) = record::header(&raw, seq, room) else {
+                break true;
+            };
+            let mut payload = vec![0u8; h.len as usize];
+            file.read_exact_at(&mut payload, off + HEADER_BYTES as u64)?;
+            if !record::verify(&raw, &payload) || h.generation < found.generation {
+                break true;
+            }
+            found.generation = h.generation;
+            match h.kind {
+                Kind::SegmentEnd => break false,
+                Kind::Entry => {
+                    let log_id = entry_log_id(&payload, seq, off)?;
+                    if let Some(last) = found.entries.last() {
+                        if log_id.index <= last.log_id.index {
+                            return Err(corrupt(format!(
+                                "log segment {seq} at {off}: index {} after {}",
+                                log_id.index, last.log_id.index
+                            )));
+                        }
+                        if log_id.index > last.log_id.index + 1 {
+                            // Everything before was purged (a snapshot
+                            // past the log's end); only the newest run counts.
+                            found.entries.clear();
+                        }
+                    }
+                    found.entries.push(FoundEntry {
+                        log_id,
+                        segment: seq,
+                        offset: off,
+                        len: h.len,
+                    });
+                    off += HEADER_BYTES as u64 + u64::from(h.len);
+                }
+            }
+        };
+        if ended {
+            found.end = Some(End {
+                segment: seq,
+                offset: off,
+            });
+        } else if files.contains(&(seq + 1)) {
+            next = Some(seq + 1);
+        }
+    }
+    let last = found.segments.last().copied().unwrap_or(0);
+    for seq in files.iter().filter(|s| **s > last) {
+        fs::remove_file(segment_path(dir, *seq))?;
+    }
+    Ok(found)
+}
+
+fn entry_log_id(payload: &[u8], seq: u64, off: u64) -> io::Result<LogId> {
+    let bad = |e: String| corrupt(format!("log segment {seq} at {off}: {e}"));
+    let e = pb::Entry::decode(payload).map_err(|e| bad(e.to_string()))?;
+    let log_id = e
+        .log_id
+        .ok_or_else(|| bad("an entry without a log id".into()))?;
+    codec::log_id_from_pb(&log_id).map_err(|e| bad(e.to_string()))
+}
