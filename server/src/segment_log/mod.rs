@@ -276,6 +276,7 @@ impl SegmentLog {
             .range(cut.segment + 1..)
             .map(|(k, _)| *k)
             .collect();
+        let dropped_any = !later.is_empty();
         for seq in later {
             if let Some(seg) = st.segments.remove(&seq) {
                 // A reader may still hold it: then it is deleted, not reused.
@@ -283,6 +284,11 @@ impl SegmentLog {
                 self.spares
                     .recycle(&segment_path(&self.dir, seq), still_read);
             }
+        }
+        if dropped_any {
+            // Durably gone before this returns: a segment left behind a
+            // cut one would read as damage after a restart.
+            spare::sync_dir(&self.dir)?;
         }
         st.current = cut.segment;
         st.write_at = cut.offset;

@@ -116,6 +116,17 @@ pub fn recover(dir: &Path) -> io::Result<Found> {
             }
         };
         if ended {
+            // Only the last segment written can end in a torn write: an
+            // earlier one was synced with its end record before the next
+            // one got any. One that ends early while the next holds records
+            // is damaged, and reading on would skip or lose entries.
+            if files.contains(&(seq + 1)) && starts_with_a_record(dir, seq + 1)? {
+                return Err(corrupt(format!(
+                    "log segment {seq} is damaged at offset {off}: it ends there, \
+                     but segment {} after it holds records",
+                    seq + 1
+                )));
+            }
             found.end = Some(End {
                 segment: seq,
                 offset: off,
@@ -129,6 +140,23 @@ pub fn recover(dir: &Path) -> io::Result<Found> {
         fs::remove_file(segment_path(dir, *seq))?;
     }
     Ok(found)
+}
+
+/// Whether segment `seq` begins with one of its own records.
+fn starts_with_a_record(dir: &Path, seq: u64) -> io::Result<bool> {
+    let file = File::open(segment_path(dir, seq))?;
+    let size = file.metadata()?.len();
+    let mut raw = [0u8; HEADER_BYTES];
+    if size < HEADER_BYTES as u64 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut raw, 0)?;
+    let Some(h) = record::header(&raw, seq, size - HEADER_BYTES as u64) else {
+        return Ok(false);
+    };
+    let mut payload = vec![0u8; h.len as usize];
+    file.read_exact_at(&mut payload, HEADER_BYTES as u64)?;
+    Ok(record::verify(&raw, &payload))
 }
 
 fn entry_log_id(payload: &[u8], seq: u64, off: u64) -> io::Result<LogId> {

@@ -153,6 +153,6 @@ fn write_zeros(path: &Path, size: u64) -> io::Result<()> {
     f.sync_all()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

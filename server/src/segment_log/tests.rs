@@ -213,3 +213,24 @@ fn appends_must_follow_the_last_index() {
     assert!(log.append(&entries(1, 3..=3, 40)).is_err());
     assert_eq!(log.last_log_id(), Some(log_id(1, 3)));
 }
+
+#[test]
+fn damage_before_the_last_segment_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = reopen(dir.path());
+        log.append(&entries(1, 1..=200, 60)).unwrap();
+        log.current_segment().sync().unwrap();
+    }
+    assert!(segment_count(dir.path()) > 2);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 1))
+        .unwrap();
+    f.write_all_at(&[0xee; 8], 700).unwrap();
+    let err = SegmentLog::open(dir.path(), SMALL)
+        .err()
+        .expect("a damaged segment is refused");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("segment 1 is damaged"), "{err}");
+}
