@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
@@ -237,19 +236,10 @@ fn hinted_leader(details: &[u8]) -> String {
 /// `streamshield_items_per_call{kind}`: (calls, items) from a node's
 /// `/metrics`.
 fn items_per_call(metrics_addr: &str, kind: &str) -> (u64, u64) {
-    let mut s = std::net::TcpStream::connect(metrics_addr).expect("metrics port");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let value = |name: &str| -> u64 {
-        let prefix = format!("{name}{{kind=\"{kind}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
-    };
+    let series = |name: &str| format!("{name}{{kind=\"{kind}\"}}");
     (
-        value("streamshield_items_per_call_count"),
-        value("streamshield_items_per_call_sum"),
+        metric_value(metrics_addr, &series("streamshield_items_per_call_count")),
+        metric_value(metrics_addr, &series("streamshield_items_per_call_sum")),
     )
 }
 

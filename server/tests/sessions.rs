@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
@@ -262,17 +261,6 @@ async fn a_node_shutting_down_ends_its_sessions() {
     );
 }
 
-/// A counter or gauge from a node's `/metrics`; 0 when absent.
-fn metric(metrics_addr: &str, name: &str) -> u64 {
-    let mut s = std::net::TcpStream::connect(metrics_addr).expect("metrics port");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_client_sends_its_calls_on_one_session_unless_told_not_to() {
     let t = TestCluster::start(3, &[]).await;
@@ -280,7 +268,7 @@ async fn the_client_sends_its_calls_on_one_session_unless_told_not_to() {
     client.create_job("j", 16).await.expect("create job");
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
     let metrics = t.cluster.spec(leader).unwrap().metrics_addr.clone();
-    let before = metric(&metrics, "streamshield_session_requests_total");
+    let before = metric_value(&metrics, "streamshield_session_requests_total");
     for i in 0..20u32 {
         client
             .put("j", "s", format!("k{i}"), "v")
@@ -297,10 +285,10 @@ async fn the_client_sends_its_calls_on_one_session_unless_told_not_to() {
             .expect("get");
         assert!(kv.is_some());
     }
-    let used = metric(&metrics, "streamshield_session_requests_total") - before;
+    let used = metric_value(&metrics, "streamshield_session_requests_total") - before;
     assert_eq!(used, 40, "every put and get went on the session");
     assert_eq!(
-        metric(&metrics, "streamshield_sessions_open"),
+        metric_value(&metrics, "streamshield_sessions_open"),
         1,
         "one session for writes and reads alike"
     );
@@ -308,10 +296,10 @@ async fn the_client_sends_its_calls_on_one_session_unless_told_not_to() {
     let mut cfg = ClientConfig::new(t.cluster.endpoints());
     cfg.coalesce = false;
     let unary = Client::new(cfg).unwrap();
-    let before = metric(&metrics, "streamshield_session_requests_total");
+    let before = metric_value(&metrics, "streamshield_session_requests_total");
     unary.put("j", "s", "u", "v").await.expect("put");
     assert_eq!(
-        metric(&metrics, "streamshield_session_requests_total"),
+        metric_value(&metrics, "streamshield_session_requests_total"),
         before,
         "one unary call per operation without coalescing"
     );

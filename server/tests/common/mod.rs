@@ -262,3 +262,16 @@ pub fn assert_exact(kvs: &[pb::KeyValue], range: std::ops::Range<u64>) {
         assert_eq!(g, e, "key/value pair");
     }
 }
+
+/// The value of the metric line `series` (name and labels, as Prometheus
+/// prints them) in a node's `/metrics`; 0 when absent.
+pub fn metric_value(metrics_addr: &str, series: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics_addr).expect("metrics port");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+}
