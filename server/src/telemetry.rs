@@ -64,7 +64,7 @@ pub fn spawn_sampler(
             let sm = ctx.sm.db();
             for (db, cfs) in [
                 (&*sm, crate::state_machine::meta::ALL_CFS),
-                (&*log_db, &["raft_log", "raft_meta"][..]),
+                (&*log_db, &["raft_meta"][..]),
             ] {
                 for cf_name in cfs {
                     let Some(cf) = db.cf_handle(cf_name) else {
