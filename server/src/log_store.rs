@@ -76,11 +76,11 @@ pub struct LogStore {
     recent: RecentEntries,
     /// The newest committed log id openraft told us, not yet written: it
     /// is written after the next fsync (or on close) instead of costing a
-    /// write of its own on every commit, or one in the commit's path. It is only a hint for a restart (apply
-    /// up to it without waiting for a leader); losing it loses nothing
-    /// because a restarted leader is not restored in place (see
-    /// `enable_leader_restore` in `node.rs`) and learns the commit index
-    /// from its new term's no-op.
+    /// write of its own on every commit, or one in the commit's path. It
+    /// is only a hint for a restart (apply up to it without waiting for a
+    /// leader); losing it loses nothing because a restarted leader is not
+    /// restored in place (see `enable_leader_restore` in `node.rs`) and
+    /// learns the commit index from its new term's no-op.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 

@@ -269,8 +269,7 @@ async fn a_client_sends_concurrent_calls_together_unless_told_not_to() {
     let t = TestCluster::start(3, &[]).await;
     let client = t.client();
     client.create_job("j", 16).await.expect("create job");
-    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    let metrics = t.cluster.spec(leader).unwrap().metrics_addr.clone();
+    let metrics = t.leader_metrics_addr().await;
     let before = items_per_call(&metrics, "write");
 
     // 200 puts of one key at once: every one is applied exactly once, so

@@ -266,8 +266,7 @@ async fn the_client_sends_its_calls_on_one_session_unless_told_not_to() {
     let t = TestCluster::start(3, &[]).await;
     let client = t.client();
     client.create_job("j", 16).await.expect("create job");
-    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    let metrics = t.cluster.spec(leader).unwrap().metrics_addr.clone();
+    let metrics = t.leader_metrics_addr().await;
     let before = metric_value(&metrics, "streamshield_session_requests_total");
     for i in 0..20u32 {
         client

@@ -82,6 +82,16 @@ impl TestCluster {
         }
     }
 
+    /// The `/metrics` address of the node that leads now.
+    pub async fn leader_metrics_addr(&self) -> String {
+        let leader = self.wait_for_leader(Duration::from_secs(10)).await;
+        self.cluster
+            .spec(leader)
+            .expect("node")
+            .metrics_addr
+            .clone()
+    }
+
     pub fn client(&self) -> Client {
         client_for(self.cluster.endpoints())
     }
