@@ -73,14 +73,15 @@ pub trait CallKind: Send + Sync + 'static {
     ) -> Result<Vec<Result<Self::Resp, Status>>, Status>;
 }
 
-/// A session answer of another kind than the call's.
-fn mismatched(a: &session_reply::Result) -> Status {
+/// The status of a session answer that is not the call's kind: its own
+/// status if it is an error, INTERNAL if it answers another kind of call.
+fn not_an_answer(a: session_reply::Result) -> Status {
     let kind = match a {
+        session_reply::Result::Error(e) => return item_status(e),
         session_reply::Result::Write(_) => "write",
         session_reply::Result::Get(_) => "get",
         session_reply::Result::WriteMany(_) => "write_many",
         session_reply::Result::GetMany(_) => "get_many",
-        session_reply::Result::Error(_) => "error",
     };
     Status::internal(format!("a session call was answered with a {kind} answer"))
 }
@@ -171,8 +172,7 @@ impl CallKind for Writes {
     fn answer_of_one(a: session_reply::Result) -> Result<pb::WriteResponse, Status> {
         match a {
             session_reply::Result::Write(w) => Ok(w),
-            session_reply::Result::Error(e) => Err(item_status(e)),
-            other => Err(mismatched(&other)),
+            other => Err(not_an_answer(other)),
         }
     }
 
@@ -182,8 +182,7 @@ impl CallKind for Writes {
     ) -> Result<Vec<Result<pb::WriteResponse, Status>>, Status> {
         match a {
             session_reply::Result::WriteMany(r) => answers_of(n, r.outcomes),
-            session_reply::Result::Error(e) => Err(item_status(e)),
-            other => Err(mismatched(&other)),
+            other => Err(not_an_answer(other)),
         }
     }
 }
@@ -224,8 +223,7 @@ impl CallKind for Gets {
     fn answer_of_one(a: session_reply::Result) -> Result<pb::GetResponse, Status> {
         match a {
             session_reply::Result::Get(g) => Ok(g),
-            session_reply::Result::Error(e) => Err(item_status(e)),
-            other => Err(mismatched(&other)),
+            other => Err(not_an_answer(other)),
         }
     }
 
@@ -235,8 +233,7 @@ impl CallKind for Gets {
     ) -> Result<Vec<Result<pb::GetResponse, Status>>, Status> {
         match a {
             session_reply::Result::GetMany(r) => answers_of(n, r.outcomes),
-            session_reply::Result::Error(e) => Err(item_status(e)),
-            other => Err(mismatched(&other)),
+            other => Err(not_an_answer(other)),
         }
     }
 }

@@ -396,15 +396,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut from_other_leader = false;
         let mut raw = Vec::new();
         let mut written = Vec::new();
+        let mut bytes = 0usize;
         for e in entries {
             from_other_leader = self
                 .own_id
                 .is_some_and(|me| e.log_id.leader_id.node_id != me);
-            let bytes = codec::entry_to_pb(&e).encode_to_vec();
-            written.push((e.clone(), bytes.len()));
-            raw.push((e.log_id, bytes));
+            let encoded = codec::entry_to_pb(&e).encode_to_vec();
+            let n = encoded.len();
+            bytes += n;
+            raw.push((e.log_id, encoded));
+            written.push((e, n));
         }
-        let bytes: usize = written.iter().map(|(_, n)| n).sum();
         self.segments.append(&raw)?;
         metrics::counter!("streamshield_log_entries_appended_total")
             .increment(written.len() as u64);

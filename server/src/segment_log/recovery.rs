@@ -1,9 +1,8 @@
 //! Reading a segment log back after a restart: the longest run of good
 //! records from the first segment on.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use prost::Message;
@@ -69,29 +68,21 @@ pub fn recover(dir: &Path) -> io::Result<Found> {
     let mut next = files.first().copied();
     while let Some(seq) = next.take() {
         found.segments.push(seq);
-        let file = File::open(segment_path(dir, seq))?;
-        let size = file.metadata()?.len();
+        // One read per segment; records are parsed from memory.
+        let data = fs::read(segment_path(dir, seq))?;
         let mut off = 0u64;
-        let mut raw = [0u8; HEADER_BYTES];
         let ended = loop {
-            if off + HEADER_BYTES as u64 > size {
-                break true;
-            }
-            file.read_exact_at(&mut raw, off)?;
-            let room = size - off - HEADER_BYTES as u64;
-            let Some(h) = record::header(&raw, seq, room) else {
+            let Some((h, payload)) = record_at(&data, off, seq) else {
                 break true;
             };
-            let mut payload = vec![0u8; h.len as usize];
-            file.read_exact_at(&mut payload, off + HEADER_BYTES as u64)?;
-            if !record::verify(&raw, &payload) || h.generation < found.generation {
+            if h.generation < found.generation {
                 break true;
             }
             found.generation = h.generation;
             match h.kind {
                 Kind::SegmentEnd => break false,
                 Kind::Entry => {
-                    let log_id = entry_log_id(&payload, seq, off)?;
+                    let log_id = entry_log_id(payload, seq, off)?;
                     if let Some(last) = found.entries.last() {
                         if log_id.index <= last.log_id.index {
                             return Err(corrupt(format!(
@@ -142,21 +133,21 @@ pub fn recover(dir: &Path) -> io::Result<Found> {
     Ok(found)
 }
 
+/// The record of segment `seq` at `off` in `data`, if a whole, good one
+/// is there.
+fn record_at(data: &[u8], off: u64, seq: u64) -> Option<(record::Header, &[u8])> {
+    let start = usize::try_from(off).ok()?;
+    let body = start.checked_add(HEADER_BYTES)?;
+    let raw: &[u8; HEADER_BYTES] = data.get(start..body)?.try_into().ok()?;
+    let h = record::header(raw, seq, (data.len() - body) as u64)?;
+    let payload = data.get(body..body + h.len as usize)?;
+    record::verify(raw, payload).then_some((h, payload))
+}
+
 /// Whether segment `seq` begins with one of its own records.
 fn starts_with_a_record(dir: &Path, seq: u64) -> io::Result<bool> {
-    let file = File::open(segment_path(dir, seq))?;
-    let size = file.metadata()?.len();
-    let mut raw = [0u8; HEADER_BYTES];
-    if size < HEADER_BYTES as u64 {
-        return Ok(false);
-    }
-    file.read_exact_at(&mut raw, 0)?;
-    let Some(h) = record::header(&raw, seq, size - HEADER_BYTES as u64) else {
-        return Ok(false);
-    };
-    let mut payload = vec![0u8; h.len as usize];
-    file.read_exact_at(&mut payload, HEADER_BYTES as u64)?;
-    Ok(record::verify(&raw, &payload))
+    let data = fs::read(segment_path(dir, seq))?;
+    Ok(record_at(&data, 0, seq).is_some())
 }
 
 fn entry_log_id(payload: &[u8], seq: u64, off: u64) -> io::Result<LogId> {
