@@ -2,8 +2,9 @@
 # a fresh Debian machine lacks (apt, when run as root) before building.
 
 CARGO ?= cargo
-# etcd-server: the comparison target of `make bench` and its test.
-APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server
+# etcd-server: the comparison target of `make bench` and its test;
+# fiu-utils: the disk faults `make test` injects (libfiu).
+APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils
 
 .PHONY: demo test deps build fmt lint jepsen bench
 

@@ -35,6 +35,46 @@ pub struct ClientConfig {
     /// Send concurrent writes and gets to the same node together, in one
     /// `WriteMany`/`GetMany` call (see `coalesce.rs`). Default on.
     pub coalesce: bool,
+    /// Talk TLS with these; plaintext if none. Default none.
+    pub tls: Option<ClientTls>,
+}
+
+/// What a client talks TLS with: the cluster CA's certificate, and its own
+/// certificate and key (PEM), which a node of a TLS cluster requires.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// Reads the PEM files, as etcdctl's `--cacert`, `--cert`, `--key`.
+    pub fn from_files(
+        ca: &std::path::Path,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", p.display()))
+            })
+        };
+        Ok(Self {
+            ca: read(ca)?,
+            identity: match identity {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+        })
+    }
+
+    fn tonic_config(&self) -> tonic::transport::ClientTlsConfig {
+        let c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca));
+        match &self.identity {
+            Some((cert, key)) => c.identity(tonic::transport::Identity::from_pem(cert, key)),
+            None => c,
+        }
+    }
 }
 
 impl ClientConfig {
@@ -45,6 +85,7 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(3),
             dial: HashMap::new(),
             coalesce: true,
+            tls: None,
         }
     }
 }
@@ -197,6 +238,22 @@ fn not_leader_hint(s: &Status) -> Option<Option<String>> {
         pb::error_detail::Kind::NotLeader(n) => {
             Some((!n.leader_addr.is_empty()).then_some(n.leader_addr))
         }
+        pb::error_detail::Kind::Overloaded(_) => None,
+    }
+}
+
+/// How long a saturated node asked to be left alone, if it refused the
+/// call for that (RESOURCE_EXHAUSTED with an `Overloaded` detail): nothing
+/// of the call was applied, so it is retried after the pause.
+fn overloaded_hint(s: &Status) -> Option<Duration> {
+    if s.code() != Code::ResourceExhausted || s.details().is_empty() {
+        return None;
+    }
+    match pb::ErrorDetail::decode(s.details()).ok()?.kind? {
+        pb::error_detail::Kind::Overloaded(o) => Some(Duration::from_millis(
+            o.retry_after_ms.clamp(1, 5_000).into(),
+        )),
+        pb::error_detail::Kind::NotLeader(_) => None,
     }
 }
 
@@ -275,8 +332,24 @@ impl Client {
             .dial
             .get(addr)
             .map_or(addr, String::as_str);
-        let ch = Endpoint::from_shared(format!("http://{target}"))
-            .map_err(|e| bad(e.to_string()))?
+        let scheme = match self.inner.config.tls {
+            Some(_) => "https",
+            None => "http",
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
+            .map_err(|e| bad(e.to_string()))?;
+        if let Some(tls) = &self.inner.config.tls {
+            // A node is named by the address it was dialled at (its
+            // certificate lists it), also behind a `dial` override.
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            endpoint = endpoint
+                .tls_config(
+                    tls.tonic_config()
+                        .domain_name(host.trim_matches(['[', ']'])),
+                )
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.inner.config.attempt_timeout)
             .tcp_nodelay(true)
@@ -330,6 +403,12 @@ impl Client {
                 }
                 Err(s) => s,
             };
+            if let Some(pause) = overloaded_hint(&status) {
+                if Instant::now() + pause < deadline {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
             let hint = not_leader_hint(&status);
             if hint.is_none() && !retryable(status.code()) {
                 return Err(ClientError::from_status(&status));

@@ -11,10 +11,12 @@
 //! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
 //! what went wrong by what the caller can do. [`local`] starts and stops
 //! clusters of real server processes on loopback for the CLI, the demo and
-//! tests. The `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI
+//! tests, over TLS with a throwaway CA from [`certs`] when asked. The
+//! `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI
 //! over all of it.
 
 mod batch;
+pub mod certs;
 mod client;
 mod coalesce;
 mod error;
@@ -22,7 +24,9 @@ pub mod local;
 mod session;
 
 pub use batch::WriteBatch;
-pub use client::{Client, ClientConfig, Consistency, ScanOptions, ScanPage, WriteResult};
+pub use client::{
+    Client, ClientConfig, ClientTls, Consistency, ScanOptions, ScanPage, WriteResult,
+};
 pub use error::ClientError;
 pub use streamshield_proto::v1 as pb;
 

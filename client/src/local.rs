@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs;
+use crate::ClientTls;
+
 /// Environment variable naming the server binary to run.
 pub const SERVER_BIN_ENV: &str = "STREAMSHIELD_SERVER_BIN";
 
@@ -36,12 +39,32 @@ pub struct LocalCluster {
     founders: Vec<u64>,
     extra_args: Vec<String>,
     node_args: BTreeMap<u64, Vec<String>>,
+    /// A program (and its flags) that runs the server binary of one node,
+    /// as `fiu-run -x` does to inject faults into its system calls.
+    node_wrappers: BTreeMap<u64, Vec<String>>,
     detached: bool,
 }
 
-/// A free loopback port: bound, read and released. Another process can in
-/// principle take it in between; callers retry a failed start.
+/// A free loopback port, picked at random below the kernel's ephemeral
+/// range and checked by binding it. Port 0 would hand out an ephemeral
+/// port, the range every outgoing connection takes its own port from: a
+/// client or peer connecting between the pick and the server's bind could
+/// take it ("Address already in use"), which happened to tests running
+/// side by side. Below the range only another pick can collide.
 pub fn free_port() -> io::Result<u16> {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_from.saturating_sub(1000));
+    if ephemeral_from > low + 100 {
+        for _ in 0..200 {
+            let port = rand::random_range(low..ephemeral_from);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -103,9 +126,7 @@ impl LocalCluster {
         detached: bool,
     ) -> io::Result<Self> {
         let mut c = Self::layout(dir, n, server_bin, extra_args, detached)?;
-        for id in c.founders.clone() {
-            c.start_node(id)?;
-        }
+        c.start_founders()?;
         Ok(c)
     }
 
@@ -127,6 +148,7 @@ impl LocalCluster {
             founders: Vec::new(),
             extra_args: extra_args.to_vec(),
             node_args: BTreeMap::new(),
+            node_wrappers: BTreeMap::new(),
             detached,
         };
         let layout = dir.join("nodes");
@@ -142,6 +164,14 @@ impl LocalCluster {
         Ok(c)
     }
 
+    /// Starts every founding node.
+    pub fn start_founders(&mut self) -> io::Result<()> {
+        for id in self.founders.clone() {
+            self.start_node(id)?;
+        }
+        Ok(())
+    }
+
     /// Starts `id` from now on as a node that joins an existing cluster
     /// (no `--initial-cluster`), e.g. after its data was wiped.
     pub fn make_joiner(&mut self, id: u64) -> io::Result<()> {
@@ -154,6 +184,77 @@ impl LocalCluster {
         self.node_args.insert(id, args);
     }
 
+    /// Runs node `id` from its next start on as `wrapper... server-binary
+    /// flags...`; the wrapper must exec the binary (so the pid is the node's).
+    pub fn set_node_wrapper(&mut self, id: u64, wrapper: Vec<String>) {
+        self.node_wrappers.insert(id, wrapper);
+    }
+
+    /// How node `id` ended, if this handle started it and it has exited.
+    pub fn exit_status(&mut self, id: u64) -> io::Result<Option<std::process::ExitStatus>> {
+        match self.children.get_mut(&id) {
+            Some(child) => child.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes this a TLS cluster: a throwaway CA in `DIR/tls` (kept if
+    /// there), a certificate per node, and an admin client identity
+    /// (`DIR/tls/admin.pem`, `admin-key.pem`). Nodes started from now on
+    /// serve TLS; without it they run `--insecure`.
+    pub fn enable_tls(&mut self) -> io::Result<()> {
+        let dir = self.tls_dir();
+        let ca = if dir.join("ca-key.pem").exists() {
+            certs::LocalCa::load(&dir)?
+        } else {
+            let ca = certs::LocalCa::generate()?;
+            ca.write(&dir)?;
+            ca
+        };
+        for id in self.specs.keys() {
+            ca.issue_node(*id, certs::LOCAL_HOSTS)?
+                .write(&dir, &format!("node-{id}"))?;
+        }
+        ca.issue_client("admin")?.write(&dir, "admin")?;
+        Ok(())
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("tls")
+    }
+
+    /// Whether the cluster in this folder serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls_dir().join("ca.pem").exists()
+    }
+
+    /// The admin identity of a TLS cluster, for clients.
+    pub fn client_tls(&self) -> io::Result<Option<ClientTls>> {
+        if !self.is_tls() {
+            return Ok(None);
+        }
+        let dir = self.tls_dir();
+        ClientTls::from_files(
+            &dir.join("ca.pem"),
+            Some((&dir.join("admin.pem"), &dir.join("admin-key.pem"))),
+        )
+        .map(Some)
+    }
+
+    /// Flags that give node `id` its certificates, or `--insecure`.
+    fn security_args(&self, id: u64) -> Vec<String> {
+        if !self.is_tls() {
+            return vec!["--insecure".into()];
+        }
+        let dir = self.tls_dir();
+        let path = |name: String| dir.join(name).display().to_string();
+        vec![
+            format!("--tls-ca={}", path("ca.pem".into())),
+            format!("--tls-cert={}", path(format!("node-{id}.pem"))),
+            format!("--tls-key={}", path(format!("node-{id}-key.pem"))),
+        ]
+    }
+
     /// Attaches to a cluster that `local up` started earlier.
     pub fn open(dir: &Path, server_bin: &Path) -> io::Result<Self> {
         let mut c = Self {
@@ -164,6 +265,7 @@ impl LocalCluster {
             founders: Vec::new(),
             extra_args: Vec::new(),
             node_args: BTreeMap::new(),
+            node_wrappers: BTreeMap::new(),
             detached: true,
         };
         c.load_layout()?;
@@ -289,7 +391,14 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(self.log_path(id))?;
-        let mut cmd = Command::new(&self.server_bin);
+        let mut cmd = match self.node_wrappers.get(&id).and_then(|w| w.split_first()) {
+            Some((program, flags)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(flags).arg(&self.server_bin);
+                cmd
+            }
+            None => Command::new(&self.server_bin),
+        };
         cmd.arg("--id")
             .arg(id.to_string())
             .arg("--listen")
@@ -306,6 +415,14 @@ impl LocalCluster {
         if !own_threads {
             cmd.arg("--worker-threads")
                 .arg(worker_threads_each(self.specs.len()).to_string());
+        }
+        let chosen = self
+            .extra_args
+            .iter()
+            .chain(self.node_args.get(&id).into_iter().flatten())
+            .any(|a| a.starts_with("--tls-") || a == "--insecure");
+        if !chosen {
+            cmd.args(self.security_args(id));
         }
         cmd.args(&self.extra_args)
             .args(self.node_args.get(&id).into_iter().flatten())
@@ -358,6 +475,11 @@ impl LocalCluster {
         let spec = self.new_spec(id)?;
         self.specs.insert(id, spec.clone());
         self.save_layout()?;
+        if self.is_tls() {
+            certs::LocalCa::load(&self.tls_dir())?
+                .issue_node(id, certs::LOCAL_HOSTS)?
+                .write(&self.tls_dir(), &format!("node-{id}"))?;
+        }
         self.start_node(id)?;
         Ok(spec)
     }

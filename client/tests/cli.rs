@@ -194,3 +194,101 @@ fn a_user_session_with_the_cli() {
         );
     }
 }
+
+#[test]
+fn a_tls_cluster_with_etcdctl_style_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ss");
+    let d = dir.to_str().unwrap();
+    let _down = Down(dir.clone());
+
+    ok(&["local", "up", "--nodes", "3", "--tls", "--dir", d]);
+    let tls = dir.join("tls");
+    for f in [
+        "ca.pem",
+        "admin.pem",
+        "admin-key.pem",
+        "node-1.pem",
+        "node-1-key.pem",
+    ] {
+        assert!(tls.join(f).is_file(), "{f} missing");
+    }
+    let endpoints = std::fs::read_to_string(dir.join("endpoints"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let path = |f: &str| tls.join(f).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("admin.pem"), path("admin-key.pem"));
+    let ok_certs = |rest: &[&str]| {
+        let mut a = vec![
+            "--endpoints",
+            endpoints.as_str(),
+            "--cacert",
+            ca.as_str(),
+            "--cert",
+            cert.as_str(),
+            "--key",
+            key.as_str(),
+        ];
+        a.extend_from_slice(rest);
+        ok(&a)
+    };
+    ok_certs(&["jobs", "create", "myjob", "--key-groups", "16"]);
+    ok_certs(&["put", "myjob", "counts", "user42", "17"]);
+    assert_eq!(ok_certs(&["get", "myjob", "counts", "user42"]).trim(), "17");
+    let status: Value = serde_json::from_str(ok_certs(&["status", "--json"]).trim()).unwrap();
+    assert_eq!(
+        status["nodes"].as_array().map(|n| n.len()),
+        Some(3),
+        "{status}"
+    );
+
+    // The same from the environment, as etcdctl's ETCDCTL_* variables.
+    let out = Command::new(CLI)
+        .args([
+            "--endpoints",
+            &endpoints,
+            "get",
+            "myjob",
+            "counts",
+            "user42",
+        ])
+        .env("STREAMSHIELD_CACERT", &ca)
+        .env("STREAMSHIELD_CERT", &cert)
+        .env("STREAMSHIELD_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Trusting the CA without a certificate of its own: refused, with why.
+    let out = cli(&[
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &ca,
+        "--timeout",
+        "3",
+        "get",
+        "myjob",
+        "counts",
+        "user42",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client certificate"), "{err}");
+    // --cert without --key is a usage error.
+    let out = cli(&[
+        "--endpoints",
+        &endpoints,
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "status",
+    ]);
+    assert!(!out.status.success());
+}

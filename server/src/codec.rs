@@ -33,6 +33,15 @@ fn malformed(what: &'static str, why: impl Into<String>) -> DecodeError {
     }
 }
 
+/// No honest node reaches a term or log index above this: at one election
+/// or one entry per microsecond it takes 8,900 years. Anything above it is
+/// forged or corrupt, and refusing it keeps openraft's own `term + 1` and
+/// `index + 1` (unchecked: a panic in debug builds, a wrap to 0 in release,
+/// after which no election can be won) out of reach of the network.
+pub const MAX_TERM: u64 = 1 << 58;
+/// See [`MAX_TERM`].
+pub const MAX_LOG_INDEX: u64 = 1 << 58;
+
 pub fn leader_id_to_pb(l: &LeaderId) -> pb::LeaderId {
     pb::LeaderId {
         term: l.term,
@@ -45,6 +54,12 @@ fn leader_id_from_pb(
     what: &'static str,
 ) -> Result<LeaderId, DecodeError> {
     let l = l.ok_or_else(|| malformed(what, "missing leader_id"))?;
+    if l.term > MAX_TERM {
+        return Err(malformed(
+            what,
+            format!("term {} is above the largest possible {MAX_TERM}", l.term),
+        ));
+    }
     Ok(LeaderId {
         term: l.term,
         node_id: l.node_id,
@@ -59,6 +74,15 @@ pub fn log_id_to_pb(l: &LogId) -> pb::LogId {
 }
 
 pub fn log_id_from_pb(l: &pb::LogId) -> Result<LogId, DecodeError> {
+    if l.index > MAX_LOG_INDEX {
+        return Err(malformed(
+            "log id",
+            format!(
+                "index {} is above the largest possible {MAX_LOG_INDEX}",
+                l.index
+            ),
+        ));
+    }
     Ok(RaftLogId::new(
         leader_id_from_pb(l.leader_id.as_ref(), "log id")?,
         l.index,
@@ -383,6 +407,28 @@ mod tests {
         };
         assert!(membership_from_pb(&bad).is_err());
         assert!(vote_from_pb(None).is_err());
+    }
+
+    #[test]
+    fn terms_and_indexes_no_honest_node_reaches_are_refused() {
+        let vote = |term| pb::Vote {
+            leader_id: Some(pb::LeaderId { term, node_id: 2 }),
+            committed: false,
+        };
+        assert!(vote_from_pb(Some(&vote(MAX_TERM))).is_ok());
+        for term in [MAX_TERM + 1, u64::MAX] {
+            let err = vote_from_pb(Some(&vote(term))).unwrap_err();
+            assert!(err.to_string().contains("term"), "{err}");
+        }
+        let log_id = |index| pb::LogId {
+            leader_id: Some(pb::LeaderId {
+                term: 1,
+                node_id: 1,
+            }),
+            index,
+        };
+        assert!(log_id_from_pb(&log_id(MAX_LOG_INDEX)).is_ok());
+        assert!(log_id_from_pb(&log_id(u64::MAX)).is_err());
     }
 
     #[test]

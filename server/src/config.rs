@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::tls::TlsFiles;
+
 /// Everything a state node needs to run. Defaults are documented on each
 /// field and are the ones a local 3-node cluster on loopback wants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,10 +37,49 @@ pub struct ServerConfig {
     /// one per core. Nodes sharing a machine do better dividing its cores
     /// among them: every hand-off between two threads wakes a parked
     /// thread, and on a VM that costs a hypervisor round trip (see
-    /// PERFORMANCE.md, second session). Default 0.
+    /// PERFORMANCE.md). Default 0.
     pub worker_threads: usize,
     pub raft: RaftTuning,
     pub limits: Limits,
+    pub keepalive: Keepalive,
+    /// TLS for every connection (see `tls.rs`). Required unless `insecure`.
+    pub tls: TlsFiles,
+    /// Serve and dial in plaintext, with no certificates and no
+    /// authentication: for a cluster on one machine during development
+    /// only. Default false.
+    pub insecure: bool,
+}
+
+/// HTTP/2 keepalive on every connection the node accepts: a peer or
+/// client that vanished without closing its TCP connection (a host that
+/// lost power, a dropped NAT entry) is noticed and its streams dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Keepalive {
+    /// A ping after this long without traffic. Default 10 s.
+    pub interval_ms: u64,
+    /// The connection is closed if the ping is not answered in this long.
+    /// Default 20 s.
+    pub timeout_ms: u64,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval_ms: 10_000,
+            timeout_ms: 20_000,
+        }
+    }
+}
+
+impl Keepalive {
+    pub fn interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.interval_ms)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
 }
 
 /// Raft timing and log compaction.
@@ -95,6 +136,18 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Page size a scan may ask for; larger asks are cut to it. Default 10,000.
     pub max_scan_limit: u32,
+    /// Keys and values one scan page carries at most; a page stops before
+    /// the item that would pass it (the first always comes) and says where
+    /// to go on. Default 16 MiB.
+    pub max_scan_bytes: usize,
+    /// A snapshot a leader sends this node may be at most this large; a
+    /// larger one is refused with RESOURCE_EXHAUSTED and its files are
+    /// removed. Default 1 TiB.
+    pub max_snapshot_bytes: u64,
+    /// A snapshot being received is refused once the file system it is
+    /// written to has less than this free, so that it cannot fill the disk
+    /// the Raft log needs. Default 1 GiB.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +163,9 @@ impl Default for ServerConfig {
             worker_threads: 0,
             raft: RaftTuning::default(),
             limits: Limits::default(),
+            keepalive: Keepalive::default(),
+            tls: TlsFiles::default(),
+            insecure: false,
         }
     }
 }
@@ -138,6 +194,9 @@ impl Default for Limits {
             max_ops_per_batch: 10_000,
             max_name_bytes: 128,
             max_scan_limit: 10_000,
+            max_scan_bytes: 16 << 20,
+            max_snapshot_bytes: 1 << 40,
+            min_free_disk_bytes: 1 << 30,
         }
     }
 }
@@ -165,6 +224,12 @@ pub enum ConfigError {
     BatchTooLarge { batch: usize, max: usize },
     #[error("snapshot_every must be greater than 0")]
     ZeroSnapshotEvery,
+    #[error("no TLS configured: set tls.ca_file, tls.cert_file and tls.key_file (--tls-ca, --tls-cert, --tls-key), or serve plaintext with --insecure")]
+    NoTls,
+    #[error("tls.ca_file, tls.cert_file and tls.key_file go together; set all three")]
+    PartialTls,
+    #[error("--insecure and TLS files are both set; choose one")]
+    InsecureWithTls,
 }
 
 impl ServerConfig {
@@ -193,6 +258,12 @@ impl ServerConfig {
                 max: r.election_timeout_max_ms,
             });
         }
+        match (self.insecure, self.tls.is_set(), self.tls.paths().is_some()) {
+            (true, true, _) => return Err(ConfigError::InsecureWithTls),
+            (false, false, _) => return Err(ConfigError::NoTls),
+            (false, true, false) => return Err(ConfigError::PartialTls),
+            _ => {}
+        }
         if r.snapshot_every == 0 {
             return Err(ConfigError::ZeroSnapshotEvery);
         }
@@ -204,6 +275,10 @@ impl ServerConfig {
             ("max_ops_per_batch", l.max_ops_per_batch),
             ("max_name_bytes", l.max_name_bytes),
             ("max_scan_limit", l.max_scan_limit as usize),
+            ("max_scan_bytes", l.max_scan_bytes),
+            ("max_snapshot_bytes", l.max_snapshot_bytes as usize),
+            ("keepalive.interval_ms", self.keepalive.interval_ms as usize),
+            ("keepalive.timeout_ms", self.keepalive.timeout_ms as usize),
             ("snapshot_chunk_bytes", r.snapshot_chunk_bytes),
         ] {
             if v == 0 {
@@ -262,14 +337,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid() {
-        ServerConfig::default().validate().unwrap();
+    fn defaults_are_valid_once_tls_or_plaintext_is_chosen() {
+        assert_eq!(ServerConfig::default().validate(), Err(ConfigError::NoTls));
+        let plain = ServerConfig {
+            insecure: true,
+            ..Default::default()
+        };
+        plain.validate().unwrap();
+        let mut tls = ServerConfig::default();
+        tls.tls.ca_file = Some("ca.pem".into());
+        assert_eq!(tls.validate(), Err(ConfigError::PartialTls));
+        tls.tls.cert_file = Some("node.pem".into());
+        tls.tls.key_file = Some("node-key.pem".into());
+        tls.validate().unwrap();
+        tls.insecure = true;
+        assert_eq!(tls.validate(), Err(ConfigError::InsecureWithTls));
     }
 
     #[test]
     fn toml_overrides_only_what_it_names() {
         let c = ServerConfig::from_toml(
-            "id = 3\ninitial_cluster = [\"1=a:1\", \"3=c:3\"]\n[limits]\nmax_key_bytes = 100\n",
+            "id = 3\ninsecure = true\ninitial_cluster = [\"1=a:1\", \"3=c:3\"]\n[limits]\nmax_key_bytes = 100\n",
         )
         .unwrap();
         assert_eq!(c.id, 3);
@@ -283,6 +371,7 @@ mod tests {
     fn invalid_configs_are_named() {
         let mut c = ServerConfig {
             id: 0,
+            insecure: true,
             ..Default::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::ZeroId));

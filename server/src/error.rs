@@ -5,6 +5,8 @@ use prost::Message;
 use streamshield_proto::v1 as pb;
 use tonic::{Code, Status};
 
+use crate::service::peer_guard::PeerRefusal;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// Writes and linearizable reads go to the leader; the detail carries
@@ -42,6 +44,19 @@ pub enum ServiceError {
     /// The local store failed; the node is unhealthy.
     #[error("storage failure: {0}")]
     Storage(#[from] std::io::Error),
+    /// The node is saturated; the request was not taken.
+    #[error("overloaded: {what}; retry in {retry_after_ms} ms")]
+    Overloaded {
+        what: &'static str,
+        retry_after_ms: u32,
+    },
+    #[error("snapshot refused: {received} bytes received, above the limit of {limit}")]
+    SnapshotTooLarge { received: u64, limit: u64 },
+    #[error("refused: {free} bytes free on the data disk, below the reserve of {reserve}")]
+    DiskNearlyFull { free: u64, reserve: u64 },
+    /// A Raft message this node will not hand to openraft.
+    #[error("peer message refused: {0}")]
+    PeerRefused(#[from] crate::service::peer_guard::PeerRefusal),
 }
 
 impl ServiceError {
@@ -86,6 +101,15 @@ impl ServiceError {
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Rejected { code, .. } => *code,
             Self::Storage(_) => Code::Internal,
+            Self::SnapshotTooLarge { .. }
+            | Self::DiskNearlyFull { .. }
+            | Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::PeerRefused(r) => match r {
+                PeerRefusal::TermTooFarAhead { .. } => Code::OutOfRange,
+                PeerRefusal::NotAVoter { .. }
+                | PeerRefusal::FromItself { .. }
+                | PeerRefusal::NotTheSender { .. } => Code::PermissionDenied,
+            },
         }
     }
 }
@@ -104,6 +128,14 @@ impl From<ServiceError> for Status {
                     kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader {
                         leader_id: leader_id.unwrap_or(0),
                         leader_addr: leader_addr.unwrap_or_default(),
+                    })),
+                };
+                Status::with_details(code, message, detail.encode_to_vec().into())
+            }
+            ServiceError::Overloaded { retry_after_ms, .. } => {
+                let detail = pb::ErrorDetail {
+                    kind: Some(pb::error_detail::Kind::Overloaded(pb::Overloaded {
+                        retry_after_ms,
                     })),
                 };
                 Status::with_details(code, message, detail.encode_to_vec().into())

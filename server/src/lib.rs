@@ -15,6 +15,7 @@ pub mod command;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod liveness;
 pub mod log_cache;
 pub mod log_store;
 pub mod network;
@@ -23,7 +24,9 @@ mod rocks;
 pub mod segment_log;
 pub mod service;
 pub mod state_machine;
+pub mod storage_fault;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 pub mod validate;
 

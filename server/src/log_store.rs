@@ -29,6 +29,7 @@ use crate::codec;
 use crate::log_cache::RecentEntries;
 use crate::rocks::{self, corrupt, io_err};
 use crate::segment_log::{SegmentLog, SEGMENT_BYTES};
+use crate::storage_fault::StorageFault;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 const CF_LOG: &str = "raft_log";
@@ -82,6 +83,8 @@ pub struct LogStore {
     /// restored in place (see `enable_leader_restore` in `node.rs`) and
     /// learns the commit index from its new term's no-op.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
+    /// Set by the first failed write or fsync; no fsync runs after it.
+    fault: StorageFault,
 }
 
 impl LogStore {
@@ -106,6 +109,7 @@ impl LogStore {
             own_id: None,
             recent: RecentEntries::default(),
             unsaved_committed: Arc::new(Mutex::new(None)),
+            fault: StorageFault::default(),
         };
         store.move_rocksdb_log()?;
         // Records before the purge point may still be in the first
@@ -161,6 +165,11 @@ impl LogStore {
         self
     }
 
+    /// Where this store's first storage failure is recorded.
+    pub fn fault(&self) -> &StorageFault {
+        &self.fault
+    }
+
     pub fn db(&self) -> &Arc<DB> {
         &self.db
     }
@@ -211,9 +220,7 @@ impl LogStore {
                 false,
             );
             if let Err(e) = r {
-                let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
-                *unsaved = (*unsaved).max(Some(c));
-                tracing::warn!(error = %e, "saving the committed log id");
+                self.fault.report("saving the committed log id", &e);
             }
         }
     }
@@ -291,7 +298,15 @@ impl LogStore {
     /// current segment or in one synced when it ended.
     fn sync(&self, callbacks: Vec<Flushed>) {
         let started = Instant::now();
-        let result = self.segments.current_segment().sync();
+        // Never a second fsync after a failed one: it could report success
+        // for pages the kernel dropped when the first failed.
+        let result = match self.fault.as_error() {
+            Some(e) => Err(e),
+            None => self.segments.current_segment().sync(),
+        };
+        if let Err(e) = &result {
+            self.fault.report("log fsync", e);
+        }
         let took = started.elapsed();
         metrics::histogram!("streamshield_log_fsync_seconds").record(took.as_secs_f64());
         if took >= SLOW_FSYNC {
@@ -407,7 +422,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             raw.push((e.log_id, encoded));
             written.push((e, n));
         }
-        self.segments.append(&raw)?;
+        self.segments
+            .append(&raw)
+            .inspect_err(|e| self.fault.report("log append", e))?;
         metrics::counter!("streamshield_log_entries_appended_total")
             .increment(written.len() as u64);
         self.recent.appended(written);

@@ -61,6 +61,23 @@ struct Flags {
     max_value_bytes: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_BATCH_BYTES")]
     max_batch_bytes: Option<usize>,
+    #[arg(long, env = "STREAMSHIELD_MAX_SNAPSHOT_BYTES")]
+    max_snapshot_bytes: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_MIN_FREE_DISK_BYTES")]
+    min_free_disk_bytes: Option<u64>,
+    /// The cluster CA's certificate (PEM).
+    #[arg(long, env = "STREAMSHIELD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM): OU=streamshield-node, CN=node-<id>.
+    #[arg(long, env = "STREAMSHIELD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "STREAMSHIELD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Serve and dial in plaintext, without certificates (development on
+    /// one machine only).
+    #[arg(long, env = "STREAMSHIELD_INSECURE")]
+    insecure: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -96,7 +113,19 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         max_key_bytes => limits.max_key_bytes,
         max_value_bytes => limits.max_value_bytes,
         max_batch_bytes => limits.max_batch_bytes,
+        max_snapshot_bytes => limits.max_snapshot_bytes,
+        min_free_disk_bytes => limits.min_free_disk_bytes,
     );
+    if flags.tls_ca.is_some() {
+        c.tls.ca_file = flags.tls_ca;
+    }
+    if flags.tls_cert.is_some() {
+        c.tls.cert_file = flags.tls_cert;
+    }
+    if flags.tls_key.is_some() {
+        c.tls.key_file = flags.tls_key;
+    }
+    c.insecure |= flags.insecure;
     if flags.advertise.is_some() {
         c.advertise = flags.advertise;
     }
@@ -154,6 +183,9 @@ fn main() -> ExitCode {
         streamshield_server::run(config, listener, shutdown_signal()).await?;
         anyhow::Ok(())
     });
+    // A task still blocked on a disk that failed must not keep the
+    // process from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -27,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::codec;
 use crate::state_machine::snapshot::{list_files, PinnedSnapshot};
 use crate::state_machine::SnapshotFiles;
+use crate::tls::NodeTls;
 use crate::types::{Node, NodeId, TypeConfig, Vote};
 
 /// Big enough for a full AppendEntries batch of maximum-size writes.
@@ -37,6 +38,8 @@ pub struct NetworkFactory {
     pub snapshot_chunk_bytes: usize,
     /// Addresses to dial instead of the membership's, per peer.
     pub overrides: std::collections::HashMap<NodeId, String>,
+    /// Dial peers over TLS with this node's certificate; plaintext if none.
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 pub struct PeerConnection {
@@ -51,17 +54,27 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
         let addr = self.overrides.get(&target).unwrap_or(&node.addr).clone();
-        let client = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()
-            .map(|e| {
-                let ch = e
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftClient::new(ch)
-                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            });
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).and_then(|e| {
+            // The certificates read last (SIGHUP reloads them): a
+            // connection made after a rotation presents the new ones.
+            match &self.tls {
+                Some(tls) => e.tls_config(tls.client_config()),
+                None => Ok(e),
+            }
+        });
+        if let Err(e) = &endpoint {
+            tracing::warn!(target, %addr, error = %e, "cannot dial this peer");
+        }
+        let client = endpoint.ok().map(|e| {
+            let ch = e
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            RaftClient::new(ch)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        });
         PeerConnection {
             target,
             client,

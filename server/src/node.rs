@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
@@ -11,14 +12,17 @@ use streamshield_proto::v1::{
     admin_server::AdminServer, raft_server::RaftServer, state_server::StateServer,
 };
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::liveness;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{admin::AdminService, raft::RaftService, state::StateService, NodeContext};
 use crate::state_machine::StateMachineStore;
 use crate::telemetry;
+use crate::tls::{self, NodeTls, TlsError};
 use crate::types::Raft;
 
 /// Room a client's call needs whatever `max_batch_bytes` is: a coalescing
@@ -57,7 +61,17 @@ pub enum NodeError {
     Reflection(String),
     #[error("listener: {0}")]
     Listener(std::io::Error),
+    /// The node stopped because it can no longer trust its disk or its
+    /// Raft core stopped (see [`crate::liveness`]).
+    #[error("the node stopped: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
+
+/// How long a stopping node waits for its connections to close before it
+/// stops anyway (a peer's open replication stream would hold it for ever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn raft_config(c: &ServerConfig) -> Result<openraft::Config, NodeError> {
     let r = &c.raft;
@@ -84,6 +98,23 @@ fn raft_config(c: &ServerConfig) -> Result<openraft::Config, NodeError> {
     }
     .validate()
     .map_err(|e| NodeError::RaftConfig(e.to_string()))
+}
+
+/// Reads the node's certificates and keys again on each SIGHUP.
+async fn reload_on_sighup(tls: Arc<NodeTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: certificates are not reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: certificates and keys reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload failed; serving with the old ones")
+            }
+        }
+    }
 }
 
 /// Runs one node on `listener` until `shutdown` completes.
@@ -115,9 +146,14 @@ pub async fn run(
         source,
     })?;
     let sm_shared = sm.shared();
+    let tls = match config.insecure {
+        true => None,
+        false => Some(Arc::new(NodeTls::load(&config.tls)?)),
+    };
     let network = NetworkFactory {
         snapshot_chunk_bytes: config.raft.snapshot_chunk_bytes,
         overrides: config.peer_overrides()?.into_iter().collect(),
+        tls: tls.clone(),
     };
     let raft: Raft = Raft::new(
         config.id,
@@ -163,11 +199,25 @@ pub async fn run(
     ));
     let sampler = telemetry::spawn_sampler(ctx.clone(), log_store.db().clone());
 
+    let fault = log_store.fault().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<StateServer<StateService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(streamshield_proto::FILE_DESCRIPTOR_SET)
+    let health_task = tokio::spawn(liveness::report_health(
+        ctx.clone(),
+        health,
+        fault.clone(),
+        Duration::from_millis(config.raft.election_timeout_max_ms),
+    ));
+    // Served as v1 and as v1alpha: grpcio's reflection client and older
+    // grpcurl and GUI clients speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(streamshield_proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| NodeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| NodeError::Reflection(e.to_string()))?;
     // Room for twice the largest batch, so an oversized batch still
     // reaches validation and gets INVALID_ARGUMENT naming the limit, and at
@@ -176,40 +226,97 @@ pub async fn run(
     // refused by the transport with OUT_OF_RANGE.
     let client_limit = (2 * config.limits.max_batch_bytes).max(MANY_CALL_BYTES) + (1 << 20);
 
-    tracing::info!(id = config.id, listen = %local, advertise = %advertise, data_dir = %data_dir.display(), "serving");
-    // The builder's own `tcp_nodelay` only applies to listeners tonic binds
-    // itself; on ours Nagle stayed on and delayed-ACK interplay added 40 ms
-    // to about 1% of requests (measured with `streamshield-jepsen bench`).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
-        .add_service(
+    tracing::info!(id = config.id, listen = %local, advertise = %advertise, data_dir = %data_dir.display(), tls = !config.insecure, "serving");
+    let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let stop_now = Arc::new(tokio::sync::Notify::new());
+    // Who may call what is settled before a handler runs: on a TLS node
+    // the Raft service takes node certificates only, the client services
+    // any certificate of the cluster's CA (`tls.rs`).
+    type Check = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+    let (peer_check, client_check): (Check, Check) = match tls {
+        Some(_) => (tls::authenticate_peer, tls::authenticate_client),
+        None => (Ok, Ok),
+    };
+    let router = tonic::transport::Server::builder()
+        // A client that vanished without closing its connection (a
+        // half-open TCP connection) is noticed and its streams dropped.
+        .http2_keepalive_interval(Some(config.keepalive.interval()))
+        .http2_keepalive_timeout(Some(config.keepalive.timeout()))
+        .add_service(InterceptedService::new(
             RaftServer::new(RaftService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
-        .add_service(
+            peer_check,
+        ))
+        .add_service(InterceptedService::new(
             StateServer::new(StateService::new(ctx.clone()))
                 .max_decoding_message_size(client_limit)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
-        .add_service(AdminServer::new(AdminService::new(ctx.clone())))
+            client_check,
+        ))
+        .add_service(InterceptedService::new(
+            AdminServer::new(AdminService::new(ctx.clone())),
+            client_check,
+        ))
+        // Health and reflection answer anyone who completed the handshake:
+        // a probe of an orchestrator has no client certificate.
         .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, {
-            let ctx = ctx.clone();
-            async move {
-                shutdown.await;
-                ctx.begin_shutdown();
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let stop_signal = {
+        let (ctx, failure, stop_now) = (ctx.clone(), failure.clone(), stop_now.clone());
+        let watched = liveness::node_failure(raft.clone(), fault.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                reason = watched => {
+                    tracing::error!(%reason, "this node can no longer serve; stopping");
+                    let _ = failure.set(reason);
+                }
             }
-        })
-        .await;
+            ctx.begin_shutdown();
+            stop_now.notify_one();
+        }
+    };
+    let grace = async {
+        stop_now.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open; stopping without them");
+    };
+    let reloader = tls.clone().map(|t| tokio::spawn(reload_on_sighup(t)));
+    let served = match tls {
+        Some(t) => {
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(tls::incoming(listener, t), stop_signal) => r,
+                _ = grace => Ok(()),
+            }
+        }
+        None => {
+            // The builder's own `tcp_nodelay` only applies to listeners
+            // tonic binds itself; on ours Nagle stayed on and delayed-ACK
+            // interplay added 40 ms to about 1% of requests (measured with
+            // `streamshield-jepsen bench`).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(incoming, stop_signal) => r,
+                _ = grace => Ok(()),
+            }
+        }
+    };
+    if let Some(r) = reloader {
+        r.abort();
+    }
 
     tracing::info!("shutting down");
     sampler.abort();
+    health_task.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
     log_store.close();
+    if let Some(reason) = failure.get() {
+        return Err(NodeError::Failed(reason.clone()));
+    }
     served?;
     Ok(())
 }

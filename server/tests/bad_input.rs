@@ -297,7 +297,9 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
             vote: Some(pb::Vote {
                 leader_id: Some(pb::LeaderId {
                     term: 0,
-                    node_id: 1,
+                    // Another member: one claiming to be the receiver
+                    // itself is refused before its chunks are read.
+                    node_id: if leader == 1 { 2 } else { 1 },
                 }),
                 committed: false,
             }),
@@ -353,4 +355,65 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     for id in [1, 2, 3] {
         assert!(t.status(id).await.is_some(), "node {id} still serves");
     }
+}
+
+/// A client owns its sequence numbers, so they may sit at the top of the
+/// range. Before the apply path computed its dedupe mark as a difference,
+/// these two writes panicked every replica on the same entry (and again on
+/// each replay) in a debug build, and moved the mark backwards in a
+/// release build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seqs_at_the_top_of_the_range_apply_and_the_cluster_lives() {
+    let t = TestCluster::start(3, &[]).await;
+    let client = t.client();
+    client.create_job("good", 4).await.expect("create job");
+    let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
+    let ch = Channel::from_shared(format!("http://{}", t.addr(leader)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut state = StateClient::new(ch);
+    let extreme = |seq: u64, value: &[u8]| {
+        let mut w = write("good", vec![put("s", b"k", value.to_vec())]);
+        w.client_id = 777;
+        w.seq = seq;
+        w.acked_below = seq;
+        w
+    };
+    let first = state
+        .write(extreme(u64::MAX - 1, b"a"))
+        .await
+        .expect("seq MAX-1");
+    let second = state.write(extreme(u64::MAX, b"b")).await.expect("seq MAX");
+    assert!(first.get_ref().succeeded && second.get_ref().succeeded);
+    let retried = state.write(extreme(u64::MAX, b"b")).await.expect("retry");
+    assert_eq!(
+        retried.get_ref(),
+        second.get_ref(),
+        "answered from its record"
+    );
+    let below = state.write(extreme(u64::MAX - 2, b"c")).await;
+    assert_eq!(
+        below.map(|_| ()).unwrap_err().code(),
+        Code::FailedPrecondition,
+        "a seq below the mark is refused"
+    );
+
+    // Every replica applied them and goes on.
+    client
+        .put("good", "s", "after", "1")
+        .await
+        .expect("put after");
+    let index = t.status(leader).await.unwrap().last_applied;
+    for id in [1, 2, 3] {
+        t.wait_applied(id, index, std::time::Duration::from_secs(10))
+            .await;
+    }
+    let kv = client
+        .get("good", "s", "k", Consistency::Linearizable)
+        .await
+        .expect("get")
+        .expect("k");
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"b"[..], 2));
 }

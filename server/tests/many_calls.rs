@@ -229,7 +229,7 @@ fn hinted_leader(details: &[u8]) -> String {
     use prost::Message;
     match pb::ErrorDetail::decode(details).expect("error detail").kind {
         Some(pb::error_detail::Kind::NotLeader(n)) => n.leader_addr,
-        None => panic!("no leader hint"),
+        other => panic!("no leader hint: {other:?}"),
     }
 }
 

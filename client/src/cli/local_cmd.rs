@@ -24,6 +24,12 @@ pub enum LocalCmd {
         /// Extra flags for every server, e.g. --server-arg=--snapshot-every=1000.
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
+        /// Serve TLS with a throwaway CA: DIR/tls/ca.pem, a certificate per
+        /// node, and an admin identity DIR/tls/admin.pem, admin-key.pem
+        /// (for --cacert, --cert, --key). Without it the nodes run
+        /// --insecure.
+        #[arg(long)]
+        tls: bool,
     },
     /// Stop every node of the cluster in DIR (SIGTERM, then SIGKILL).
     Down {
@@ -107,9 +113,12 @@ fn server_binary() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("streamshield-server still not found after building it"))
 }
 
-fn quick_client(endpoints: Vec<String>, secs: u64) -> anyhow::Result<Client> {
+/// A client of `endpoints` of cluster `c`, with its admin identity when
+/// it serves TLS.
+fn quick_client(c: &LocalCluster, endpoints: Vec<String>, secs: u64) -> anyhow::Result<Client> {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.deadline = Duration::from_secs(secs);
+    cfg.tls = c.client_tls()?;
     Ok(Client::new(cfg)?)
 }
 
@@ -119,11 +128,16 @@ pub async fn run(args: &Args, cmd: &LocalCmd) -> anyhow::Result<ExitCode> {
             nodes,
             dir,
             server_args,
+            tls,
         } => {
             let bin = server_binary()?;
-            let mut c = LocalCluster::start(dir, *nodes, &bin, server_args, true)?;
+            let mut c = LocalCluster::layout(dir, *nodes, &bin, server_args, true)?;
+            if *tls {
+                c.enable_tls()?;
+            }
+            c.start_founders()?;
             c.detach();
-            let client = quick_client(c.endpoints(), 30)?;
+            let client = quick_client(&c, c.endpoints(), 30)?;
             let (leader, _) = client
                 .wait_for_leader()
                 .await
@@ -198,12 +212,14 @@ async fn demo(keys: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     let bin = server_binary()?;
     println!(
-        "StreamShield demo: 3 state nodes on loopback, data in {}",
+        "StreamShield demo: 3 state nodes on loopback over mutual TLS, data in {}",
         dir.display()
     );
     let t = Instant::now();
-    let mut cluster = LocalCluster::start(&dir, 3, &bin, &[], false)?;
-    let client = quick_client(cluster.endpoints(), 30)?;
+    let mut cluster = LocalCluster::layout(&dir, 3, &bin, &[], false)?;
+    cluster.enable_tls()?;
+    cluster.start_founders()?;
+    let client = quick_client(&cluster, cluster.endpoints(), 30)?;
     let (leader, leader_addr) = client.wait_for_leader().await?;
     step(&format!("3 nodes started, node {leader} elected leader"), t);
 
@@ -248,7 +264,7 @@ async fn demo(keys: u64, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .filter(|s| s.id != leader)
         .map(|s| s.addr.clone())
         .collect();
-    let after = quick_client(survivors, 30)?;
+    let after = quick_client(&cluster, survivors, 30)?;
     let (new_leader, _) = after.wait_for_leader().await?;
     step(&format!("node {new_leader} elected leader"), t);
 

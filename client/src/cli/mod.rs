@@ -4,11 +4,12 @@ mod cluster;
 mod data;
 mod local_cmd;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use streamshield_client::{Client, ClientConfig};
+use streamshield_client::{Client, ClientConfig, ClientTls};
 
 #[derive(Parser, Debug)]
 #[command(name = "streamshield", version, about = "StreamShield command line")]
@@ -28,6 +29,28 @@ pub struct Args {
     /// Give up on a call (with its retries) after this many seconds.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub timeout: f64,
+    /// Talk TLS, trusting this CA certificate (PEM), as etcdctl's --cacert.
+    #[arg(long, global = true, env = "STREAMSHIELD_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate (PEM), issued by the cluster's CA.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "STREAMSHIELD_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    // Its own id: `key` is the positional argument of get/put.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "STREAMSHIELD_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -70,7 +93,20 @@ impl Args {
                 .filter(|e| !e.is_empty()),
         );
         cfg.deadline = Duration::from_secs_f64(self.timeout.max(0.1));
+        cfg.tls = self.tls()?;
         Ok(Client::new(cfg)?)
+    }
+
+    /// TLS as the flags ask for it; plaintext without `--cacert`.
+    pub fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.cacert else {
+            if self.cert.is_some() {
+                anyhow::bail!("--cert and --key need --cacert (the cluster's CA certificate)");
+            }
+            return Ok(None);
+        };
+        let identity = self.cert.as_deref().zip(self.key.as_deref());
+        Ok(Some(ClientTls::from_files(ca, identity)?))
     }
 }
 

@@ -7,6 +7,7 @@
 //! status in one place.
 
 pub mod admin;
+pub mod peer_guard;
 pub mod raft;
 mod session;
 pub mod state;
@@ -47,6 +48,8 @@ pub struct NodeContext {
     /// Turns true when the node starts shutting down: long-lived streams
     /// end then, or the server's graceful shutdown would wait on them.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// When a leader's message last came in (for the health service).
+    pub leader_contact: crate::liveness::LeaderContact,
 }
 
 /// Proposes commands to Raft on behalf of node `id`.
@@ -113,6 +116,7 @@ impl NodeContext {
             writes: write_batcher::WriteBatcher::start(proposer.clone()),
             proposer,
             stopping: tokio::sync::watch::Sender::new(false),
+            leader_contact: Default::default(),
         }
     }
 

@@ -6,15 +6,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use openraft::async_runtime::WatchReceiver;
 
 use openraft::storage::Snapshot;
 use streamshield_proto::v1::{self as pb, raft_server::Raft as RaftRpc};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::peer_guard::{check_sender, PeerRefusal, PeerView};
 use super::NodeContext;
 use crate::codec;
+use crate::error::ServiceError;
 use crate::state_machine::snapshot::safe_file_name;
 use crate::state_machine::SnapshotFiles;
+use crate::tls::PeerNode;
+use crate::types::Vote;
 
 pub struct RaftService {
     ctx: Arc<NodeContext>,
@@ -28,6 +33,38 @@ impl RaftService {
 
 fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// This node's view of its cluster, for [`PeerView`]'s checks.
+fn peer_view(ctx: &NodeContext) -> PeerView {
+    let m = ctx.raft.metrics();
+    let m = m.borrow_watched();
+    PeerView {
+        this: ctx.id,
+        current_term: m.current_term,
+        voters: m.membership_config.membership().voter_ids().collect(),
+    }
+}
+
+/// The node the connection of `request` is certified for, on a TLS node.
+fn certified<T>(request: &Request<T>) -> Option<u64> {
+    request.extensions().get::<PeerNode>().map(|p| p.0)
+}
+
+/// Entries or a snapshot from the leader named in `vote`.
+fn check_message(ctx: &NodeContext, vote: &Vote, certified: Option<u64>) -> Result<(), Status> {
+    check_sender(vote.leader_id.node_id, certified).map_err(refused)?;
+    peer_view(ctx)
+        .check_message(vote.leader_id.node_id, vote.leader_id.term)
+        .map_err(refused)?;
+    ctx.leader_contact.heard();
+    Ok(())
+}
+
+fn refused(r: PeerRefusal) -> Status {
+    tracing::warn!(reason = %r, "peer message refused");
+    metrics::counter!("streamshield_peer_messages_refused_total").increment(1);
+    ServiceError::from(r).into()
 }
 
 fn fatal(e: impl std::fmt::Display) -> Status {
@@ -47,6 +84,71 @@ impl Drop for IncomingDir {
     }
 }
 
+/// Bounds what one incoming snapshot may write: its own size, and the
+/// free space it must leave on the data disk.
+struct SnapshotBudget {
+    received: u64,
+    limit: u64,
+    reserve: u64,
+    /// Bytes received when free space was last looked at.
+    checked_at: Option<u64>,
+}
+
+/// Free space is looked at again after this much more data.
+const FREE_SPACE_CHECK_BYTES: u64 = 64 << 20;
+
+impl SnapshotBudget {
+    fn new(limits: &crate::config::Limits) -> Self {
+        Self {
+            received: 0,
+            limit: limits.max_snapshot_bytes,
+            reserve: limits.min_free_disk_bytes,
+            checked_at: None,
+        }
+    }
+
+    fn take(&mut self, bytes: usize, dir: &std::path::Path) -> Result<(), Status> {
+        self.received = self.received.saturating_add(bytes as u64);
+        if self.received > self.limit {
+            return Err(ServiceError::SnapshotTooLarge {
+                received: self.received,
+                limit: self.limit,
+            }
+            .into());
+        }
+        let due = self
+            .checked_at
+            .is_none_or(|at| self.received - at >= FREE_SPACE_CHECK_BYTES);
+        if due {
+            self.checked_at = Some(self.received);
+            let free = free_bytes(dir).map_err(|e| Status::internal(e.to_string()))?;
+            // What this chunk and the next ones until the next look may
+            // write must fit above the reserve.
+            if free < self.reserve.saturating_add(FREE_SPACE_CHECK_BYTES) {
+                return Err(ServiceError::DiskNearlyFull {
+                    free,
+                    reserve: self.reserve,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::AppendStreamReply, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -60,16 +162,22 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let ctx = self.ctx.clone();
+        let certified = certified(&request);
         let input = request
             .into_inner()
             .take_while(|r| std::future::ready(r.is_ok()))
             .filter_map(|r| async move { r.ok() })
             .map(codec::append_request_from_pb)
-            .take_while(|r| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "malformed AppendEntries in a stream; ending it");
-                }
-                std::future::ready(r.is_ok())
+            .take_while(move |r| {
+                let ok = match r {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed AppendEntries in a stream; ending it");
+                        false
+                    }
+                    Ok(req) => check_message(&ctx, &req.vote, certified).is_ok(),
+                };
+                std::future::ready(ok)
             })
             .filter_map(|r| async move { r.ok() });
         let output = self.ctx.raft.stream_append(input).map(|r| match r {
@@ -83,8 +191,13 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
+        let certified = certified(&request);
         let r = request.into_inner();
         let req = codec::vote_request_from_pb(&r).map_err(bad)?;
+        check_sender(req.vote.leader_id.node_id, certified).map_err(refused)?;
+        peer_view(&self.ctx)
+            .check_vote(req.vote.leader_id.node_id, req.vote.leader_id.term)
+            .map_err(refused)?;
         let resp = if r.pre_vote {
             self.ctx.raft.pre_vote(req).await
         } else {
@@ -98,7 +211,9 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let certified = certified(&request);
         let req = codec::append_request_from_pb(request.into_inner()).map_err(bad)?;
+        check_message(&self.ctx, &req.vote, certified)?;
         let resp = self.ctx.raft.append_entries(req).await.map_err(fatal)?;
         Ok(Response::new(codec::append_response_to_pb(&resp)))
     }
@@ -107,6 +222,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotReply>, Status> {
+        let certified = certified(&request);
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -116,6 +232,7 @@ impl RaftRpc for RaftService {
             .header
             .ok_or_else(|| bad("first snapshot chunk has no header"))?;
         let vote = codec::vote_from_pb(header.vote.as_ref()).map_err(bad)?;
+        check_message(&self.ctx, &vote, certified)?;
         let meta = codec::snapshot_meta_from_pb(
             header
                 .meta
@@ -133,11 +250,13 @@ impl RaftRpc for RaftService {
         };
         let mut current: Option<(String, fs::File, u64)> = None;
         let mut done = false;
+        let mut budget = SnapshotBudget::new(&self.ctx.limits);
         while let Some(chunk) = stream.message().await? {
             if chunk.done {
                 done = true;
                 break;
             }
+            budget.take(chunk.data.len(), &dir)?;
             if !safe_file_name(&chunk.file) {
                 return Err(bad(format!(
                     "snapshot file name {:?} is not allowed",

@@ -151,13 +151,20 @@ impl State for StateService {
         self.prepare_read(validate::consistency(r.consistency)?)
             .await?;
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
-        let page = read::Page {
-            prefix: &r.prefix,
-            start_after: &r.start_after,
-            limit,
-        };
-        let (kvs, more, applied_index) =
-            read::scan(&db, info.as_deref(), r.shard, &r.job, &r.state, page)?;
+        let max_bytes = l.max_scan_bytes;
+        // A page reads up to one seek per key group: off the async
+        // workers, which also carry Raft's heartbeats.
+        let (kvs, more, applied_index) = tokio::task::spawn_blocking(move || {
+            let page = read::Page {
+                prefix: &r.prefix,
+                start_after: &r.start_after,
+                limit,
+                max_bytes,
+            };
+            read::scan(&db, info.as_deref(), r.shard, &r.job, &r.state, page)
+        })
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("scan task: {e}")))??;
         metrics::counter!("streamshield_reads_total", "kind" => "scan").increment(1);
         Ok(Response::new(pb::ScanResponse {
             kvs,

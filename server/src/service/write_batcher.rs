@@ -29,6 +29,14 @@ pub const MAX_IN_FLIGHT: usize = 2;
 /// Bounds of one batch.
 pub const MAX_WRITES: usize = 512;
 pub const MAX_BYTES: usize = 1 << 20;
+/// Writes waiting for a proposal at most, by count and by bytes: past
+/// them a write is refused with RESOURCE_EXHAUSTED at once instead of
+/// queueing behind a backlog its caller would time out on. 64 batches of
+/// the largest size are over a second of proposals on this machine.
+pub const MAX_QUEUED_WRITES: usize = 64 * MAX_WRITES;
+pub const MAX_QUEUED_BYTES: usize = 64 * MAX_BYTES;
+/// The retry hint of a refused write: about one proposal round.
+const RETRY_AFTER_MS: u32 = 20;
 
 type Answer = Result<pb::WriteResponse, ServiceError>;
 
@@ -40,8 +48,35 @@ struct Pending {
 
 pub struct WriteBatcher {
     tx: mpsc::UnboundedSender<Pending>,
+    queued: Arc<Queued>,
     /// Proposals between their proposal and their answer.
     proposing: Arc<AtomicUsize>,
+}
+
+/// What waits in the channel, so that it stays bounded.
+#[derive(Default)]
+struct Queued {
+    writes: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Queued {
+    /// Takes room for one write of `bytes`, or says the queue is full.
+    fn admit(&self, bytes: usize) -> bool {
+        let writes = self.writes.fetch_add(1, Ordering::AcqRel);
+        let total = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        // The first write always gets in, whatever its size.
+        if writes > 0 && (writes >= MAX_QUEUED_WRITES || total + bytes > MAX_QUEUED_BYTES) {
+            self.release(bytes);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        self.writes.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 fn answer_of(resp: pb::CommandResponse) -> Answer {
@@ -102,6 +137,8 @@ impl WriteBatcher {
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let proposing = Arc::new(AtomicUsize::new(0));
         let counted = proposing.clone();
+        let queued = Arc::new(Queued::default());
+        let taken = queued.clone();
         tokio::spawn(async move {
             loop {
                 // Wait for a free slot before taking writes, so that they
@@ -116,16 +153,26 @@ impl WriteBatcher {
                 // writes (a WriteMany's items, or concurrent unary calls
                 // woken together): let them join this proposal.
                 gather::let_ready_senders_in(|| rx.len()).await;
-                let mut bytes = first.bytes;
-                let mut batch = vec![first];
-                while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
-                    match rx.try_recv() {
-                        Ok(p) => {
-                            bytes += p.bytes;
-                            batch.push(p);
-                        }
-                        Err(_) => break,
+                let mut bytes = 0;
+                let mut batch = Vec::new();
+                let mut next = Some(first);
+                while let Some(p) = next.take() {
+                    taken.release(p.bytes);
+                    // A caller that gave up (its deadline passed, its
+                    // connection closed) no longer waits for the answer:
+                    // its write is not proposed behind its back.
+                    if p.reply.is_closed() {
+                        metrics::counter!("streamshield_writes_abandoned_total").increment(1);
+                    } else {
+                        bytes += p.bytes;
+                        batch.push(p);
                     }
+                    if batch.len() < MAX_WRITES && bytes < MAX_BYTES {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
                 }
                 metrics::histogram!("streamshield_writes_per_proposal").record(batch.len() as f64);
                 let proposer = proposer.clone();
@@ -138,7 +185,11 @@ impl WriteBatcher {
                 });
             }
         });
-        Self { tx, proposing }
+        Self {
+            tx,
+            queued,
+            proposing,
+        }
     }
 
     /// Whether a proposal is under way (between its proposal and its
@@ -150,6 +201,13 @@ impl WriteBatcher {
     pub async fn submit(&self, write: pb::WriteRequest) -> Answer {
         let (reply, answer) = oneshot::channel();
         let bytes = write.encoded_len();
+        if !self.queued.admit(bytes) {
+            metrics::counter!("streamshield_writes_shed_total").increment(1);
+            return Err(ServiceError::Overloaded {
+                what: "the write queue is full",
+                retry_after_ms: RETRY_AFTER_MS,
+            });
+        }
         self.tx
             .send(Pending {
                 write,

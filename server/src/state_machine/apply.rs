@@ -146,7 +146,10 @@ fn apply_write(
         resp.encode_to_vec(),
     )?;
     p.answer_staged(w.client_id, w.seq);
-    if w.acked_below >= forgotten + FORGET_STEP {
+    // Written as a difference: seqs are the client's to choose, and a mark
+    // near `u64::MAX` must neither overflow here (a panic on every replica,
+    // again on each replay) nor wrap and move the mark backwards.
+    if w.acked_below.saturating_sub(forgotten) >= FORGET_STEP {
         p.delete_range(
             CF_META,
             &meta::dedupe(w.client_id, forgotten),
@@ -534,6 +537,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(f.get(b"k").unwrap().version, 1);
+    }
+
+    #[test]
+    fn seqs_and_marks_at_the_top_of_the_range_apply_and_keep_the_mark() {
+        let mut f = Fixture::new();
+        let write = |seq: u64, acked_below: u64| {
+            let mut w = req(vec![put(b"k", b"v")]);
+            w.client_id = 777;
+            w.seq = seq;
+            w.acked_below = acked_below;
+            w
+        };
+        assert!(succeeded(&f.write(write(u64::MAX - 1, u64::MAX - 1))));
+        assert!(succeeded(&f.write(write(u64::MAX, u64::MAX))));
+        let mark = forgotten_below(&mut PendingWrites::new(&f.db), 777).unwrap();
+        assert_eq!(mark, u64::MAX - 1, "the mark never moves backwards");
+        assert_eq!(f.get(b"k").unwrap().version, 2);
+        // And a retry of the last one is still answered from its record.
+        assert_eq!(
+            f.write(write(u64::MAX, u64::MAX)),
+            f.write(write(u64::MAX, u64::MAX))
+        );
+        assert_eq!(f.get(b"k").unwrap().version, 2);
     }
 
     #[test]

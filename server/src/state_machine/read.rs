@@ -1,5 +1,7 @@
 //! Queries against the applied state: point reads and prefix scans.
 
+use std::collections::BTreeMap;
+
 use rocksdb::{Direction, IteratorMode, DB};
 use streamshield_proto::v1 as pb;
 
@@ -63,16 +65,21 @@ pub struct Page<'a> {
     pub prefix: &'a [u8],
     pub start_after: &'a [u8],
     pub limit: usize,
+    /// Keys and values the page carries at most; the first item always
+    /// comes, however large.
+    pub max_bytes: usize,
 }
 
 /// Up to `limit` keys with `prefix`, greater than `start_after`, in key
-/// order, whether more follow, and the applied index they reflect. All of
-/// it comes from one RocksDB snapshot, so a page is never torn by a
-/// concurrent apply (a bank read sees whole transfers or none).
+/// order and within `max_bytes`, whether more follow, and the applied
+/// index they reflect. All of it comes from one RocksDB snapshot, so a
+/// page is never torn by a concurrent apply (a bank read sees whole
+/// transfers or none).
 ///
 /// Keys are stored by key group first, so each group is read in order and
-/// the groups are merged: O(groups × limit) at worst, fine for the page
-/// sizes a scan serves.
+/// the groups are merged into [`Candidates`], which never holds more than
+/// a page and one item: memory is bounded by the page, not by
+/// `groups × limit`.
 pub fn scan(
     db: &DB,
     info: Option<&pb::JobInfo>,
@@ -85,6 +92,7 @@ pub fn scan(
         prefix,
         start_after,
         limit,
+        max_bytes,
     } = page;
     let (info, sid) = resolve(info, job, state)?;
     let cf = rocks::cf(db, CF_DATA)?;
@@ -98,7 +106,7 @@ pub fn scan(
             .map(|l: pb::LogId| l.index)
             .map_err(|e| corrupt(format!("applied: {e}")))?,
     };
-    let mut found: Vec<pb::KeyValue> = Vec::new();
+    let mut found = Candidates::new(limit.max(1), max_bytes);
     for group in 0..info.key_groups as u16 {
         let base = keys::group_prefix(shard, info.job_id, group, sid);
         let mut seek = base.clone();
@@ -107,7 +115,6 @@ pub fn scan(
         } else {
             prefix
         });
-        let mut taken = 0;
         for item in snap.iterator_cf(cf, IteratorMode::From(&seek, Direction::Forward)) {
             let (k, v) = item.map_err(io_err)?;
             if !k.starts_with(&base) {
@@ -120,17 +127,160 @@ pub fn scan(
             if !start_after.is_empty() && user <= start_after {
                 continue;
             }
-            let v = StoredValue::decode(&v).map_err(corrupt)?;
-            found.push(to_kv(user, v, group));
-            taken += 1;
-            // One more than the page tells whether more follow.
-            if taken > limit {
+            // The rest of this group sorts after this key: if it was
+            // not kept, none of them would be.
+            if !found.would_keep(user) {
                 break;
+            }
+            let v = StoredValue::decode(&v).map_err(corrupt)?;
+            found.offer(to_kv(user, v, group));
+        }
+    }
+    let (page, more) = found.into_page();
+    Ok((page, more, applied))
+}
+
+/// The smallest keys seen so far: enough to make a page of at most
+/// `limit` items and `max_bytes`, and to tell whether more follow.
+struct Candidates {
+    items: BTreeMap<Vec<u8>, pb::KeyValue>,
+    bytes: usize,
+    limit: usize,
+    max_bytes: usize,
+}
+
+fn size_of(kv: &pb::KeyValue) -> usize {
+    kv.key.len() + kv.value.len()
+}
+
+impl Candidates {
+    fn new(limit: usize, max_bytes: usize) -> Self {
+        Self {
+            items: BTreeMap::new(),
+            bytes: 0,
+            limit,
+            max_bytes,
+        }
+    }
+
+    /// Whether `count` items of `bytes` make a page that leaves one of
+    /// them out, so that "more" is known without any larger item.
+    fn overflows(&self, count: usize, bytes: usize) -> bool {
+        count > self.limit || (count >= 2 && bytes > self.max_bytes)
+    }
+
+    /// Whether the largest item is not needed beside the others.
+    fn largest_is_spare(&self) -> bool {
+        match self.items.last_key_value() {
+            None => false,
+            Some((_, largest)) => {
+                self.overflows(self.items.len() - 1, self.bytes - size_of(largest))
             }
         }
     }
-    found.sort_by(|a, b| a.key.cmp(&b.key));
-    let more = found.len() > limit;
-    found.truncate(limit);
-    Ok((found, more, applied))
+
+    /// Whether an item with `key` would be kept if offered.
+    fn would_keep(&self, key: &[u8]) -> bool {
+        !self.overflows(self.items.len(), self.bytes)
+            || self
+                .items
+                .last_key_value()
+                .is_some_and(|(largest, _)| key < largest.as_slice())
+    }
+
+    fn offer(&mut self, kv: pb::KeyValue) {
+        self.bytes += size_of(&kv);
+        self.items.insert(kv.key.clone(), kv);
+        while self.largest_is_spare() {
+            if let Some((_, dropped)) = self.items.pop_last() {
+                self.bytes -= size_of(&dropped);
+            }
+        }
+    }
+
+    fn into_page(self) -> (Vec<pb::KeyValue>, bool) {
+        let total = self.items.len();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for kv in self.items.into_values() {
+            let n = size_of(&kv);
+            if page.len() == self.limit || (!page.is_empty() && bytes + n > self.max_bytes) {
+                break;
+            }
+            bytes += n;
+            page.push(kv);
+        }
+        let more = total > page.len();
+        (page, more)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value_bytes: usize) -> pb::KeyValue {
+        pb::KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: vec![0; value_bytes],
+            ..Default::default()
+        }
+    }
+
+    fn page_of(
+        limit: usize,
+        max_bytes: usize,
+        offered: &[(&str, usize)],
+    ) -> (Vec<String>, bool, usize) {
+        let mut c = Candidates::new(limit, max_bytes);
+        let mut held = 0;
+        for (k, n) in offered {
+            if c.would_keep(k.as_bytes()) {
+                c.offer(kv(k, *n));
+            }
+            held = held.max(c.items.len());
+        }
+        let (page, more) = c.into_page();
+        let keys = page
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect();
+        (keys, more, held)
+    }
+
+    #[test]
+    fn a_page_is_the_smallest_keys_within_count_and_bytes() {
+        // Keys arrive group by group, each group in order, as a scan reads.
+        let offered = [("b", 1), ("e", 1), ("f", 1), ("a", 1), ("c", 1), ("d", 1)];
+        assert_eq!(
+            page_of(3, 1 << 20, &offered),
+            (vec!["a".into(), "b".into(), "c".into()], true, 4)
+        );
+        assert!(!page_of(10, 1 << 20, &offered).1, "everything fits");
+        // Bytes: 10 bytes fit "a" (1+4) and "b" (1+4), not "c".
+        let sized = [("a", 4), ("b", 4), ("c", 4), ("d", 4)];
+        assert_eq!(
+            page_of(10, 10, &sized),
+            (vec!["a".into(), "b".into()], true, 3)
+        );
+        // The first item always comes, however large.
+        assert_eq!(
+            page_of(10, 10, &[("a", 100), ("b", 1)]),
+            (vec!["a".into()], true, 2)
+        );
+        assert_eq!(page_of(10, 10, &[("a", 100)]), (vec!["a".into()], false, 1));
+    }
+
+    #[test]
+    fn memory_stays_at_a_page_whatever_the_groups_hold() {
+        // 100 groups of 1,000 keys each, a page of 10: at most 11 held.
+        let keys: Vec<String> = (0..100)
+            .flat_map(|g| (0..1000).map(move |i| format!("{:04}-{g:03}", i)))
+            .collect();
+        let offered: Vec<(&str, usize)> = keys.iter().map(|k| (k.as_str(), 8)).collect();
+        let (page, more, held) = page_of(10, 1 << 20, &offered);
+        assert!(more && held <= 11, "held {held}");
+        assert_eq!(page[0], "0000-000");
+        assert_eq!(page[9], "0000-009");
+    }
 }

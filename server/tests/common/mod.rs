@@ -34,14 +34,29 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start(nodes: u64, extra: &[&str]) -> Self {
+        Self::start_with(nodes, extra, |_| {}).await
+    }
+
+    /// [`Self::start`] with `prepare` run on the laid-out cluster before
+    /// any node starts (per-node flags or wrappers).
+    pub async fn start_with(
+        nodes: u64,
+        extra: &[&str],
+        prepare: impl FnOnce(&mut LocalCluster),
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("streamshield-test-")
             .tempdir()
             .expect("temp dir");
         let mut args = base_args();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let cluster = LocalCluster::start(dir.path(), nodes, Path::new(SERVER_BIN), &args, false)
-            .expect("start servers");
+        let mut cluster =
+            LocalCluster::layout(dir.path(), nodes, Path::new(SERVER_BIN), &args, false)
+                .expect("lay out servers");
+        prepare(&mut cluster);
+        for id in 1..=nodes {
+            cluster.start_node(id).expect("start server");
+        }
         let c = Self { cluster, dir };
         c.wait_for_settled_leader(Duration::from_secs(60)).await;
         c
@@ -92,8 +107,15 @@ impl TestCluster {
             .clone()
     }
 
+    /// A client of every node; on a TLS cluster with its admin identity.
     pub fn client(&self) -> Client {
-        client_for(self.cluster.endpoints())
+        self.client_with(self.cluster.endpoints())
+    }
+
+    fn client_with(&self, endpoints: Vec<String>) -> Client {
+        let mut cfg = client_config(endpoints);
+        cfg.tls = self.cluster.client_tls().expect("client TLS files");
+        Client::new(cfg).expect("client")
     }
 
     pub fn addr(&self, id: u64) -> String {
@@ -102,7 +124,7 @@ impl TestCluster {
 
     /// A client that only knows the given nodes.
     pub fn client_of(&self, ids: &[u64]) -> Client {
-        client_for(ids.iter().map(|id| self.addr(*id)).collect())
+        self.client_with(ids.iter().map(|id| self.addr(*id)).collect())
     }
 
     pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
@@ -217,10 +239,15 @@ impl Drop for TestCluster {
 
 const LOG_TAIL_LINES: usize = 80;
 
+/// A plaintext client of `endpoints`.
 pub fn client_for(endpoints: Vec<String>) -> Client {
+    Client::new(client_config(endpoints)).expect("client")
+}
+
+pub fn client_config(endpoints: Vec<String>) -> ClientConfig {
     let mut cfg = ClientConfig::new(endpoints);
     cfg.deadline = Duration::from_secs(30);
-    Client::new(cfg).expect("client")
+    cfg
 }
 
 /// Writes `user{i}` = `v{i}` for i in `range` with `writers` concurrent
