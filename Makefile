@@ -6,7 +6,7 @@ CARGO ?= cargo
 # fiu-utils: the disk faults `make test` injects (libfiu).
 APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils
 
-.PHONY: demo test deps build fmt lint jepsen bench
+.PHONY: demo test deps build fmt lint jepsen bench fuzz
 
 deps:
 	@missing=""; \
@@ -57,3 +57,12 @@ jepsen: build
 # BENCHMARKS.md. About 10 minutes.
 bench: build
 	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- matrix --out BENCHMARKS.md
+
+# The property-based fuzzers of decoders and the apply path with many more
+# cases than `make test` runs (proptest's default is 256 per property);
+# inputs that once failed are kept in server/proptest-regressions/ and
+# tried first. FUZZ_CASES per property.
+FUZZ_CASES ?= 20000
+fuzz: deps
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p streamshield-server --test fuzz_inputs
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p streamshield-server --lib fuzz

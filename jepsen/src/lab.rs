@@ -34,6 +34,9 @@ impl Lab {
         extra_args: &[String],
     ) -> anyhow::Result<Self> {
         let mut cluster = LocalCluster::layout(dir, nodes, server_bin, extra_args, false)?;
+        // The secure path is the one users run: every link, peers' and
+        // clients', is mutual TLS through the proxies.
+        cluster.enable_tls()?;
         let ids: Vec<u64> = (1..=nodes).collect();
         let mut links = BTreeMap::new();
         let planned = cluster.planned_ports();
@@ -80,6 +83,7 @@ impl Lab {
         let mut cfg = ClientConfig::new(self.ids.iter().map(|i| self.addr(*i)));
         cfg.deadline = deadline;
         cfg.attempt_timeout = deadline.min(Duration::from_secs(1));
+        cfg.tls = self.cluster.client_tls()?;
         for &i in &self.ids {
             if let Some(p) = self.links.get(&(CLIENTS, i)) {
                 cfg.dial.insert(self.addr(i), p.addr().to_string());

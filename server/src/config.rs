@@ -140,6 +140,9 @@ pub struct Limits {
     /// the item that would pass it (the first always comes) and says where
     /// to go on. Default 16 MiB.
     pub max_scan_bytes: usize,
+    /// Requests in flight on one connection; past it a request gets
+    /// RESOURCE_EXHAUSTED at once. Default 1,024.
+    pub max_requests_per_connection: usize,
     /// A snapshot a leader sends this node may be at most this large; a
     /// larger one is refused with RESOURCE_EXHAUSTED and its files are
     /// removed. Default 1 TiB.
@@ -195,6 +198,7 @@ impl Default for Limits {
             max_name_bytes: 128,
             max_scan_limit: 10_000,
             max_scan_bytes: 16 << 20,
+            max_requests_per_connection: 1024,
             max_snapshot_bytes: 1 << 40,
             min_free_disk_bytes: 1 << 30,
         }
@@ -276,6 +280,7 @@ impl ServerConfig {
             ("max_name_bytes", l.max_name_bytes),
             ("max_scan_limit", l.max_scan_limit as usize),
             ("max_scan_bytes", l.max_scan_bytes),
+            ("max_requests_per_connection", l.max_requests_per_connection),
             ("max_snapshot_bytes", l.max_snapshot_bytes as usize),
             ("keepalive.interval_ms", self.keepalive.interval_ms as usize),
             ("keepalive.timeout_ms", self.keepalive.timeout_ms as usize),

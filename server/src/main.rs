@@ -61,6 +61,8 @@ struct Flags {
     max_value_bytes: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_BATCH_BYTES")]
     max_batch_bytes: Option<usize>,
+    #[arg(long, env = "STREAMSHIELD_MAX_REQUESTS_PER_CONNECTION")]
+    max_requests_per_connection: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_SNAPSHOT_BYTES")]
     max_snapshot_bytes: Option<u64>,
     #[arg(long, env = "STREAMSHIELD_MIN_FREE_DISK_BYTES")]
@@ -113,6 +115,7 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         max_key_bytes => limits.max_key_bytes,
         max_value_bytes => limits.max_value_bytes,
         max_batch_bytes => limits.max_batch_bytes,
+        max_requests_per_connection => limits.max_requests_per_connection,
         max_snapshot_bytes => limits.max_snapshot_bytes,
         min_free_disk_bytes => limits.min_free_disk_bytes,
     );

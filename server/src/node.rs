@@ -242,6 +242,11 @@ pub async fn run(
         // half-open TCP connection) is noticed and its streams dropped.
         .http2_keepalive_interval(Some(config.keepalive.interval()))
         .http2_keepalive_timeout(Some(config.keepalive.timeout()))
+        // One connection cannot queue work without bound: past this many
+        // requests in flight on it, the next is refused at once with
+        // RESOURCE_EXHAUSTED instead of waiting (tower's load shedding).
+        .concurrency_limit_per_connection(config.limits.max_requests_per_connection)
+        .load_shed(true)
         .add_service(InterceptedService::new(
             RaftServer::new(RaftService::new(ctx.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -14,7 +14,14 @@ use streamshield_client::Consistency;
 /// Starts a server on `data`, which must exit with an error; its stderr.
 fn refused_start(data: &Path) -> String {
     let out = Command::new(SERVER_BIN)
-        .args(["--insecure", "--id", "3", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--insecure",
+            "--id",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .output()
         .expect("run server");

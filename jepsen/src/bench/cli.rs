@@ -54,6 +54,10 @@ pub struct ClusterArgs {
     /// (repeatable), e.g. `--server-arg=--raft-heartbeat-ms=50`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Start the StreamShield cluster with mutual TLS (a throwaway CA)
+    /// instead of `--insecure`.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// What every closed-loop run shares.
@@ -134,6 +138,7 @@ fn spec(c: &ClusterArgs, target: TargetFlag) -> anyhow::Result<ClusterSpec> {
     let mut s = ClusterSpec {
         server_bin: streamshield_client::local::find_server_binary(),
         server_args: c.server_args.clone(),
+        tls: c.tls,
         ..Default::default()
     };
     match target {

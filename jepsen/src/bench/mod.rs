@@ -49,6 +49,8 @@ pub struct ClusterSpec {
     pub server_bin: Option<PathBuf>,
     /// Extra flags for the servers this driver starts.
     pub server_args: Vec<String>,
+    /// Start them with mutual TLS.
+    pub tls: bool,
 }
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -75,19 +77,27 @@ impl Clusters {
                         .server_bin
                         .clone()
                         .context("streamshield-server binary not found")?;
-                    let cluster = LocalCluster::start(
+                    let mut cluster = LocalCluster::layout(
                         &dir.join("streamshield"),
                         3,
                         &bin,
                         &spec.server_args,
                         false,
                     )?;
+                    if spec.tls {
+                        cluster.enable_tls()?;
+                    }
+                    cluster.start_founders()?;
                     let e = cluster.endpoints();
                     c._own = Some(cluster);
                     e
                 }
             };
             let mut cfg = ClientConfig::new(endpoints);
+            cfg.tls = match &c._own {
+                Some(cluster) => cluster.client_tls()?,
+                None => None,
+            };
             cfg.deadline = READY_WITHIN;
             let client = Client::new(cfg.clone())?;
             client.wait_for_leader().await?;

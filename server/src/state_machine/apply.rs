@@ -687,4 +687,120 @@ mod tests {
         let kv = f.get(b"k").unwrap();
         assert_eq!((kv.value.as_slice(), kv.version), (&b"second"[..], 2));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn extreme() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0u64),
+                Just(1),
+                Just(u64::MAX),
+                Just(u64::MAX - 1),
+                Just(FORGET_STEP),
+                0u64..8,
+                any::<u64>(),
+            ]
+        }
+
+        fn op() -> impl Strategy<Value = pb::Op> {
+            (
+                prop_oneof![Just("s".to_string()), Just("t".to_string()), ".{0,8}"],
+                proptest::collection::vec(any::<u8>(), 0..8),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                any::<bool>(),
+            )
+                .prop_map(|(state, key, value, has_kind)| pb::Op {
+                    state,
+                    key,
+                    kind: has_kind.then_some(match value {
+                        Some(value) => op::Kind::Put(pb::Put { value }),
+                        None => op::Kind::Delete(pb::Delete {}),
+                    }),
+                })
+        }
+
+        fn write() -> impl Strategy<Value = pb::WriteRequest> {
+            (
+                prop_oneof![Just("j".to_string()), ".{0,4}"],
+                proptest::collection::vec(op(), 0..4),
+                extreme(),
+                extreme(),
+                extreme(),
+                proptest::option::of((extreme(), any::<bool>())),
+                any::<u32>(),
+            )
+                .prop_map(|(job, ops, client_id, seq, acked_below, cond, shard)| {
+                    let conditions = cond
+                        .map(|(v, absent)| pb::Condition {
+                            state: "s".into(),
+                            key: b"k".to_vec(),
+                            test: Some(if absent {
+                                condition::Test::Absent(true)
+                            } else {
+                                condition::Test::VersionEquals(v)
+                            }),
+                        })
+                        .into_iter()
+                        .collect();
+                    pb::WriteRequest {
+                        job,
+                        ops,
+                        conditions,
+                        client_id,
+                        seq,
+                        acked_below,
+                        shard: shard % 2,
+                        ..Default::default()
+                    }
+                })
+        }
+
+        fn command() -> impl Strategy<Value = pb::Command> {
+            prop_oneof![
+                write().prop_map(|w| pb::Command {
+                    kind: Some(command::Kind::Write(w))
+                }),
+                proptest::collection::vec(write(), 0..4).prop_map(|writes| pb::Command {
+                    kind: Some(command::Kind::Batch(pb::WriteBatch { writes }))
+                }),
+                (".{0,4}", prop_oneof![Just(0u32), Just(u32::MAX), 1u32..64]).prop_map(
+                    |(job, key_groups)| pb::Command {
+                        kind: Some(command::Kind::CreateJob(pb::CreateJob { job, key_groups }))
+                    }
+                ),
+                Just(pb::Command { kind: None }),
+            ]
+        }
+
+        type Rows = Vec<(Box<[u8]>, Box<[u8]>)>;
+
+        fn data_cf(f: &Fixture) -> Rows {
+            let cf = rocks::cf(&f.db, CF_DATA).unwrap();
+            f.db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+                .map(|kv| kv.unwrap())
+                .collect()
+        }
+
+        proptest! {
+            /// Whatever the commands, apply answers every one (a storage
+            /// error is the only `Err`), and one answered with an error
+            /// left the visible data as it was.
+            #[test]
+            fn any_command_applies_or_is_refused_leaving_data_unchanged(
+                cmds in proptest::collection::vec(command(), 1..12)
+            ) {
+                let mut f = Fixture::new();
+                for cmd in cmds {
+                    let before = data_cf(&f);
+                    let r = f.apply(cmd);
+                    if let Some(command_response::Kind::Error(_)) = r.kind {
+                        prop_assert_eq!(before, data_cf(&f));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,68 @@
+//! A connection that sends more requests at once than a node takes gets
+//! RESOURCE_EXHAUSTED for the excess at once, not a growing queue, and
+//! what was refused changed nothing.
+
+mod common;
+
+use common::*;
+use streamshield_proto::v1::{self as pb, state_client::StateClient};
+use tonic::transport::Channel;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_past_its_limit_is_shed_and_nothing_refused_is_applied() {
+    let t = TestCluster::start(3, &["--max-requests-per-connection=2"]).await;
+    let client = t.client();
+    client.create_job("j", 4).await.expect("create job");
+    let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
+    let ch = Channel::from_shared(format!("http://{}", t.addr(leader)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for i in 0..64u32 {
+        let mut state = StateClient::new(ch.clone());
+        calls.push(tokio::spawn(async move {
+            let w = pb::WriteRequest {
+                job: "j".into(),
+                ops: vec![pb::Op {
+                    state: "s".into(),
+                    key: format!("k{i}").into_bytes(),
+                    kind: Some(pb::op::Kind::Put(pb::Put { value: vec![1] })),
+                }],
+                ..Default::default()
+            };
+            (i, state.write(w).await.map(|_| ()))
+        }));
+    }
+    let (mut ok, mut shed) = (Vec::new(), Vec::new());
+    for c in calls {
+        match c.await.unwrap() {
+            (i, Ok(())) => ok.push(i),
+            (i, Err(s)) if s.code() == Code::ResourceExhausted => shed.push(i),
+            (i, Err(s)) => panic!("write {i}: unexpected {s:?}"),
+        }
+    }
+    assert!(
+        !shed.is_empty(),
+        "64 writes at once on one connection, none shed"
+    );
+    assert!(!ok.is_empty(), "none served");
+    let all = client
+        .scan_all(
+            "j",
+            "s",
+            b"",
+            streamshield_client::Consistency::Linearizable,
+        )
+        .await
+        .expect("scan");
+    let mut written: Vec<u32> = all
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key)[1..].parse().unwrap())
+        .collect();
+    written.sort_unstable();
+    ok.sort_unstable();
+    assert_eq!(written, ok, "exactly the served writes are there");
+}
