@@ -8,7 +8,6 @@ use streamshield_client::{ClientError, Consistency};
 use streamshield_proto::v1::{
     self as pb, admin_client::AdminClient, raft_client::RaftClient, state_client::StateClient,
 };
-use tonic::transport::Channel;
 use tonic::Code;
 
 fn put(state: &str, key: &[u8], value: Vec<u8>) -> pb::Op {
@@ -27,17 +26,6 @@ fn write(job: &str, ops: Vec<pb::Op>) -> pb::WriteRequest {
     }
 }
 
-async fn expect_code<T: std::fmt::Debug>(
-    what: &str,
-    r: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-) {
-    match r {
-        Ok(v) => panic!("{what}: expected {code:?}, got OK {v:?}"),
-        Err(s) => assert_eq!(s.code(), code, "{what}: {}", s.message()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_bad_input_gets_its_status_and_changes_nothing() {
     let t = TestCluster::start(3, &[]).await;
@@ -45,11 +33,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     client.create_job("good", 16).await.expect("create job");
     client.put("good", "s", "k1", "v1").await.expect("put");
     let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
-    let ch = Channel::from_shared(format!("http://{}", t.addr(leader)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&t.addr(leader)).await;
     let mut state = StateClient::new(ch.clone()).max_encoding_message_size(64 << 20);
     let mut admin = AdminClient::new(ch.clone());
     let mut raft = RaftClient::new(ch.clone());
@@ -368,11 +352,7 @@ async fn seqs_at_the_top_of_the_range_apply_and_the_cluster_lives() {
     let client = t.client();
     client.create_job("good", 4).await.expect("create job");
     let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
-    let ch = Channel::from_shared(format!("http://{}", t.addr(leader)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&t.addr(leader)).await;
     let mut state = StateClient::new(ch);
     let extreme = |seq: u64, value: &[u8]| {
         let mut w = write("good", vec![put("s", b"k", value.to_vec())]);

@@ -17,11 +17,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn raft_client(addr: &str) -> RaftClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(addr).await;
     RaftClient::new(ch)
 }
 
@@ -51,17 +47,6 @@ fn append(term: u64, node_id: u64) -> pb::AppendEntriesRequest {
     }
 }
 
-async fn expect_refused<T: std::fmt::Debug>(
-    what: &str,
-    r: Result<tonic::Response<T>, tonic::Status>,
-    code: Code,
-) {
-    match r {
-        Ok(v) => panic!("{what}: expected {code:?}, got OK {v:?}"),
-        Err(s) => assert_eq!(s.code(), code, "{what}: {}", s.message()),
-    }
-}
-
 /// The largest term any node reports.
 async fn max_term(t: &TestCluster, ids: &[u64]) -> u64 {
     let mut max = 0;
@@ -82,39 +67,39 @@ async fn each_forged_message_gets_its_status_and_changes_nothing() {
     let mut raft = raft_client(&t.addr(follower)).await;
 
     for pre_vote in [false, true] {
-        expect_refused(
+        expect_code(
             "vote of term u64::MAX from a non-member",
             raft.vote(vote(u64::MAX, 99, pre_vote)).await,
             Code::InvalidArgument,
         )
         .await;
-        expect_refused(
+        expect_code(
             "vote of a plausible term from a non-member",
             raft.vote(vote(before.term + 1, 99, pre_vote)).await,
             Code::PermissionDenied,
         )
         .await;
-        expect_refused(
+        expect_code(
             "vote from a member, a term no honest peer reaches",
             raft.vote(vote(before.term + (1 << 33), leader, pre_vote))
                 .await,
             Code::OutOfRange,
         )
         .await;
-        expect_refused(
+        expect_code(
             "vote claiming to come from the receiver itself",
             raft.vote(vote(before.term + 1, follower, pre_vote)).await,
             Code::PermissionDenied,
         )
         .await;
     }
-    expect_refused(
+    expect_code(
         "entries of term u64::MAX",
         raft.append_entries(append(u64::MAX, 99)).await,
         Code::InvalidArgument,
     )
     .await;
-    expect_refused(
+    expect_code(
         "entries of a term far ahead",
         raft.append_entries(append(before.term + (1 << 33), 99))
             .await,
@@ -129,7 +114,7 @@ async fn each_forged_message_gets_its_status_and_changes_nothing() {
         }),
         index: u64::MAX,
     });
-    expect_refused(
+    expect_code(
         "entries after log index u64::MAX",
         raft.append_entries(forged_index).await,
         Code::InvalidArgument,

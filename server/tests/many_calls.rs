@@ -43,11 +43,7 @@ fn get(key: &[u8], consistency: pb::Consistency) -> pb::GetRequest {
 }
 
 async fn state_client(addr: &str) -> StateClient<Channel> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(addr).await;
     StateClient::new(ch)
 }
 

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use streamshield_proto::v1::{self as pb, state_client::StateClient};
-use tonic::transport::Channel;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -15,11 +14,7 @@ async fn a_connection_past_its_limit_is_shed_and_nothing_refused_is_applied() {
     let client = t.client();
     client.create_job("j", 4).await.expect("create job");
     let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
-    let ch = Channel::from_shared(format!("http://{}", t.addr(leader)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(&t.addr(leader)).await;
     let mut calls = Vec::new();
     for i in 0..64u32 {
         let mut state = StateClient::new(ch.clone());

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use streamshield_proto::v1::{self as pb, raft_client::RaftClient};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// A snapshot stream from member `from` with `chunks` chunks of 256 KiB.
@@ -55,11 +54,7 @@ fn incoming(data_dir: &Path) -> Vec<String> {
 }
 
 async fn send(addr: &str, chunks: Vec<pb::SnapshotChunk>) -> Result<(), tonic::Status> {
-    let ch = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = plain_channel(addr).await;
     RaftClient::new(ch)
         .max_encoding_message_size(8 << 20)
         .install_snapshot(tokio_stream::iter(chunks))

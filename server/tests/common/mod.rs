@@ -312,3 +312,24 @@ pub fn metric_value(metrics_addr: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&format!("{series} ")))
         .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
 }
+
+/// A plaintext gRPC channel to `addr`, connected.
+pub async fn plain_channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("an address")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Panics unless `r` failed with `code`; `what` names the call.
+pub async fn expect_code<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+) {
+    match r {
+        Ok(v) => panic!("{what}: expected {code:?}, got OK {v:?}"),
+        Err(s) => assert_eq!(s.code(), code, "{what}: {}", s.message()),
+    }
+}
