@@ -64,7 +64,7 @@ fn entry_codec(c: &mut Criterion) {
             },
             42,
         ),
-        payload: EntryPayload::Normal(SharedCommand::new(write(
+        payload: EntryPayload::Normal(SharedCommand::fixed(write(
             (0..1000).map(|i| put(i, &value)).collect(),
             9,
             1,

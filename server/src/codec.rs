@@ -373,7 +373,7 @@ mod tests {
             },
             Entry {
                 log_id: lid(2, 3, 8),
-                payload: EntryPayload::Normal(SharedCommand::new(pb::Command {
+                payload: EntryPayload::Normal(SharedCommand::fixed(pb::Command {
                     kind: Some(command::Kind::CreateJob(pb::CreateJob {
                         job: "j".into(),
                         key_groups: 16,

@@ -1,5 +1,6 @@
-//! The payload of a normal Raft entry: a [`pb::Command`] decoded once and
-//! encoded once, shared by everything that holds the entry.
+//! The payload of a normal Raft entry: a [`pb::Command`] in its versioned
+//! envelope ([`pb::LogEnvelope`]), decoded once and encoded once, shared by
+//! everything that holds the entry.
 //!
 //! openraft clones an entry for each reader (the replication stream of
 //! every follower, the apply), and the log store and each AppendEntries
@@ -7,39 +8,127 @@
 //! (`bytes::Bytes`) kept beside it, a clone is a reference count, and the
 //! leader's log and both followers' messages carry the bytes encoded at
 //! proposal time; a follower keeps the bytes it received for its own log.
+//!
+//! The envelope's header says which state-machine format the entry is in
+//! and when its leader proposed it; [`SharedCommand::check_known`] is what
+//! makes a replica stop at an entry it cannot apply as the others do.
 
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
 use streamshield_proto::v1 as pb;
+
+/// The state-machine format this version writes and the newest it applies.
+/// Raise it with any change to what a command means; a replica of an older
+/// version then stops at the first such entry instead of applying it
+/// differently (upgrade followers first, the leader last).
+pub const FORMAT: u32 = 1;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);
 
 struct Inner {
     command: pb::Command,
+    header: pb::LogHeader,
     encoded: Bytes,
 }
 
+/// An entry this replica must not apply: applying around it would diverge
+/// from the replicas that understand it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownEntry {
+    #[error("the entry is in state-machine format {found}, newer than this node's {FORMAT}: upgrade this node")]
+    NewerFormat { found: u32 },
+    #[error("the entry carries a command this version does not know (format {format}): upgrade this node")]
+    UnknownCommand { format: u32 },
+}
+
 impl SharedCommand {
-    /// A command to propose: encoded here, once.
+    /// A command to propose, stamped with this node's format and clock:
+    /// encoded here, once.
     pub fn new(command: pb::Command) -> Self {
-        let encoded = Bytes::from(command.encode_to_vec());
-        Self(Arc::new(Inner { command, encoded }))
+        let leader_time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::with_header(
+            command,
+            pb::LogHeader {
+                format: FORMAT,
+                leader_time_ms,
+            },
+        )
     }
 
-    /// A command received or read back in its encoded form.
+    /// A command stamped at time 0, so that the same command always
+    /// encodes to the same bytes (tests and benchmarks compare them).
+    pub fn fixed(command: pb::Command) -> Self {
+        Self::with_header(
+            command,
+            pb::LogHeader {
+                format: FORMAT,
+                leader_time_ms: 0,
+            },
+        )
+    }
+
+    /// A command with the header given (tests of other formats).
+    pub fn with_header(command: pb::Command, header: pb::LogHeader) -> Self {
+        let envelope = pb::LogEnvelope {
+            header: Some(header),
+            command: Some(command),
+        };
+        let encoded = Bytes::from(envelope.encode_to_vec());
+        let pb::LogEnvelope { header, command } = envelope;
+        Self(Arc::new(Inner {
+            command: command.unwrap_or_default(),
+            header: header.unwrap_or_default(),
+            encoded,
+        }))
+    }
+
+    /// A command received or read back in its encoded form. An entry with
+    /// no header predates the envelope: a bare command, format 0.
     pub fn decode(encoded: Bytes) -> Result<Self, prost::DecodeError> {
-        let command = pb::Command::decode(encoded.as_ref())?;
-        Ok(Self(Arc::new(Inner { command, encoded })))
+        let envelope = pb::LogEnvelope::decode(encoded.as_ref())?;
+        let (command, header) = match envelope.header {
+            Some(header) => (envelope.command.unwrap_or_default(), header),
+            None => (
+                pb::Command::decode(encoded.as_ref())?,
+                pb::LogHeader::default(),
+            ),
+        };
+        Ok(Self(Arc::new(Inner {
+            command,
+            header,
+            encoded,
+        })))
     }
 
-    /// The protobuf encoding of the command.
+    /// The protobuf encoding of the envelope.
     pub fn encoded(&self) -> &Bytes {
         &self.0.encoded
+    }
+
+    pub fn header(&self) -> &pb::LogHeader {
+        &self.0.header
+    }
+
+    /// Whether this replica can apply the entry as every other does. prost
+    /// decodes a command variant it does not know as no command at all,
+    /// and this node never proposes one, so none means "unknown".
+    pub fn check_known(&self) -> Result<(), UnknownEntry> {
+        let format = self.0.header.format;
+        if format > FORMAT {
+            return Err(UnknownEntry::NewerFormat { found: format });
+        }
+        if self.0.command.kind.is_none() {
+            return Err(UnknownEntry::UnknownCommand { format });
+        }
+        Ok(())
     }
 }
 
@@ -52,7 +141,7 @@ impl Deref for SharedCommand {
 
 impl PartialEq for SharedCommand {
     fn eq(&self, other: &Self) -> bool {
-        self.0.command == other.0.command
+        self.0.command == other.0.command && self.0.header == other.0.header
     }
 }
 
@@ -75,19 +164,69 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn decoding_the_encoding_gives_the_command_back() {
-        let cmd = pb::Command {
+    fn write() -> pb::Command {
+        pb::Command {
             kind: Some(command::Kind::Write(pb::WriteRequest {
                 job: "j".into(),
                 seq: 7,
                 ..Default::default()
             })),
-        };
-        let shared = SharedCommand::new(cmd.clone());
+        }
+    }
+
+    #[test]
+    fn decoding_the_encoding_gives_the_command_and_header_back() {
+        let shared = SharedCommand::new(write());
         let back = SharedCommand::decode(shared.encoded().clone()).unwrap();
-        assert_eq!(*back, cmd);
+        assert_eq!(*back, write());
+        assert_eq!(back.header().format, FORMAT);
+        assert!(back.header().leader_time_ms > 1_700_000_000_000);
         assert_eq!(back.encoded(), shared.encoded());
+        assert_eq!(back.check_known(), Ok(()));
         assert!(SharedCommand::decode(Bytes::from_static(&[0xff, 0xff])).is_err());
+    }
+
+    #[test]
+    fn an_entry_from_before_the_envelope_is_its_bare_command_in_format_0() {
+        let bare = Bytes::from(write().encode_to_vec());
+        let back = SharedCommand::decode(bare).unwrap();
+        assert_eq!(*back, write());
+        assert_eq!(back.header(), &pb::LogHeader::default());
+        assert_eq!(back.check_known(), Ok(()));
+    }
+
+    #[test]
+    fn a_newer_format_or_an_unknown_command_is_refused_not_skipped() {
+        let newer = SharedCommand::with_header(
+            write(),
+            pb::LogHeader {
+                format: FORMAT + 1,
+                leader_time_ms: 1,
+            },
+        );
+        let back = SharedCommand::decode(newer.encoded().clone()).unwrap();
+        assert_eq!(
+            back.check_known(),
+            Err(UnknownEntry::NewerFormat { found: FORMAT + 1 })
+        );
+        // A command variant this version does not have (field 99 of
+        // `Command`, as a newer version could add): prost skips it.
+        let mut unknown_command = Vec::new();
+        prost::encoding::bytes::encode(99, &vec![1u8, 2, 3], &mut unknown_command);
+        let mut envelope = Vec::new();
+        prost::encoding::message::encode(
+            15,
+            &pb::LogHeader {
+                format: FORMAT,
+                leader_time_ms: 1,
+            },
+            &mut envelope,
+        );
+        prost::encoding::bytes::encode(16, &unknown_command, &mut envelope);
+        let back = SharedCommand::decode(envelope.into()).unwrap();
+        assert_eq!(
+            back.check_known(),
+            Err(UnknownEntry::UnknownCommand { format: FORMAT })
+        );
     }
 }

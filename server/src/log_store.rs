@@ -487,7 +487,7 @@ mod tests {
                 },
                 index,
             ),
-            payload: EntryPayload::Normal(SharedCommand::new(pb::Command {
+            payload: EntryPayload::Normal(SharedCommand::fixed(pb::Command {
                 kind: Some(command::Kind::Write(pb::WriteRequest {
                     job: "j".into(),
                     ops: vec![put],

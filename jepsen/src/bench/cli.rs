@@ -247,12 +247,9 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
     let time = Duration::from_secs(a.load.seconds.max(1));
     let l = limits::measure(dir.path(), matrix::FLOOR_TIME).await?;
     println!("{}", l.summary());
-    let clusters = Clusters::start(
-        &targets(TargetFlag::Both, false),
-        &spec(&a.cluster, TargetFlag::Both)?,
-        dir.path(),
-    )
-    .await?;
+    let mut want = targets(TargetFlag::Both, false);
+    want.push(TargetKind::StreamshieldTls);
+    let clusters = Clusters::start(&want, &spec(&a.cluster, TargetFlag::Both)?, dir.path()).await?;
     let opts = MatrixOptions {
         warmup: Duration::from_secs(a.load.warmup),
         measure: time,

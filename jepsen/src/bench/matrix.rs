@@ -59,6 +59,8 @@ pub const ROWS: &[(WorkloadKind, u64, TargetKind)] = &[
         TargetKind::StreamshieldUncoalesced,
     ),
     (WorkloadKind::Mixed, 64, TargetKind::StreamshieldUncoalesced),
+    // The same goal row on a cluster over mutual TLS: what TLS costs.
+    (WorkloadKind::SyncPut, 64, TargetKind::StreamshieldTls),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,8 +93,12 @@ pub struct MatrixResult {
 }
 
 fn find(rows: &[Row], w: WorkloadKind, clients: u64) -> Option<&Row> {
+    find_on(rows, TargetKind::Streamshield, w, clients)
+}
+
+fn find_on(rows: &[Row], target: TargetKind, w: WorkloadKind, clients: u64) -> Option<&Row> {
     rows.iter().find(|r| {
-        r.streamshield.target == TargetKind::Streamshield.name()
+        r.streamshield.target == target.name()
             && r.streamshield.workload == w.name()
             && r.streamshield.clients == clients
     })
@@ -143,6 +149,21 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
                 met: r.ratio >= 2.0,
             });
         }
+    }
+    let plain = find(rows, WorkloadKind::SyncPut, 64);
+    let tls = find_on(rows, TargetKind::StreamshieldTls, WorkloadKind::SyncPut, 64);
+    if let (Some(plain), Some(tls)) = (plain, tls) {
+        let cost = 1.0 - tls.streamshield.ops_per_s / plain.streamshield.ops_per_s.max(1.0);
+        goals.push(Goal {
+            text: "sync put, 64 clients, over mutual TLS: < 15 % fewer ops/s than plaintext".into(),
+            measured: format!(
+                "{:.0} vs {:.0} ops/s: {:+.1} %",
+                tls.streamshield.ops_per_s,
+                plain.streamshield.ops_per_s,
+                -100.0 * cost
+            ),
+            met: cost < 0.15,
+        });
     }
     goals
 }
@@ -237,10 +258,10 @@ pub fn summary_table(m: &MatrixResult) -> String {
     let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let cpu = |r: &Report| r.cpu_us_per_op.map_or("-".into(), |c| format!("{c:.0}"));
     for r in &m.rows {
-        let client = if r.streamshield.target == TargetKind::Streamshield.name() {
-            "coalescing"
-        } else {
-            "one call per op"
+        let client = match r.streamshield.target.as_str() {
+            t if t == TargetKind::Streamshield.name() => "coalescing",
+            t if t == TargetKind::StreamshieldTls.name() => "coalescing, mutual TLS",
+            _ => "one call per op",
         };
         let _ = writeln!(
             s,

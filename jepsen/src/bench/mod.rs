@@ -33,10 +33,13 @@ pub struct Clusters {
     pub streamshield: Option<StreamShieldTarget>,
     /// The same cluster through a client that does not coalesce calls.
     pub streamshield_uncoalesced: Option<StreamShieldTarget>,
+    /// A second cluster over mutual TLS, beside the plaintext one.
+    pub streamshield_tls: Option<StreamShieldTarget>,
     pub etcd: Option<EtcdTarget>,
     /// Targets whose key space is already written (reads need data).
     preloaded: std::sync::Mutex<Vec<TargetKind>>,
     _own: Option<LocalCluster>,
+    _own_tls: Option<LocalCluster>,
     _own_etcd: Option<etcd::EtcdCluster>,
 }
 
@@ -64,9 +67,11 @@ impl Clusters {
         let mut c = Self {
             streamshield: None,
             streamshield_uncoalesced: None,
+            streamshield_tls: None,
             etcd: None,
             preloaded: Default::default(),
             _own: None,
+            _own_tls: None,
             _own_etcd: None,
         };
         if want.iter().any(|t| t.cluster() == TargetKind::Streamshield) {
@@ -106,6 +111,28 @@ impl Clusters {
             c.streamshield_uncoalesced = Some(StreamShieldTarget {
                 client: Client::new(cfg)?,
             });
+        }
+        if want.contains(&TargetKind::StreamshieldTls) {
+            let bin = spec
+                .server_bin
+                .clone()
+                .context("streamshield-server binary not found")?;
+            let mut cluster = LocalCluster::layout(
+                &dir.join("streamshield-tls"),
+                3,
+                &bin,
+                &spec.server_args,
+                false,
+            )?;
+            cluster.enable_tls()?;
+            cluster.start_founders()?;
+            let mut cfg = ClientConfig::new(cluster.endpoints());
+            cfg.deadline = READY_WITHIN;
+            cfg.tls = cluster.client_tls()?;
+            let client = Client::new(cfg)?;
+            client.wait_for_leader().await?;
+            c.streamshield_tls = Some(StreamShieldTarget::prepare(client).await?);
+            c._own_tls = Some(cluster);
         }
         if want.contains(&TargetKind::Etcd) {
             let endpoints = match &spec.etcd_endpoints {
@@ -148,9 +175,12 @@ impl Clusters {
             preload,
         };
         match target {
-            TargetKind::Streamshield | TargetKind::StreamshieldUncoalesced => {
+            TargetKind::Streamshield
+            | TargetKind::StreamshieldUncoalesced
+            | TargetKind::StreamshieldTls => {
                 let t = match target {
                     TargetKind::Streamshield => &self.streamshield,
+                    TargetKind::StreamshieldTls => &self.streamshield_tls,
                     _ => &self.streamshield_uncoalesced,
                 };
                 run.on(t.as_ref().context("no streamshield target")?).await

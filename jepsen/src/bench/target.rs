@@ -31,6 +31,8 @@ pub enum TargetKind {
     /// The same cluster through a client that sends every operation as its
     /// own call, as etcd's client does.
     StreamshieldUncoalesced,
+    /// A cluster of its own over mutual TLS, with the coalescing client.
+    StreamshieldTls,
     Etcd,
 }
 
@@ -39,6 +41,7 @@ impl TargetKind {
         match self {
             Self::Streamshield => "streamshield",
             Self::StreamshieldUncoalesced => "ss-uncoalesced",
+            Self::StreamshieldTls => "ss-tls",
             Self::Etcd => "etcd",
         }
     }

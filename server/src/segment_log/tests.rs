@@ -21,7 +21,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64, fill: usize) -> (LogId, Vec<u8>) {
     let e = Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(SharedCommand::new(pb::Command {
+        payload: EntryPayload::Normal(SharedCommand::fixed(pb::Command {
             kind: Some(command::Kind::Write(pb::WriteRequest {
                 job: "j".into(),
                 ops: vec![pb::Op {

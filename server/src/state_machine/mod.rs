@@ -385,7 +385,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let index = entry.log_id.index;
             let response = match &entry.payload {
                 EntryPayload::Blank => none_response(),
-                EntryPayload::Normal(cmd) => apply::apply_command(&mut pending, index, cmd)?,
+                EntryPayload::Normal(cmd) => {
+                    // Stop here rather than skip it: the replicas that
+                    // know it apply it, and skipping would diverge.
+                    cmd.check_known()
+                        .map_err(|e| io::Error::other(format!("entry {index}: {e}")))?;
+                    apply::apply_command(&mut pending, index, cmd)?
+                }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     pending.put(

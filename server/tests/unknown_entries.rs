@@ -1,0 +1,120 @@
+//! A replica that meets an entry in a newer state-machine format, or with
+//! a command it does not know, stops with a clear error instead of
+//! applying around it (which would make it diverge from the replicas that
+//! know it); the others serve on.
+//!
+//! The entry comes as a newer leader would send it: an AppendEntries of the
+//! current leader's term that extends the follower's log and commits it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use streamshield_proto::v1::{self as pb, raft_client::RaftClient};
+use streamshield_server::command::{SharedCommand, FORMAT};
+
+fn newer_format_entry() -> bytes::Bytes {
+    let cmd = pb::Command {
+        kind: Some(pb::command::Kind::CreateJob(pb::CreateJob {
+            job: "from-the-future".into(),
+            key_groups: 4,
+        })),
+    };
+    SharedCommand::with_header(
+        cmd,
+        pb::LogHeader {
+            format: FORMAT + 1,
+            leader_time_ms: 1,
+        },
+    )
+    .encoded()
+    .clone()
+}
+
+fn unknown_command_entry() -> bytes::Bytes {
+    // Field 99 of `Command`: a variant a newer version could add.
+    let mut command = Vec::new();
+    prost::encoding::bytes::encode(99, &vec![1u8, 2, 3], &mut command);
+    let mut envelope = Vec::new();
+    let header = pb::LogHeader {
+        format: FORMAT,
+        leader_time_ms: 1,
+    };
+    prost::encoding::message::encode(15, &header, &mut envelope);
+    prost::encoding::bytes::encode(16, &command, &mut envelope);
+    envelope.into()
+}
+
+async fn a_follower_stops_at(payload: bytes::Bytes, expect_in_log: &str) {
+    let mut t = TestCluster::start(3, &[]).await;
+    let client = t.client();
+    client.create_job("j", 4).await.expect("create job");
+    write_keys(&client, "j", "s", 0..20, 2).await;
+    let (victim, rest) = t.pick_follower().await;
+    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
+    let s = t
+        .wait_status(victim, Duration::from_secs(10), "catch up", |s| {
+            s.last_applied == s.last_log_index && s.leader_id == leader
+        })
+        .await;
+    let lid = |index| pb::LogId {
+        leader_id: Some(pb::LeaderId {
+            term: s.term,
+            node_id: leader,
+        }),
+        index,
+    };
+    let next = s.last_log_index + 1;
+    let append = pb::AppendEntriesRequest {
+        vote: Some(pb::Vote {
+            leader_id: Some(pb::LeaderId {
+                term: s.term,
+                node_id: leader,
+            }),
+            committed: true,
+        }),
+        prev_log_id: Some(lid(s.last_log_index)),
+        entries: vec![pb::Entry {
+            log_id: Some(lid(next)),
+            payload: Some(pb::entry::Payload::Normal(payload)),
+        }],
+        leader_commit: Some(lid(next)),
+    };
+    let _ = RaftClient::new(plain_channel(&t.addr(victim)).await)
+        .append_entries(append)
+        .await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = t.cluster.exit_status(victim).expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} still runs 30 s after an entry it cannot apply"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(!status.success(), "node {victim} exited with {status}");
+    let log = std::fs::read_to_string(t.cluster.log_path(victim)).unwrap();
+    assert!(
+        log.contains(&format!("entry {next}")) && log.contains(expect_in_log),
+        "node {victim}'s log does not say why:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    // The others serve on, and never saw the entry.
+    let survivors = t.client_of(&rest);
+    survivors.put("j", "s", "after", "1").await.expect("put");
+    assert!(survivors.describe_job("from-the-future").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_format_stops_the_replica() {
+    a_follower_stops_at(newer_format_entry(), "newer than this node's").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_command_stops_the_replica() {
+    a_follower_stops_at(unknown_command_entry(), "does not know").await;
+}
