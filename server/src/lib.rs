@@ -1,14 +1,19 @@
 //! StreamShield state node.
 //!
-//! A node is openraft over two RocksDB instances: the Raft log
-//! ([`log_store`], fsynced with group commit) and the state machine
-//! ([`state_machine`]: keyed state, jobs, snapshots as checkpoints). Peers
-//! talk over [`network`] (sending) and [`service::raft`] (receiving);
-//! clients use [`service::state`] and operators [`service::admin`], all
-//! tonic services on one port, started by [`node::run`]. Requests are
-//! checked by [`validate`] before anything is proposed, and every failure
-//! becomes a gRPC status in [`error`]. The binary only parses
-//! [`config::ServerConfig`] from TOML, flags and environment.
+//! A node is openraft over a Raft log of its own ([`log_store`]: entries in
+//! pre-written [`segment_log`] files fsynced with group commit, vote and
+//! purge point in RocksDB) and a RocksDB state machine ([`state_machine`]:
+//! keyed state, jobs, snapshots as checkpoints). Every normal entry is a
+//! versioned envelope around one command ([`command`]). Peers talk over
+//! [`network`] (sending) and [`service::raft`] (receiving, behind
+//! [`service::peer_guard`]); clients use [`service::state`] and operators
+//! [`service::admin`], all tonic services on one port over mutual TLS
+//! ([`tls`]), started by [`node::run`]. Requests are checked by
+//! [`validate`] before anything is proposed, and every failure becomes a
+//! gRPC status in [`error`]. [`liveness`] keeps the health service
+//! truthful and ends a node whose disk failed ([`storage_fault`]). The
+//! binary only parses [`config::ServerConfig`] from TOML, flags and
+//! environment.
 
 pub mod codec;
 pub mod command;

@@ -247,9 +247,9 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
     let time = Duration::from_secs(a.load.seconds.max(1));
     let l = limits::measure(dir.path(), matrix::FLOOR_TIME).await?;
     println!("{}", l.summary());
-    let mut want = targets(TargetFlag::Both, false);
-    want.push(TargetKind::StreamshieldTls);
-    let clusters = Clusters::start(&want, &spec(&a.cluster, TargetFlag::Both)?, dir.path()).await?;
+    let spec = spec(&a.cluster, TargetFlag::Both)?;
+    let mut clusters =
+        Clusters::start(&targets(TargetFlag::Both, false), &spec, dir.path()).await?;
     let opts = MatrixOptions {
         warmup: Duration::from_secs(a.load.warmup),
         measure: time,
@@ -259,7 +259,7 @@ pub async fn run_matrix(a: MatrixArgs, command: String) -> anyhow::Result<bool> 
         out: Some(a.out.clone()),
         command,
     };
-    let m = matrix::run(&clusters, l, dir.path(), &opts).await?;
+    let m = matrix::run(&mut clusters, &spec, l, dir.path(), &opts).await?;
     println!("\n{}", matrix::summary_table(&m));
     println!("{}", matrix::goals_list(&m));
     let date = std::process::Command::new("date")

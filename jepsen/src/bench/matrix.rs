@@ -13,6 +13,7 @@ use super::limits::Limits;
 use super::runner::{Report, RunShape};
 use super::target::TargetKind;
 use super::workload::{KeySpace, WorkloadKind};
+use super::ClusterSpec;
 use super::{median_report, table_header, table_row, Clusters};
 
 #[derive(Debug, Clone)]
@@ -188,7 +189,8 @@ fn median_floor(floors: &[Limits]) -> Option<Limits> {
 /// (431-689 µs), so a floor taken minutes away from the runs it judges
 /// makes that ratio a draw.
 pub async fn run(
-    clusters: &Clusters,
+    clusters: &mut Clusters,
+    spec: &ClusterSpec,
     first_floor: Limits,
     floor_dir: &Path,
     opts: &MatrixOptions,
@@ -198,6 +200,10 @@ pub async fn run(
     let mut floors = vec![first_floor];
     println!("{}", table_header());
     for (i, &(kind, clients, ours)) in ROWS.iter().enumerate() {
+        // The TLS rows come last: the plaintext cluster is gone by then.
+        if ours == TargetKind::StreamshieldTls {
+            clusters.switch_to_tls(spec, floor_dir).await?;
+        }
         let mut ss = Vec::new();
         let mut et = Vec::new();
         for round in 0..opts.rounds {

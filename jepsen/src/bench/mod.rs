@@ -113,26 +113,7 @@ impl Clusters {
             });
         }
         if want.contains(&TargetKind::StreamshieldTls) {
-            let bin = spec
-                .server_bin
-                .clone()
-                .context("streamshield-server binary not found")?;
-            let mut cluster = LocalCluster::layout(
-                &dir.join("streamshield-tls"),
-                3,
-                &bin,
-                &spec.server_args,
-                false,
-            )?;
-            cluster.enable_tls()?;
-            cluster.start_founders()?;
-            let mut cfg = ClientConfig::new(cluster.endpoints());
-            cfg.deadline = READY_WITHIN;
-            cfg.tls = cluster.client_tls()?;
-            let client = Client::new(cfg)?;
-            client.wait_for_leader().await?;
-            c.streamshield_tls = Some(StreamShieldTarget::prepare(client).await?);
-            c._own_tls = Some(cluster);
+            c.start_tls(spec, dir).await?;
         }
         if want.contains(&TargetKind::Etcd) {
             let endpoints = match &spec.etcd_endpoints {
@@ -148,6 +129,47 @@ impl Clusters {
             c.etcd = Some(EtcdTarget { kv });
         }
         Ok(c)
+    }
+
+    /// Starts the cluster over mutual TLS in `dir/streamshield-tls`.
+    async fn start_tls(&mut self, spec: &ClusterSpec, dir: &Path) -> anyhow::Result<()> {
+        let bin = spec
+            .server_bin
+            .clone()
+            .context("streamshield-server binary not found")?;
+        let mut cluster = LocalCluster::layout(
+            &dir.join("streamshield-tls"),
+            3,
+            &bin,
+            &spec.server_args,
+            false,
+        )?;
+        cluster.enable_tls()?;
+        cluster.start_founders()?;
+        let mut cfg = ClientConfig::new(cluster.endpoints());
+        cfg.deadline = READY_WITHIN;
+        cfg.tls = cluster.client_tls()?;
+        let client = Client::new(cfg)?;
+        client.wait_for_leader().await?;
+        self.streamshield_tls = Some(StreamShieldTarget::prepare(client).await?);
+        self._own_tls = Some(cluster);
+        Ok(())
+    }
+
+    /// Stops the plaintext StreamShield cluster this driver started and
+    /// starts the TLS one in its place, so that the two never run side by
+    /// side (an idle cluster's heartbeats and fsyncs would tax the other's
+    /// measurement).
+    pub async fn switch_to_tls(&mut self, spec: &ClusterSpec, dir: &Path) -> anyhow::Result<()> {
+        self.streamshield = None;
+        self.streamshield_uncoalesced = None;
+        if let Some(mut c) = self._own.take() {
+            c.stop_all(Duration::from_secs(10))?;
+        }
+        if self.streamshield_tls.is_none() {
+            self.start_tls(spec, dir).await?;
+        }
+        Ok(())
     }
 
     /// Runs one measurement of `kind` on `target`, preloading keys first
