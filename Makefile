@@ -64,5 +64,5 @@ bench: build
 # tried first. FUZZ_CASES per property.
 FUZZ_CASES ?= 20000
 fuzz: deps
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p streamshield-server --test fuzz_inputs
-	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p streamshield-server --lib fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --workspace --test fuzz_inputs
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --workspace --lib fuzz
