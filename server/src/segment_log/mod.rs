@@ -5,7 +5,7 @@
 //! plus `fdatasync` also writes the inode back, a second synchronous
 //! write. With 3 writers at once, as a local cluster's replicas fsync, a
 //! 400 B overwrite + `fdatasync` took 153 µs against 201-205 µs for an
-//! append (PERFORMANCE.md, seventh session). RocksDB's WAL appends, so the
+//! append (PERFORMANCE.md, "The 1-client write: where its time goes"). RocksDB's WAL appends, so the
 //! log's entries live here instead: each segment is zero-filled (or is a
 //! recycled old segment) before it is used, records are written over it in
 //! order, and a sync is one `fdatasync` of the segment being written.

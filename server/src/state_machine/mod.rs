@@ -373,7 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut wo = WriteOptions::default();
         // The Raft log is fsynced; a crash loses at most applied entries
         // that are re-applied from it on restart. Skipping the WAL as well
-        // bought nothing measurable (PERFORMANCE.md, fifth session), and
+        // bought nothing measurable (PERFORMANCE.md, "Restarted leaders, and the log's compactions"), and
         // with it a restart replays less.
         wo.set_sync(false);
         let memo = &self.shared.memo;
