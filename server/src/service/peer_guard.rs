@@ -34,8 +34,10 @@ pub struct PeerView {
     pub this: u64,
     pub current_term: u64,
     /// Voters of the effective membership (of both halves of a joint one);
-    /// empty before the node is initialized or added.
+    /// only collected for a vote, where they are needed.
     pub voters: BTreeSet<u64>,
+    /// Whether the node has a membership yet (it was initialized or added).
+    pub initialized: bool,
 }
 
 /// Why a peer message was refused; nothing of it reached openraft.
@@ -84,7 +86,7 @@ impl PeerView {
         }
         // A node that has no membership yet (added as a learner a moment
         // ago) cannot judge a leader's term: the cluster may be old.
-        if !self.voters.is_empty() && term > self.current_term.saturating_add(MAX_TERM_AHEAD) {
+        if self.initialized && term > self.current_term.saturating_add(MAX_TERM_AHEAD) {
             return Err(PeerRefusal::TermTooFarAhead {
                 from,
                 term,
@@ -104,6 +106,7 @@ mod tests {
             this: 1,
             current_term,
             voters: voters.iter().copied().collect(),
+            initialized: !voters.is_empty(),
         }
     }
 

@@ -35,15 +35,22 @@ fn bad(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// This node's view of its cluster, for [`PeerView`]'s checks.
-fn peer_view(ctx: &NodeContext) -> PeerView {
+/// This node's view of its cluster, for [`PeerView`]'s checks. The voter
+/// set is collected only for a vote: entries come on every heartbeat.
+fn peer_view(ctx: &NodeContext, with_voters: bool) -> PeerView {
     let m = ctx.raft.metrics();
     let m = m.borrow_watched();
-    PeerView {
+    let membership = m.membership_config.membership();
+    let view = PeerView {
         this: ctx.id,
         current_term: m.current_term,
-        voters: m.membership_config.membership().voter_ids().collect(),
-    }
+        voters: match with_voters {
+            true => membership.voter_ids().collect(),
+            false => Default::default(),
+        },
+        initialized: membership.voter_ids().next().is_some(),
+    };
+    view
 }
 
 /// The node the connection of `request` is certified for, on a TLS node.
@@ -54,7 +61,7 @@ fn certified<T>(request: &Request<T>) -> Option<u64> {
 /// Entries or a snapshot from the leader named in `vote`.
 fn check_message(ctx: &NodeContext, vote: &Vote, certified: Option<u64>) -> Result<(), Status> {
     check_sender(vote.leader_id.node_id, certified).map_err(refused)?;
-    peer_view(ctx)
+    peer_view(ctx, false)
         .check_message(vote.leader_id.node_id, vote.leader_id.term)
         .map_err(refused)?;
     ctx.leader_contact.heard();
@@ -195,7 +202,7 @@ impl RaftRpc for RaftService {
         let r = request.into_inner();
         let req = codec::vote_request_from_pb(&r).map_err(bad)?;
         check_sender(req.vote.leader_id.node_id, certified).map_err(refused)?;
-        peer_view(&self.ctx)
+        peer_view(&self.ctx, true)
             .check_vote(req.vote.leader_id.node_id, req.vote.leader_id.term)
             .map_err(refused)?;
         let resp = if r.pre_vote {
