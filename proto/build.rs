@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/streamshield/v1/admin.proto",
     "proto/streamshield/v1/raft.proto",
     "proto/streamshield/v1/errors.proto",
+    "proto/streamshield/v1/auth.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -17,6 +17,8 @@ use rcgen::{
 
 /// The organizational unit the server takes as a node certificate.
 pub const NODE_UNIT: &str = "streamshield-node";
+/// The organizational unit the server takes as a cluster admin's.
+pub const ADMIN_UNIT: &str = "streamshield-admin";
 
 fn rcgen_error(e: rcgen::Error) -> io::Error {
     io::Error::other(format!("issuing a certificate: {e}"))
@@ -140,7 +142,18 @@ impl LocalCa {
         )
     }
 
-    /// A client's certificate, naming the principal `name`.
+    /// A cluster admin's certificate (`OU=streamshield-admin`): it may do
+    /// everything without a grant, so a new cluster has someone who can
+    /// grant roles.
+    pub fn issue_admin(&self, name: &str) -> io::Result<Issued> {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationalUnitName, ADMIN_UNIT);
+        dn.push(DnType::CommonName, name);
+        self.issue(dn, &[], vec![ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    /// A client's certificate, naming the principal `name`; what it may do
+    /// is what the principal is granted.
     pub fn issue_client(&self, name: &str) -> io::Result<Issued> {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use rand::Rng;
 use streamshield_proto::v1::{self as pb, admin_client::AdminClient, state_client::StateClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::batch::WriteBatch;
 use crate::coalesce::{CallKind, Coalescer, Gets, Link, Writes};
 use crate::error::ClientError;
 use crate::session::SessionSlot;
+use crate::transport::{Bearer, Transport};
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -37,6 +39,10 @@ pub struct ClientConfig {
     pub coalesce: bool,
     /// Talk TLS with these; plaintext if none. Default none.
     pub tls: Option<ClientTls>,
+    /// Sent as `authorization: Bearer <token>` on every call: the identity
+    /// of a client without a certificate (`streamshield auth token
+    /// create`). Default none.
+    pub token: Option<String>,
 }
 
 /// What a client talks TLS with: the cluster CA's certificate, and its own
@@ -86,6 +92,7 @@ impl ClientConfig {
             dial: HashMap::new(),
             coalesce: true,
             tls: None,
+            token: None,
         }
     }
 }
@@ -134,7 +141,7 @@ pub struct ScanPage {
 /// One node: its channel and, once used, the tasks that coalesce calls
 /// to it.
 struct Conn {
-    channel: Channel,
+    channel: Transport,
     writes: Mutex<Option<Coalescer<Writes>>>,
     gets: Mutex<Option<Coalescer<Gets>>>,
     /// Shared by both coalescers: one stream to the node.
@@ -176,7 +183,7 @@ impl Conn {
     }
 }
 
-fn state_client(ch: Channel) -> StateClient<Channel> {
+fn state_client(ch: Transport) -> StateClient<Transport> {
     StateClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -313,7 +320,7 @@ impl Client {
         &self.inner.config.endpoints
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+    fn channel(&self, addr: &str) -> Result<Transport, ClientError> {
         Ok(self.conn(addr)?.channel.clone())
     }
 
@@ -354,8 +361,9 @@ impl Client {
             .timeout(self.inner.config.attempt_timeout)
             .tcp_nodelay(true)
             .connect_lazy();
+        let bearer = Bearer::new(self.inner.config.token.as_deref()).map_err(bad)?;
         let conn = Arc::new(Conn {
-            channel: ch,
+            channel: InterceptedService::new(ch, bearer),
             writes: Mutex::new(None),
             gets: Mutex::new(None),
             session: Arc::new(SessionSlot::default()),
@@ -446,29 +454,47 @@ impl Client {
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::enter(&self.inner.in_flight, seq);
-        let result = self
-            .with_retries(Route::Leader, |conn| {
-                let acked_below = *self
-                    .inner
-                    .in_flight
-                    .lock()
-                    .expect("in flight")
-                    .first()
-                    .unwrap_or(&seq);
-                let req = pb::WriteRequest {
-                    shard: 0,
-                    job: batch.job.clone(),
-                    ops: batch.ops.clone(),
-                    conditions: batch.conditions.clone(),
-                    client_id: self.inner.client_id,
-                    seq,
-                    acked_below,
-                    mode: pb::WriteMode::Sync as i32,
-                };
-                let coalesce = self.inner.config.coalesce;
-                async move { conn.call(&conn.writes, req, coalesce).await }
-            })
-            .await;
+        // A session the cluster forgot (idle past its TTL) refuses the
+        // write, which so was not applied. If no earlier attempt of this
+        // seq went out, none can have been applied either: the write starts
+        // a new session (acked_below 0) and goes again. After an unknown
+        // outcome the refusal is the caller's to see.
+        let mut restart = false;
+        let result = loop {
+            let mut sent = 0u32;
+            let r = self
+                .with_retries(Route::Leader, |conn| {
+                    sent += 1;
+                    let acked_below = if restart {
+                        0
+                    } else {
+                        *self
+                            .inner
+                            .in_flight
+                            .lock()
+                            .expect("in flight")
+                            .first()
+                            .unwrap_or(&seq)
+                    };
+                    let req = pb::WriteRequest {
+                        shard: 0,
+                        job: batch.job.clone(),
+                        ops: batch.ops.clone(),
+                        conditions: batch.conditions.clone(),
+                        client_id: self.inner.client_id,
+                        seq,
+                        acked_below,
+                        mode: pb::WriteMode::Sync as i32,
+                    };
+                    let coalesce = self.inner.config.coalesce;
+                    async move { conn.call(&conn.writes, req, coalesce).await }
+                })
+                .await;
+            match r {
+                Err(ClientError::SessionExpired(_)) if sent == 1 && !restart => restart = true,
+                other => break other,
+            }
+        };
         drop(in_flight);
         let w = result?;
         if !w.succeeded {
@@ -634,7 +660,17 @@ impl Client {
         }
     }
 
-    fn admin(ch: Channel) -> AdminClient<Channel> {
+    /// `call` on the leader's transport, retried as every admin call is.
+    pub(crate) async fn on_leader<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Transport) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.with_retries(Route::Leader, |conn| call(conn.channel.clone()))
+            .await
+    }
+
+    fn admin(ch: Transport) -> AdminClient<Transport> {
         AdminClient::new(ch)
     }
 

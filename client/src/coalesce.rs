@@ -34,6 +34,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::transport::Transport;
 use prost::Message;
 use streamshield_proto::gather;
 use streamshield_proto::v1::{
@@ -41,7 +42,6 @@ use streamshield_proto::v1::{
     write_outcome,
 };
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::session::{Route, SessionSlot};
@@ -55,12 +55,12 @@ pub trait CallKind: Send + Sync + 'static {
     type Req: Message + Send + 'static;
     type Resp: Send + 'static;
     fn one(
-        client: StateClient<Channel>,
+        client: StateClient<Transport>,
         req: Self::Req,
     ) -> impl Future<Output = Result<Self::Resp, Status>> + Send;
     /// One answer per request, in order.
     fn many(
-        client: StateClient<Channel>,
+        client: StateClient<Transport>,
         reqs: Vec<Self::Req>,
     ) -> impl Future<Output = Result<Vec<Result<Self::Resp, Status>>, Status>> + Send;
     /// The same calls on a session, and their answers there.
@@ -143,14 +143,14 @@ impl CallKind for Writes {
     type Resp = pb::WriteResponse;
 
     async fn one(
-        mut client: StateClient<Channel>,
+        mut client: StateClient<Transport>,
         req: pb::WriteRequest,
     ) -> Result<pb::WriteResponse, Status> {
         client.write(req).await.map(|r| r.into_inner())
     }
 
     async fn many(
-        mut client: StateClient<Channel>,
+        mut client: StateClient<Transport>,
         writes: Vec<pb::WriteRequest>,
     ) -> Result<Vec<Result<pb::WriteResponse, Status>>, Status> {
         let n = writes.len();
@@ -194,14 +194,14 @@ impl CallKind for Gets {
     type Resp = pb::GetResponse;
 
     async fn one(
-        mut client: StateClient<Channel>,
+        mut client: StateClient<Transport>,
         req: pb::GetRequest,
     ) -> Result<pb::GetResponse, Status> {
         client.get(req).await.map(|r| r.into_inner())
     }
 
     async fn many(
-        mut client: StateClient<Channel>,
+        mut client: StateClient<Transport>,
         gets: Vec<pb::GetRequest>,
     ) -> Result<Vec<Result<pb::GetResponse, Status>>, Status> {
         let n = gets.len();
@@ -261,7 +261,7 @@ impl<K: CallKind> Clone for Coalescer<K> {
 /// on its channel where the node has no sessions.
 #[derive(Clone)]
 pub struct Link {
-    pub client: StateClient<Channel>,
+    pub client: StateClient<Transport>,
     pub session: Arc<SessionSlot>,
     /// One attempt's limit, as the channel puts on a unary call.
     pub attempt_timeout: Duration,

@@ -27,6 +27,17 @@ pub enum ClientError {
     },
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The cluster forgot this client's deduplication session (it was idle
+    /// past the session TTL) while a write's outcome was unknown: whether
+    /// that write applied cannot be known any more.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
+    /// No certificate of the cluster's CA and no known bearer token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller holds no grant for the call; nothing was done.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("bad endpoint {endpoint:?}: {reason}")]
     BadEndpoint { endpoint: String, reason: String },
     #[error("server error ({code:?}): {message}")]
@@ -48,7 +59,14 @@ impl ClientError {
             Code::NotFound => Self::NotFound(m),
             Code::AlreadyExists => Self::AlreadyExists(m),
             Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument(m),
+            // The server's message starts so (`SESSION_EXPIRED` in the
+            // state machine).
+            Code::FailedPrecondition if m.starts_with("dedupe session expired") => {
+                Self::SessionExpired(m)
+            }
             Code::FailedPrecondition => Self::FailedPrecondition(m),
+            Code::Unauthenticated => Self::Unauthenticated(m),
+            Code::PermissionDenied => Self::PermissionDenied(m),
             Code::DeadlineExceeded => Self::DeadlineExceeded(m),
             Code::Unavailable => Self::Unavailable {
                 attempts: 1,
@@ -66,7 +84,11 @@ impl ClientError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::InvalidArgument(_) | Self::BadEndpoint { .. } => Code::InvalidArgument,
-            Self::ConditionFailed { .. } | Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ConditionFailed { .. }
+            | Self::FailedPrecondition(_)
+            | Self::SessionExpired(_) => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Server { code, .. } => *code,
         }
     }

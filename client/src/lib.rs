@@ -15,6 +15,7 @@
 //! `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI
 //! over all of it.
 
+mod auth;
 mod batch;
 pub mod certs;
 mod client;
@@ -22,7 +23,9 @@ mod coalesce;
 mod error;
 pub mod local;
 mod session;
+mod transport;
 
+pub use auth::{role_name, Role};
 pub use batch::WriteBatch;
 pub use client::{
     Client, ClientConfig, ClientTls, Consistency, ScanOptions, ScanPage, WriteResult,

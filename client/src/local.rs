@@ -215,7 +215,7 @@ impl LocalCluster {
             ca.issue_node(*id, certs::LOCAL_HOSTS)?
                 .write(&dir, &format!("node-{id}"))?;
         }
-        ca.issue_client("admin")?.write(&dir, "admin")?;
+        ca.issue_admin("admin")?.write(&dir, "admin")?;
         Ok(())
     }
 

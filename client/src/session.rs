@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::transport::Transport;
 use streamshield_proto::v1::{
     self as pb, session_reply, session_request, state_client::StateClient,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 pub type Answer = Result<session_reply::Result, Status>;
@@ -39,7 +39,7 @@ impl SessionSlot {
     /// The node's live session, opened if there is none.
     pub async fn route(
         &self,
-        client: &StateClient<Channel>,
+        client: &StateClient<Transport>,
         timeout: Duration,
     ) -> Result<Route, Status> {
         if self.unsupported.load(Ordering::Relaxed) {
@@ -84,7 +84,7 @@ pub struct Session {
 }
 
 impl Session {
-    async fn open(mut client: StateClient<Channel>) -> Result<Arc<Session>, Status> {
+    async fn open(mut client: StateClient<Transport>) -> Result<Arc<Session>, Status> {
         let (requests, rx) = mpsc::unbounded_channel();
         let replies = client
             .session(UnboundedReceiverStream::new(rx))

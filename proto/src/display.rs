@@ -20,6 +20,14 @@ impl fmt::Display for Command {
                 write!(f, "create_job({}, key_groups={})", c.job, c.key_groups)
             }
             Some(command::Kind::Batch(b)) => write!(f, "batch(writes={})", b.writes.len()),
+            Some(command::Kind::OwnedWrites(b)) => {
+                write!(f, "owned_writes(writes={})", b.writes.len())
+            }
+            // No secret is in a command, but principals need not be in logs.
+            Some(command::Kind::Auth(_)) => write!(f, "auth_change"),
+            Some(command::Kind::ExpireSessions(e)) => {
+                write!(f, "expire_sessions(idle_ms={})", e.idle_ms)
+            }
             None => write!(f, "empty"),
         }
     }
@@ -35,6 +43,10 @@ impl fmt::Display for CommandResponse {
             Some(command_response::Kind::Error(e)) => write!(f, "error({}: {})", e.code, e.message),
             Some(command_response::Kind::Batch(b)) => {
                 write!(f, "batch(answers={})", b.answers.len())
+            }
+            Some(command_response::Kind::AuthChanged(c)) => write!(f, "auth_changed({c})"),
+            Some(command_response::Kind::SessionsExpired(n)) => {
+                write!(f, "sessions_expired({n})")
             }
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }

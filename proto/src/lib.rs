@@ -1,8 +1,9 @@
 //! Protocol buffers of StreamShield.
 //!
-//! One package, `streamshield.v1`, in four files: `state.proto` (the client
+//! One package, `streamshield.v1`, in five files: `state.proto` (the client
 //! API: Get, Scan, Write), `admin.proto` (status, membership, jobs,
-//! snapshots), `raft.proto` (node-to-node Raft RPCs, which double as the
+//! snapshots), `auth.proto` (grants of roles and bearer tokens),
+//! `raft.proto` (node-to-node Raft RPCs, which double as the
 //! on-disk encoding of log entries) and `errors.proto` (details carried in a
 //! gRPC status, such as `NotLeader`). Code is generated at build time with
 //! protox, so no system `protoc` is needed.

@@ -26,7 +26,7 @@ use streamshield_proto::v1 as pb;
 /// Raise it with any change to what a command means; a replica of an older
 /// version then stops at the first such entry instead of applying it
 /// differently (upgrade followers first, the leader last).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

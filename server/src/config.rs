@@ -151,6 +151,12 @@ pub struct Limits {
     /// written to has less than this free, so that it cannot fill the disk
     /// the Raft log needs. Default 1 GiB.
     pub min_free_disk_bytes: u64,
+    /// A client's deduplication session (its recorded answers and the
+    /// principal owning its id) is forgotten after this long without a
+    /// write; its next write then starts a new one. Default 24 h.
+    pub dedupe_session_ttl_ms: u64,
+    /// How often the leader looks for such sessions. Default 60 s.
+    pub session_sweep_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -201,6 +207,8 @@ impl Default for Limits {
             max_requests_per_connection: 1024,
             max_snapshot_bytes: 1 << 40,
             min_free_disk_bytes: 1 << 30,
+            dedupe_session_ttl_ms: 24 * 3600 * 1000,
+            session_sweep_interval_ms: 60_000,
         }
     }
 }
@@ -285,6 +293,11 @@ impl ServerConfig {
             ("keepalive.interval_ms", self.keepalive.interval_ms as usize),
             ("keepalive.timeout_ms", self.keepalive.timeout_ms as usize),
             ("snapshot_chunk_bytes", r.snapshot_chunk_bytes),
+            ("dedupe_session_ttl_ms", l.dedupe_session_ttl_ms as usize),
+            (
+                "session_sweep_interval_ms",
+                l.session_sweep_interval_ms as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroLimit { name });

@@ -54,6 +54,13 @@ pub enum ServiceError {
     SnapshotTooLarge { received: u64, limit: u64 },
     #[error("refused: {free} bytes free on the data disk, below the reserve of {reserve}")]
     DiskNearlyFull { free: u64, reserve: u64 },
+    /// The caller could not be identified: no certificate, or a bearer
+    /// token the cluster does not know.
+    #[error("unauthenticated: {reason}")]
+    Unauthenticated { reason: &'static str },
+    /// The caller is known but holds no grant for what it asked.
+    #[error("permission denied: {principal:?} may not {needs}; a cluster admin can grant it (`streamshield auth grant`)")]
+    PermissionDenied { principal: String, needs: String },
     /// A Raft message this node will not hand to openraft.
     #[error("peer message refused: {0}")]
     PeerRefused(#[from] crate::service::peer_guard::PeerRefusal),
@@ -86,6 +93,11 @@ impl ServiceError {
                 code: *code,
                 message: message.clone(),
             },
+            Self::PermissionDenied { principal, needs } => Self::PermissionDenied {
+                principal: principal.clone(),
+                needs: needs.clone(),
+            },
+            Self::Unauthenticated { reason } => Self::Unauthenticated { reason },
             other => Self::Unavailable(other.to_string()),
         }
     }
@@ -101,6 +113,8 @@ impl ServiceError {
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Rejected { code, .. } => *code,
             Self::Storage(_) => Code::Internal,
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::SnapshotTooLarge { .. }
             | Self::DiskNearlyFull { .. }
             | Self::Overloaded { .. } => Code::ResourceExhausted,

@@ -117,7 +117,30 @@ pub mod meta {
         key.starts_with(JOB_PREFIX)
     }
 
-    /// Up to which seq a client's answers have been forgotten.
+    /// Grants and tokens: `a/g/<principal>\0<role><job>` and
+    /// `a/t/<token id>`.
+    pub const AUTH_PREFIX: &[u8] = b"a/";
+
+    pub fn is_auth(key: &[u8]) -> bool {
+        key.starts_with(AUTH_PREFIX)
+    }
+
+    pub fn grant(principal: &str, role: u8, job: &str) -> Vec<u8> {
+        let mut k = b"a/g/".to_vec();
+        k.extend_from_slice(principal.as_bytes());
+        k.push(0);
+        k.push(role);
+        k.extend_from_slice(job.as_bytes());
+        k
+    }
+
+    pub fn token(token_id: &str) -> Vec<u8> {
+        let mut k = b"a/t/".to_vec();
+        k.extend_from_slice(token_id.as_bytes());
+        k
+    }
+
+    /// A client's dedupe session (`state_machine::sessions`).
     pub fn session(client_id: u64) -> Vec<u8> {
         let mut k = b"s/".to_vec();
         k.extend_from_slice(&client_id.to_be_bytes());

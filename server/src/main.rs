@@ -67,6 +67,10 @@ struct Flags {
     max_snapshot_bytes: Option<u64>,
     #[arg(long, env = "STREAMSHIELD_MIN_FREE_DISK_BYTES")]
     min_free_disk_bytes: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_DEDUPE_SESSION_TTL_MS")]
+    dedupe_session_ttl_ms: Option<u64>,
+    #[arg(long, env = "STREAMSHIELD_SESSION_SWEEP_INTERVAL_MS")]
+    session_sweep_interval_ms: Option<u64>,
     /// The cluster CA's certificate (PEM).
     #[arg(long, env = "STREAMSHIELD_TLS_CA")]
     tls_ca: Option<PathBuf>,
@@ -118,6 +122,8 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         max_requests_per_connection => limits.max_requests_per_connection,
         max_snapshot_bytes => limits.max_snapshot_bytes,
         min_free_disk_bytes => limits.min_free_disk_bytes,
+        dedupe_session_ttl_ms => limits.dedupe_session_ttl_ms,
+        session_sweep_interval_ms => limits.session_sweep_interval_ms,
     );
     if flags.tls_ca.is_some() {
         c.tls.ca_file = flags.tls_ca;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use streamshield_proto::v1::{
-    admin_server::AdminServer, raft_server::RaftServer, state_server::StateServer,
+    admin_server::AdminServer, auth_server::AuthServer, raft_server::RaftServer,
+    state_server::StateServer,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -19,7 +20,9 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::liveness;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES};
-use crate::service::{admin::AdminService, raft::RaftService, state::StateService, NodeContext};
+use crate::service::{
+    admin::AdminService, auth::AuthService, raft::RaftService, state::StateService, NodeContext,
+};
 use crate::state_machine::StateMachineStore;
 use crate::telemetry;
 use crate::tls::{self, NodeTls, TlsError};
@@ -198,6 +201,7 @@ pub async fn run(
         config.limits.clone(),
     ));
     let sampler = telemetry::spawn_sampler(ctx.clone(), log_store.db().clone());
+    let expiry = tokio::spawn(crate::service::session_expiry::run(ctx.clone()));
 
     let fault = log_store.fault().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -229,13 +233,15 @@ pub async fn run(
     tracing::info!(id = config.id, listen = %local, advertise = %advertise, data_dir = %data_dir.display(), tls = !config.insecure, "serving");
     let failure: Arc<std::sync::OnceLock<String>> = Arc::default();
     let stop_now = Arc::new(tokio::sync::Notify::new());
-    // Who may call what is settled before a handler runs: on a TLS node
-    // the Raft service takes node certificates only, the client services
-    // any certificate of the cluster's CA (`tls.rs`).
+    // Who a request comes from is settled before a handler runs: on a TLS
+    // node the Raft service takes node certificates only, the client
+    // services any certificate of the cluster's CA or a bearer token
+    // (`tls.rs`); what that caller may do, each handler asks
+    // `service::authz`.
     type Check = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
     let (peer_check, client_check): (Check, Check) = match tls {
         Some(_) => (tls::authenticate_peer, tls::authenticate_client),
-        None => (Ok, Ok),
+        None => (Ok, tls::anyone),
     };
     let router = tonic::transport::Server::builder()
         // A client that vanished without closing its connection (a
@@ -261,6 +267,10 @@ pub async fn run(
         ))
         .add_service(InterceptedService::new(
             AdminServer::new(AdminService::new(ctx.clone())),
+            client_check,
+        ))
+        .add_service(InterceptedService::new(
+            AuthServer::new(AuthService::new(ctx.clone())),
             client_check,
         ))
         // Health and reflection answer anyone who completed the handshake:
@@ -314,6 +324,7 @@ pub async fn run(
 
     tracing::info!("shutting down");
     sampler.abort();
+    expiry.abort();
     health_task.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

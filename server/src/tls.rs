@@ -236,8 +236,17 @@ pub fn incoming(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertRole {
     Node(u64),
-    Client(String),
+    /// `admin`: the certificate has organizational unit [`ADMIN_UNIT`].
+    Client {
+        name: String,
+        admin: bool,
+    },
 }
+
+/// The organizational unit of a cluster admin's certificate: it may do
+/// everything without a grant, so that a new cluster has someone who can
+/// grant roles.
+pub const ADMIN_UNIT: &str = "streamshield-admin";
 
 /// The role of the certificate `der`; `None` if it names no one.
 pub fn cert_role(der: &[u8]) -> Option<CertRole> {
@@ -249,14 +258,19 @@ pub fn cert_role(der: &[u8]) -> Option<CertRole> {
         .as_str()
         .ok()?
         .to_string();
-    let is_node = subject
-        .iter_organizational_unit()
-        .any(|ou| ou.as_str() == Ok(NODE_UNIT));
-    if is_node {
+    let has_unit = |unit: &str| {
+        subject
+            .iter_organizational_unit()
+            .any(|ou| ou.as_str() == Ok(unit))
+    };
+    if has_unit(NODE_UNIT) {
         let id = cn.strip_prefix("node-")?.parse().ok()?;
         return Some(CertRole::Node(id));
     }
-    Some(CertRole::Client(cn))
+    Some(CertRole::Client {
+        admin: has_unit(ADMIN_UNIT),
+        name: cn,
+    })
 }
 
 /// The role of the client certificate the connection of `request`
@@ -271,9 +285,20 @@ fn peer_role<T>(request: &Request<T>) -> Option<CertRole> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerNode(pub u64);
 
-/// Who a client request comes from.
+/// Who a client request says it comes from, as far as its connection and
+/// headers tell; `service::authz` decides what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal(pub String);
+pub enum Caller {
+    /// A node serving plaintext (`--insecure`): nobody is authenticated,
+    /// and every caller may do everything.
+    Insecure,
+    /// A client certificate of the cluster's CA. `admin`: a node's or a
+    /// cluster admin's certificate.
+    Certificate { principal: String, admin: bool },
+    /// No certificate, an `authorization: Bearer` token instead, not yet
+    /// looked up.
+    Token(String),
+}
 
 /// The Raft service's interceptor on a TLS node: only node certificates.
 pub fn authenticate_peer(mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -282,7 +307,7 @@ pub fn authenticate_peer(mut request: Request<()>) -> Result<Request<()>, Status
             request.extensions_mut().insert(PeerNode(id));
             Ok(request)
         }
-        Some(CertRole::Client(name)) => Err(Status::permission_denied(format!(
+        Some(CertRole::Client { name, .. }) => Err(Status::permission_denied(format!(
             "the Raft service takes node certificates only; {name:?} is a client's"
         ))),
         None => Err(Status::unauthenticated(
@@ -292,17 +317,38 @@ pub fn authenticate_peer(mut request: Request<()>) -> Result<Request<()>, Status
 }
 
 /// The client services' interceptor on a TLS node: a certificate of the
-/// cluster's CA, node or client.
+/// cluster's CA (node or client), or else a bearer token.
 pub fn authenticate_client(mut request: Request<()>) -> Result<Request<()>, Status> {
-    let principal = match peer_role(&request) {
-        Some(CertRole::Client(name)) => name,
-        Some(CertRole::Node(id)) => format!("node-{id}"),
-        None => {
-            return Err(Status::unauthenticated(
-                "this node needs a client certificate of the cluster's CA",
-            ))
-        }
+    let caller = match peer_role(&request) {
+        Some(CertRole::Client { name, admin }) => Caller::Certificate {
+            principal: name,
+            admin,
+        },
+        Some(CertRole::Node(id)) => Caller::Certificate {
+            principal: format!("node-{id}"),
+            admin: true,
+        },
+        None => match bearer_token(&request) {
+            Some(token) => Caller::Token(token),
+            None => {
+                return Err(Status::unauthenticated(
+                    "this node needs a client certificate of the cluster's CA or an `authorization: Bearer <token>` header",
+                ))
+            }
+        },
     };
-    request.extensions_mut().insert(Principal(principal));
+    request.extensions_mut().insert(caller);
     Ok(request)
+}
+
+/// The client services' interceptor on a node without TLS.
+pub fn anyone(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Caller::Insecure);
+    Ok(request)
+}
+
+fn bearer_token<T>(request: &Request<T>) -> Option<String> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then(|| token.to_string())
 }

@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch of the `streamshield` CLI.
 
+mod auth_cmd;
 mod cluster;
 mod data;
 mod local_cmd;
@@ -51,6 +52,15 @@ pub struct Args {
         requires = "tls_cert"
     )]
     pub key: Option<PathBuf>,
+    /// A bearer token instead of a certificate (`auth token create`); sent
+    /// as `authorization: Bearer <token>`.
+    #[arg(
+        long,
+        global = true,
+        env = "STREAMSHIELD_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -79,6 +89,9 @@ pub enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Who may do what: grants of roles, bearer tokens.
+    #[command(subcommand)]
+    Auth(auth_cmd::AuthCmd),
     /// Local clusters of server processes, for trying things out.
     #[command(subcommand)]
     Local(local_cmd::LocalCmd),
@@ -94,6 +107,7 @@ impl Args {
         );
         cfg.deadline = Duration::from_secs_f64(self.timeout.max(0.1));
         cfg.tls = self.tls()?;
+        cfg.token = self.token.clone();
         Ok(Client::new(cfg)?)
     }
 
@@ -129,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Scan(s) => data::scan(&args, s).await,
         Cmd::Members(m) => cluster::members(&args, m).await,
         Cmd::Snapshot { node } => cluster::snapshot(&args, node.as_deref()).await,
+        Cmd::Auth(a) => auth_cmd::run(&args, a).await,
         Cmd::Local(l) => local_cmd::run(&args, l).await,
     }
 }

@@ -8,6 +8,7 @@ use openraft::{BasicNode, ServerState};
 use streamshield_proto::v1::{self as pb, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
+use super::authz::Action;
 use super::{NodeContext, PROPOSAL_TIMEOUT};
 use crate::error::ServiceError;
 use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS};
@@ -50,8 +51,10 @@ fn role_of(s: ServerState) -> pb::Role {
 impl Admin for AdminService {
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.ctx
+            .authorize(request.extensions(), Action::Authenticated)?;
         let m = self.ctx.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         let addr_of = |id: u64| {
@@ -82,6 +85,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
         let r = request.into_inner();
         if r.id == 0 {
             return Err(ServiceError::invalid("id", "node ids start at 1").into());
@@ -108,6 +112,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
         let r = request.into_inner();
         let voters: BTreeSet<u64> = r.voters.iter().copied().collect();
         if voters.is_empty() {
@@ -132,6 +137,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::CreateJobResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
         let r = request.into_inner();
         validate::name("job", &r.job, &self.ctx.limits)?;
         if r.key_groups > MAX_KEY_GROUPS {
@@ -172,8 +178,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::DescribeJobResponse>, Status> {
-        let r = request.into_inner();
+        let (_, ext, r) = request.into_parts();
         validate::name("job", &r.job, &self.ctx.limits)?;
+        self.ctx.authorize(&ext, Action::Read { job: &r.job })?;
         self.ctx.linearize().await?;
         let db = self.ctx.sm.db();
         let job = meta::load_job(&db, DEFAULT_SHARD, &r.job)
@@ -184,8 +191,9 @@ impl Admin for AdminService {
 
     async fn trigger_snapshot(
         &self,
-        _: Request<pb::TriggerSnapshotRequest>,
+        request: Request<pb::TriggerSnapshotRequest>,
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
         let applied = self
             .ctx
             .raft

@@ -1,15 +1,19 @@
 //! The gRPC services of a node and what they share.
 //!
-//! `state` is the client API, `admin` the operator API, `raft` the
-//! receiving side of node-to-node Raft RPCs. Each handler turns its request
+//! `state` is the client API, `admin` the operator API, `auth` the grants
+//! and tokens, `raft` the receiving side of node-to-node Raft RPCs;
+//! `authz` is where every client request's caller is checked. Each handler turns its request
 //! into a Raft proposal or a read of the state machine and its failures
 //! into [`ServiceError`], which maps to a
 //! status in one place.
 
 pub mod admin;
+pub mod auth;
+pub mod authz;
 pub mod peer_guard;
 pub mod raft;
 mod session;
+pub mod session_expiry;
 pub mod state;
 mod write_batcher;
 
@@ -83,6 +87,14 @@ impl Proposer {
 
     /// Proposes `cmd` and waits until it is committed and applied here.
     pub async fn propose(&self, cmd: pb::Command) -> Result<pb::CommandResponse, ServiceError> {
+        self.propose_indexed(cmd).await.map(|(_, r)| r)
+    }
+
+    /// Like [`Proposer::propose`], with the index of the entry.
+    pub async fn propose_indexed(
+        &self,
+        cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResponse), ServiceError> {
         let started = Instant::now();
         let r = tokio::time::timeout(
             PROPOSAL_TIMEOUT,
@@ -97,7 +109,7 @@ impl Proposer {
         if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
             return Err(rejected(e));
         }
-        Ok(resp)
+        Ok((r.log_id.index, resp))
     }
 }
 
@@ -142,10 +154,23 @@ impl NodeContext {
         self.proposer.propose(cmd).await
     }
 
-    /// Proposes a client write, together with writes that arrive while
-    /// earlier proposals are in flight, and returns its own answer.
-    pub async fn write(&self, w: pb::WriteRequest) -> Result<pb::WriteResponse, ServiceError> {
-        self.writes.submit(w).await
+    /// Like [`NodeContext::propose`], with the index of the entry.
+    pub async fn propose_indexed(
+        &self,
+        cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResponse), ServiceError> {
+        self.proposer.propose_indexed(cmd).await
+    }
+
+    /// Proposes a client write of `principal`, together with writes that
+    /// arrive while earlier proposals are in flight, and returns its own
+    /// answer.
+    pub async fn write(
+        &self,
+        principal: String,
+        w: pb::WriteRequest,
+    ) -> Result<pb::WriteResponse, ServiceError> {
+        self.writes.submit(principal, w).await
     }
 
     /// Waits until this node, as leader, may serve a linearizable read

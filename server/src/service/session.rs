@@ -21,7 +21,8 @@ use futures::Stream;
 use streamshield_proto::v1::{self as pb, session_reply, session_request, state_server::State};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Status, Streaming};
+use tonic::metadata::MetadataMap;
+use tonic::{Extensions, Request, Status, Streaming};
 
 use super::state::StateService;
 use crate::error::status_item;
@@ -37,6 +38,7 @@ pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::SessionReply, Status
 /// first.
 pub fn serve(
     service: StateService,
+    caller: Extensions,
     mut input: Streaming<pb::SessionRequest>,
     mut stopping: watch::Receiver<bool>,
 ) -> ReplyStream {
@@ -56,9 +58,9 @@ pub fn serve(
             match next {
                 Ok(Some(req)) => {
                     metrics::counter!("streamshield_session_requests_total").increment(1);
-                    let (service, tx) = (service.clone(), tx.clone());
+                    let (service, tx, caller) = (service.clone(), tx.clone(), caller.clone());
                     tokio::spawn(async move {
-                        let reply = answer(&service, req).await;
+                        let reply = answer(&service, caller, req).await;
                         // A client that went away no longer reads.
                         let _ = tx.send(Ok(reply)).await;
                         drop(slot);
@@ -80,25 +82,34 @@ pub fn serve(
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// One request of the session, under the session's caller.
+fn item<T>(caller: &Extensions, msg: T) -> Request<T> {
+    Request::from_parts(MetadataMap::new(), caller.clone(), msg)
+}
+
 /// What the request's unary call would have returned.
-async fn answer(service: &StateService, req: pb::SessionRequest) -> pb::SessionReply {
+async fn answer(
+    service: &StateService,
+    caller: Extensions,
+    req: pb::SessionRequest,
+) -> pb::SessionReply {
     use session_reply::Result as Answer;
     use session_request::Call;
     let result = match req.call {
         Some(Call::Write(w)) => service
-            .write(Request::new(w))
+            .write(item(&caller, w))
             .await
             .map(|r| Answer::Write(r.into_inner())),
         Some(Call::Get(g)) => service
-            .get(Request::new(g))
+            .get(item(&caller, g))
             .await
             .map(|r| Answer::Get(r.into_inner())),
         Some(Call::WriteMany(w)) => service
-            .write_many(Request::new(w))
+            .write_many(item(&caller, w))
             .await
             .map(|r| Answer::WriteMany(r.into_inner())),
         Some(Call::GetMany(g)) => service
-            .get_many(Request::new(g))
+            .get_many(item(&caller, g))
             .await
             .map(|r| Answer::GetMany(r.into_inner())),
         None => Err(Status::invalid_argument(

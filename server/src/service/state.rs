@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use streamshield_proto::v1::{self as pb, get_outcome, state_server::State, write_outcome};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Extensions, Request, Response, Status, Streaming};
 
+use super::authz::Action;
 use super::{session, NodeContext};
 use crate::error::{item_error, ServiceError};
 use crate::state_machine::read;
@@ -23,13 +24,19 @@ impl StateService {
         Self { ctx }
     }
 
-    fn check_get(&self, r: &pb::GetRequest) -> Result<pb::Consistency, ServiceError> {
+    fn check_get(
+        &self,
+        ext: &Extensions,
+        r: &pb::GetRequest,
+    ) -> Result<pb::Consistency, ServiceError> {
         let l = &self.ctx.limits;
         self.ctx.check_shard(r.shard)?;
         validate::name("job", &r.job, l)?;
         validate::name("state", &r.state, l)?;
         validate::key("key", &r.key, l)?;
-        validate::consistency(r.consistency)
+        let c = validate::consistency(r.consistency)?;
+        self.ctx.authorize(ext, Action::Read { job: &r.job })?;
+        Ok(c)
     }
 
     /// Answers from what this replica has applied; a linearizable read must
@@ -47,10 +54,15 @@ impl StateService {
         })
     }
 
-    async fn write_one(&self, w: pb::WriteRequest) -> Result<pb::WriteResponse, ServiceError> {
+    async fn write_one(
+        &self,
+        ext: &Extensions,
+        w: pb::WriteRequest,
+    ) -> Result<pb::WriteResponse, ServiceError> {
         self.ctx.check_shard(w.shard)?;
         validate::write(&w, &self.ctx.limits)?;
-        self.ctx.write(w).await
+        let who = self.ctx.authorize(ext, Action::Write { job: &w.job })?;
+        self.ctx.write(who.principal, w).await
     }
 
     /// Linearizable reads wait for read-index on the leader; stale reads
@@ -82,8 +94,8 @@ impl State for StateService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let r = request.into_inner();
-        let c = self.check_get(&r)?;
+        let (_, ext, r) = request.into_parts();
+        let c = self.check_get(&ext, &r)?;
         self.prepare_read(c).await?;
         Ok(Response::new(self.read_one(&r)?))
     }
@@ -92,11 +104,12 @@ impl State for StateService {
         &self,
         request: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        let gets = request.into_inner().gets;
+        let (_, ext, r) = request.into_parts();
+        let gets = r.gets;
         check_item_count("gets", gets.len())?;
         metrics::histogram!("streamshield_items_per_call", "kind" => "get")
             .record(gets.len() as f64);
-        let checked: Vec<_> = gets.iter().map(|g| self.check_get(g)).collect();
+        let checked: Vec<_> = gets.iter().map(|g| self.check_get(&ext, g)).collect();
         // One read-index round serves every linearizable item: it starts
         // after all of them arrived.
         let linearized = if checked
@@ -131,11 +144,12 @@ impl State for StateService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        let r = request.into_inner();
+        let (_, ext, r) = request.into_parts();
         let l = &self.ctx.limits;
         self.ctx.check_shard(r.shard)?;
         validate::name("job", &r.job, l)?;
         validate::name("state", &r.state, l)?;
+        self.ctx.authorize(&ext, Action::Read { job: &r.job })?;
         if r.prefix.len() > l.max_key_bytes || r.start_after.len() > l.max_key_bytes {
             return Err(ServiceError::TooLarge {
                 what: "prefix or start_after".into(),
@@ -178,21 +192,23 @@ impl State for StateService {
         &self,
         request: Request<pb::WriteRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        Ok(Response::new(self.write_one(request.into_inner()).await?))
+        let (_, ext, w) = request.into_parts();
+        Ok(Response::new(self.write_one(&ext, w).await?))
     }
 
     async fn write_many(
         &self,
         request: Request<pb::WriteManyRequest>,
     ) -> Result<Response<pb::WriteManyResponse>, Status> {
-        let writes = request.into_inner().writes;
+        let (_, ext, r) = request.into_parts();
+        let writes = r.writes;
         check_item_count("writes", writes.len())?;
         metrics::histogram!("streamshield_items_per_call", "kind" => "write")
             .record(writes.len() as f64);
         // All are handed to the write batcher before any is awaited, so
         // they travel in as few proposals as its bounds allow.
         let answers =
-            futures::future::join_all(writes.into_iter().map(|w| self.write_one(w))).await;
+            futures::future::join_all(writes.into_iter().map(|w| self.write_one(&ext, w))).await;
         let outcomes = answers
             .into_iter()
             .map(|r| pb::WriteOutcome {
@@ -212,9 +228,14 @@ impl State for StateService {
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let stopping = self.ctx.stopping();
+        // Each item is authorized on its own, as its unary call would be,
+        // under the caller the stream was opened by.
+        let (_, ext, input) = request.into_parts();
+        self.ctx.identify(&ext)?;
         Ok(Response::new(session::serve(
             self.clone(),
-            request.into_inner(),
+            ext,
+            input,
             stopping,
         )))
     }

@@ -4,7 +4,8 @@
 //! an append to three logs, an encode and a decode on every replica, a slot
 //! in a replication message, openraft's bookkeeping. At most
 //! [`MAX_IN_FLIGHT`] proposals are outstanding; writes that arrive while
-//! they are go out together as one entry (`Command::Batch`) as soon as a
+//! they are go out together as one entry (`Command::OwnedWrites`, each
+//! write with the principal that sent it) as soon as a
 //! slot frees. A write that finds a free slot goes out after the handlers
 //! ready to run have had their turn ([`gather`]), alone if none of them
 //! submits: with 64 clients making one unary call per write, that took
@@ -41,7 +42,7 @@ const RETRY_AFTER_MS: u32 = 20;
 type Answer = Result<pb::WriteResponse, ServiceError>;
 
 struct Pending {
-    write: pb::WriteRequest,
+    write: pb::OwnedWrite,
     bytes: usize,
     reply: oneshot::Sender<Answer>,
 }
@@ -89,21 +90,11 @@ fn answer_of(resp: pb::CommandResponse) -> Answer {
     }
 }
 
-async fn propose(proposer: Proposer, mut batch: Vec<Pending>) {
-    if batch.len() == 1 {
-        let p = batch.pop().expect("one write");
-        let cmd = pb::Command {
-            kind: Some(command::Kind::Write(p.write)),
-        };
-        let _ = p
-            .reply
-            .send(proposer.propose(cmd).await.and_then(answer_of));
-        return;
-    }
+async fn propose(proposer: Proposer, batch: Vec<Pending>) {
     let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.write, p.reply)).unzip();
     let n = writes.len();
     let cmd = pb::Command {
-        kind: Some(command::Kind::Batch(pb::WriteBatch { writes })),
+        kind: Some(command::Kind::OwnedWrites(pb::OwnedWrites { writes })),
     };
     match proposer.propose(cmd).await {
         Ok(pb::CommandResponse {
@@ -198,8 +189,14 @@ impl WriteBatcher {
         self.proposing.load(Ordering::Acquire) > 0
     }
 
-    pub async fn submit(&self, write: pb::WriteRequest) -> Answer {
+    /// Proposes `write` on behalf of `principal`, who will own its client
+    /// id.
+    pub async fn submit(&self, principal: String, write: pb::WriteRequest) -> Answer {
         let (reply, answer) = oneshot::channel();
+        let write = pb::OwnedWrite {
+            principal,
+            write: Some(write),
+        };
         let bytes = write.encoded_len();
         if !self.queued.admit(bytes) {
             metrics::counter!("streamshield_writes_shed_total").increment(1);

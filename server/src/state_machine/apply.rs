@@ -14,6 +14,7 @@ use tonic::Code;
 
 use super::meta::{self as m, CF_DATA, CF_META};
 use super::pending::PendingWrites;
+use super::sessions;
 use crate::keys::{self, meta, StoredValue, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS};
 use crate::rocks::corrupt;
 
@@ -39,16 +40,46 @@ pub fn apply_command(
     index: u64,
     cmd: &pb::Command,
 ) -> io::Result<pb::CommandResponse> {
+    apply_at(p, At { index, time_ms: 0 }, cmd)
+}
+
+/// Like [`apply_command`], at the leader time of the entry. An
+/// `ExpireSessions` needs the store itself in step with every earlier
+/// entry (see [`sessions::expire`]); the caller sees to that.
+pub fn apply_at(
+    p: &mut PendingWrites,
+    at: At,
+    cmd: &pb::Command,
+) -> io::Result<pb::CommandResponse> {
+    let batch = |answers| pb::CommandResponse {
+        kind: Some(command_response::Kind::Batch(pb::BatchAnswers { answers })),
+    };
     match &cmd.kind {
-        Some(command::Kind::Write(w)) => apply_write(p, index, w),
-        Some(command::Kind::CreateJob(c)) => create_job(p, index, c),
+        Some(command::Kind::Write(w)) => apply_write(p, at, None, w),
+        Some(command::Kind::CreateJob(c)) => create_job(p, at.index, c),
         Some(command::Kind::Batch(b)) => {
             let mut answers = Vec::with_capacity(b.writes.len());
             for w in &b.writes {
-                answers.push(apply_write(p, index, w)?);
+                answers.push(apply_write(p, at, None, w)?);
             }
+            Ok(batch(answers))
+        }
+        Some(command::Kind::OwnedWrites(b)) => {
+            let mut answers = Vec::with_capacity(b.writes.len());
+            for o in &b.writes {
+                answers.push(match &o.write {
+                    Some(w) => apply_write(p, at, Some(&o.principal), w)?,
+                    None => error_response(Code::InvalidArgument, "an owned write without a write"),
+                });
+            }
+            Ok(batch(answers))
+        }
+        Some(command::Kind::Auth(change)) => super::auth::apply(p, at.index, change),
+        Some(command::Kind::ExpireSessions(e)) => {
+            let db = p.db();
+            let n = sessions::expire(p, db, at.time_ms, e.idle_ms)?;
             Ok(pb::CommandResponse {
-                kind: Some(command_response::Kind::Batch(pb::BatchAnswers { answers })),
+                kind: Some(command_response::Kind::SessionsExpired(n)),
             })
         }
         None => Ok(error_response(Code::InvalidArgument, "empty command")),
@@ -112,13 +143,55 @@ fn create_job(
     })
 }
 
+/// Where in the log a command is applied: its entry's index and the
+/// proposing leader's clock (0 in entries from before the header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub index: u64,
+    pub time_ms: u64,
+}
+
 fn apply_write(
     p: &mut PendingWrites,
-    index: u64,
+    at: At,
+    owner: Option<&str>,
     w: &pb::WriteRequest,
 ) -> io::Result<pb::CommandResponse> {
+    let index = at.index;
     if w.client_id == 0 {
         return write_outcome(p, index, w);
+    }
+    let stored = sessions::load(p, w.client_id)?;
+    // Before any recorded answer is looked at: another principal's
+    // answers are not this one's to read. A session of nobody (made on a
+    // node without TLS, or before owners) is the next writer's to claim.
+    let held = stored
+        .as_ref()
+        .and_then(|s| s.owner.as_deref())
+        .unwrap_or("");
+    if let Some(owner) = owner {
+        if !held.is_empty() && held != owner {
+            return Ok(error_response(
+                Code::PermissionDenied,
+                format!(
+                    "client id {} belongs to another principal; use a client id of your own",
+                    w.client_id
+                ),
+            ));
+        }
+    }
+    if stored.as_ref().is_some_and(|s| s.expired) && w.acked_below > 0 {
+        // The client says it sent seqs before this one, but their answers
+        // expired with the session: this could be a retry of one that
+        // applied, and applying it again would apply it twice.
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "{SESSION_EXPIRED}: client {} was idle past the dedupe session TTL; \
+                 write again with acked_below 0 to start a new session",
+                w.client_id
+            ),
+        ));
     }
     if p.may_have_answer(w.client_id, w.seq)? {
         if let Some(raw) = p.get(CF_META, &meta::dedupe(w.client_id, w.seq))? {
@@ -127,7 +200,9 @@ fn apply_write(
                 .map_err(|e| corrupt(format!("dedupe record: {e}")));
         }
     }
-    let forgotten = forgotten_below(p, w.client_id)?;
+    // The live session, if any: an expired one is replaced by a new one.
+    let live = stored.clone().filter(|s| !s.expired);
+    let forgotten = live.as_ref().map_or(0, |s| s.forgotten);
     if w.seq < forgotten {
         // Its answer may have been forgotten; applying it again could
         // apply it twice.
@@ -146,6 +221,12 @@ fn apply_write(
         resp.encode_to_vec(),
     )?;
     p.answer_staged(w.client_id, w.seq);
+    let mut next = live.unwrap_or(sessions::Session {
+        forgotten: 0,
+        last_used_ms: at.time_ms,
+        expired: false,
+        owner: Some(held.to_string()),
+    });
     // Written as a difference: seqs are the client's to choose, and a mark
     // near `u64::MAX` must neither overflow here (a panic on every replica,
     // again on each replay) nor wrap and move the mark backwards.
@@ -155,14 +236,25 @@ fn apply_write(
             &meta::dedupe(w.client_id, forgotten),
             &meta::dedupe(w.client_id, w.acked_below),
         )?;
-        p.put(
-            CF_META,
-            &meta::session(w.client_id),
-            w.acked_below.to_be_bytes().to_vec(),
-        )?;
+        next.forgotten = w.acked_below;
+    }
+    if let Some(owner) = owner {
+        if held.is_empty() {
+            next.owner = Some(owner.to_string());
+        }
+        if at.time_ms.saturating_sub(next.last_used_ms) >= sessions::TOUCH_MS {
+            next.last_used_ms = at.time_ms;
+        }
+    }
+    if stored.as_ref() != Some(&next) {
+        sessions::store(p, w.client_id, stored.as_ref(), &next)?;
     }
     Ok(resp)
 }
+
+/// Starts the message of a write refused because its session expired;
+/// clients recognise it by this.
+pub const SESSION_EXPIRED: &str = "dedupe session expired";
 
 /// Answers below a client's `acked_below` are never asked for again. They
 /// are dropped in steps of [`FORGET_STEP`], one range deletion per step,
@@ -173,17 +265,6 @@ fn apply_write(
 /// node's CPU there (`perf`); the work grows with the square of the
 /// tombstone rate, so 2,048 cuts it ~64-fold.
 pub const FORGET_STEP: u64 = 2048;
-
-fn forgotten_below(p: &mut PendingWrites, client_id: u64) -> io::Result<u64> {
-    match p.get(CF_META, &meta::session(client_id))? {
-        None => Ok(0),
-        Some(raw) => {
-            Ok(u64::from_be_bytes(raw.as_slice().try_into().map_err(
-                |_| corrupt("client session record is not 8 bytes"),
-            )?))
-        }
-    }
-}
 
 fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue>> {
     match p.get(CF_DATA, dk)? {
@@ -551,7 +632,10 @@ mod tests {
         };
         assert!(succeeded(&f.write(write(u64::MAX - 1, u64::MAX - 1))));
         assert!(succeeded(&f.write(write(u64::MAX, u64::MAX))));
-        let mark = forgotten_below(&mut PendingWrites::new(&f.db), 777).unwrap();
+        let mark = sessions::load(&mut PendingWrites::new(&f.db), 777)
+            .unwrap()
+            .unwrap()
+            .forgotten;
         assert_eq!(mark, u64::MAX - 1, "the mark never moves backwards");
         assert_eq!(f.get(b"k").unwrap().version, 2);
         // And a retry of the last one is still answered from its record.

@@ -9,11 +9,13 @@
 //! and switches the `sm/CURRENT` pointer atomically.
 
 mod apply;
+pub mod auth;
 mod job_cache;
 mod memo;
 pub mod meta;
 mod pending;
 pub mod read;
+mod sessions;
 pub mod snapshot;
 
 use std::fs;
@@ -32,10 +34,13 @@ use prost::Message;
 use rocksdb::{WriteOptions, DB};
 use streamshield_proto::v1 as pb;
 
+pub use self::apply::SESSION_EXPIRED;
+use self::auth::AuthTable;
 use self::job_cache::JobCache;
 use self::memo::ApplyMemo;
 use self::meta::{ALL_CFS, CF_META};
 use self::pending::PendingWrites;
+pub use self::sessions::MAX_EXPIRED_PER_ENTRY;
 pub use self::snapshot::SnapshotFiles;
 use crate::codec;
 use crate::keys::meta as mk;
@@ -58,6 +63,8 @@ pub struct SmShared {
     /// so that reads need not fetch it from RocksDB.
     applied: AtomicU64,
     jobs: JobCache,
+    /// Grants and tokens of the live store.
+    auth: RwLock<Arc<AuthTable>>,
     /// Of the live store; only the apply path and installs touch it.
     memo: Mutex<ApplyMemo>,
 }
@@ -126,6 +133,7 @@ impl StateMachineStore {
         snapshot::clean_scratch(&snap_root)?;
         let db = open_store(&gen_dir(&sm_root, gen))?;
         let applied = read_applied_state(&db)?.0.map_or(0, |l| l.index);
+        let auth = AuthTable::load(&db)?;
         Ok(Self {
             shared: Arc::new(SmShared {
                 sm_root,
@@ -136,6 +144,7 @@ impl StateMachineStore {
                 snapshots_installed: AtomicU64::new(0),
                 applied: AtomicU64::new(applied),
                 jobs: JobCache::default(),
+                auth: RwLock::new(Arc::new(auth)),
                 memo: Mutex::new(ApplyMemo::default()),
             }),
         })
@@ -167,6 +176,17 @@ impl SmShared {
     /// Everything up to this index is visible to reads that start now.
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// Every grant and token, as of what this replica has applied.
+    pub fn auth(&self) -> Arc<AuthTable> {
+        self.auth.read().expect("auth lock").clone()
+    }
+
+    fn reload_auth(&self, db: &DB) -> io::Result<()> {
+        let table = Arc::new(AuthTable::load(db)?);
+        *self.auth.write().expect("auth lock") = table;
+        Ok(())
     }
 
     /// The live store and the record of job `name` in it.
@@ -218,6 +238,7 @@ impl SmShared {
         snapshot::link_copy(&files.dir, &new_dir)?;
         let db = open_store(&new_dir)?;
         let (applied, _) = read_applied_state(&db)?;
+        let auth = AuthTable::load(&db)?;
         if applied != meta.last_log_id {
             drop(db);
             let _ = fs::remove_dir_all(&new_dir);
@@ -233,6 +254,7 @@ impl SmShared {
         let old = {
             let mut g = self.db.write().expect("sm lock");
             self.jobs.invalidate();
+            *self.auth.write().expect("auth lock") = Arc::new(auth);
             self.memo.lock().expect("apply memo lock").clear();
             self.applied
                 .store(applied.map_or(0, |l| l.index), Ordering::Release);
@@ -285,6 +307,10 @@ pub fn apply_chunk(
     let mut pending = PendingWrites::with_memo(&db, &shared.memo);
     let mut out = Vec::with_capacity(cmds.len());
     for (i, cmd) in cmds.iter().enumerate() {
+        if needs_store_in_step(cmd) {
+            let full = std::mem::replace(&mut pending, PendingWrites::with_memo(&db, &shared.memo));
+            full.write(&WriteOptions::default())?;
+        }
         out.push(apply::apply_command(
             &mut pending,
             first_index + i as u64,
@@ -292,8 +318,19 @@ pub fn apply_chunk(
         )?);
         pending.entry_done();
     }
+    let auth_changed = pending.auth_changed();
     pending.write(&WriteOptions::default())?;
+    if auth_changed {
+        shared.reload_auth(&db)?;
+    }
     Ok(out)
+}
+
+/// Whether `cmd` reads the store itself, not only through the pending
+/// writes, so everything before it must be written first: chunks end at
+/// different entries on different replicas.
+fn needs_store_in_step(cmd: &pb::Command) -> bool {
+    matches!(cmd.kind, Some(pb::command::Kind::ExpireSessions(_)))
 }
 
 /// Entries applied into one RocksDB write at most; their answers wait
@@ -319,10 +356,15 @@ fn commit_applied(
         codec::log_id_to_pb(&last).encode_to_vec(),
     )?;
     let jobs_changed = pending.jobs_changed();
+    let auth_changed = pending.auth_changed();
+    let db = pending.db();
     pending.write(wo)?;
     // Before anyone hears of the write, so no read after it sees less.
     if jobs_changed {
         shared.jobs.invalidate();
+    }
+    if auth_changed {
+        shared.reload_auth(db)?;
     }
     shared.applied.store(last.index, Ordering::Release);
     metrics::gauge!("streamshield_applied_index").set(last.index as f64);
@@ -390,7 +432,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     // know it apply it, and skipping would diverge.
                     cmd.check_known()
                         .map_err(|e| io::Error::other(format!("entry {index}: {e}")))?;
-                    apply::apply_command(&mut pending, index, cmd)?
+                    if needs_store_in_step(cmd) {
+                        let full =
+                            std::mem::replace(&mut pending, PendingWrites::with_memo(&db, memo));
+                        commit_applied(&self.shared, full, &wo, &mut answers, last)?;
+                    }
+                    let at = apply::At {
+                        index,
+                        time_ms: cmd.header().leader_time_ms,
+                    };
+                    apply::apply_at(&mut pending, at, cmd)?
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());

@@ -32,6 +32,7 @@ pub struct PendingWrites<'a> {
     deleted_ranges: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
     entries: usize,
     jobs_changed: bool,
+    auth_changed: bool,
     memo: Option<&'a Mutex<ApplyMemo>>,
     /// Per client seen in this chunk: no answer stored or staged has a
     /// `seq` above this.
@@ -51,6 +52,7 @@ impl<'a> PendingWrites<'a> {
             deleted_ranges: Vec::new(),
             entries: 0,
             jobs_changed: false,
+            auth_changed: false,
             memo: None,
             seq_bounds: HashMap::new(),
         }
@@ -62,6 +64,11 @@ impl<'a> PendingWrites<'a> {
             memo: Some(memo),
             ..Self::new(db)
         }
+    }
+
+    /// The store the writes are staged for, as it was before them.
+    pub fn db(&self) -> &'a DB {
+        self.db
     }
 
     fn memo(&self) -> Option<std::sync::MutexGuard<'a, ApplyMemo>> {
@@ -161,6 +168,7 @@ impl<'a> PendingWrites<'a> {
     pub fn put(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
         self.batch.put_cf(rocks::cf(self.db, cf)?, key, &value);
         self.jobs_changed |= cf == CF_META && meta::is_job(key);
+        self.auth_changed |= cf == CF_META && meta::is_auth(key);
         self.known.insert((cf, key.to_vec()), Some(value));
         Ok(())
     }
@@ -168,6 +176,7 @@ impl<'a> PendingWrites<'a> {
     pub fn delete(&mut self, cf: &'static str, key: &[u8]) -> io::Result<()> {
         self.batch.delete_cf(rocks::cf(self.db, cf)?, key);
         self.jobs_changed |= cf == CF_META && meta::is_job(key);
+        self.auth_changed |= cf == CF_META && meta::is_auth(key);
         self.known.insert((cf, key.to_vec()), None);
         Ok(())
     }
@@ -186,6 +195,12 @@ impl<'a> PendingWrites<'a> {
     /// copies must be dropped once they are written.
     pub fn jobs_changed(&self) -> bool {
         self.jobs_changed
+    }
+
+    /// Whether a grant or token is among the staged writes: the node's
+    /// table of them must be read again once they are written.
+    pub fn auth_changed(&self) -> bool {
+        self.auth_changed
     }
 
     /// Counts an applied entry; callers bound a chunk by it.
