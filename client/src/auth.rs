@@ -2,8 +2,11 @@
 
 use streamshield_proto::v1::{self as pb, auth_client::AuthClient};
 
+use std::future::Future;
+
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::transport::Transport;
 
 /// A role a grant gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,20 @@ fn grant(principal: &str, role: Role, job: Option<&str>) -> pb::GrantRequest {
 }
 
 impl Client {
+    /// One `Auth` call on the leader, retried as every admin call is.
+    async fn auth<Req, Resp, F, Fut>(&self, req: Req, call: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(AuthClient<Transport>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.on_leader(|t| {
+            let fut = call(AuthClient::new(t), req.clone());
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
     /// Gives `principal` `role` on `job` (`None` for admin, `Some("*")` for
     /// every job). `changed` is false if it held it already.
     pub async fn grant_role(
@@ -68,16 +85,8 @@ impl Client {
         job: Option<&str>,
     ) -> Result<pb::GrantResponse, ClientError> {
         let req = grant(principal, role, job);
-        self.on_leader(|t| {
-            let req = req.clone();
-            async move {
-                AuthClient::new(t)
-                    .grant_role(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.auth(req, |mut c, r| async move { c.grant_role(r).await })
+            .await
     }
 
     /// Takes a grant back; `changed` is false if there was none.
@@ -88,16 +97,8 @@ impl Client {
         job: Option<&str>,
     ) -> Result<pb::GrantResponse, ClientError> {
         let req = grant(principal, role, job);
-        self.on_leader(|t| {
-            let req = req.clone();
-            async move {
-                AuthClient::new(t)
-                    .revoke_role(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.auth(req, |mut c, r| async move { c.revoke_role(r).await })
+            .await
     }
 
     /// Grants and tokens of `principal`, or of everyone for `None`.
@@ -108,16 +109,8 @@ impl Client {
         let req = pb::ListGrantsRequest {
             principal: principal.unwrap_or_default().into(),
         };
-        self.on_leader(|t| {
-            let req = req.clone();
-            async move {
-                AuthClient::new(t)
-                    .list_grants(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.auth(req, |mut c, r| async move { c.list_grants(r).await })
+            .await
     }
 
     /// A new bearer token for `principal`: the secret is in this answer
@@ -129,41 +122,22 @@ impl Client {
         let req = pb::CreateTokenRequest {
             principal: principal.into(),
         };
-        self.on_leader(|t| {
-            let req = req.clone();
-            async move {
-                AuthClient::new(t)
-                    .create_token(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.auth(req, |mut c, r| async move { c.create_token(r).await })
+            .await
     }
 
     pub async fn revoke_token(&self, token_id: &str) -> Result<pb::GrantResponse, ClientError> {
         let req = pb::RevokeTokenRequest {
             token_id: token_id.into(),
         };
-        self.on_leader(|t| {
-            let req = req.clone();
-            async move {
-                AuthClient::new(t)
-                    .revoke_token(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        self.auth(req, |mut c, r| async move { c.revoke_token(r).await })
+            .await
     }
 
     /// Who the cluster takes this client for, and its grants.
     pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse, ClientError> {
-        self.on_leader(|t| async move {
-            AuthClient::new(t)
-                .who_am_i(pb::WhoAmIRequest {})
-                .await
-                .map(|r| r.into_inner())
+        self.auth(pb::WhoAmIRequest {}, |mut c, r| async move {
+            c.who_am_i(r).await
         })
         .await
     }

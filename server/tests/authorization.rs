@@ -31,10 +31,6 @@ fn client_as(t: &TestCluster, name: Option<&str>, token: Option<String>) -> Clie
     Client::new(cfg).expect("client")
 }
 
-fn code(e: ClientError) -> Code {
-    e.code()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grants_decide_who_may_write_and_read_each_job() {
     let t = TestCluster::start_with(3, &[], |c| c.enable_tls().expect("certificates")).await;
@@ -51,7 +47,7 @@ async fn grants_decide_who_may_write_and_read_each_job() {
     let e = alice.put("j", "s", "x", "alice's").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     let e = alice.get("j", "s", "x", Consistency::Linearizable).await;
-    assert_eq!(code(e.unwrap_err()), Code::PermissionDenied);
+    assert_eq!(e.unwrap_err().code(), Code::PermissionDenied);
     let e = alice.create_job("mine", 4).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     let e = alice

@@ -53,6 +53,17 @@ impl AuthService {
         Ok(g)
     }
 
+    /// An admin's GrantRole or RevokeRole.
+    async fn grant_change(
+        &self,
+        request: Request<pb::GrantRequest>,
+        change: fn(pb::Grant) -> auth_change::Change,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
+        let g = self.check_grant(request.into_inner().grant)?;
+        Ok(Response::new(self.change(change(g)).await?))
+    }
+
     async fn change(&self, change: auth_change::Change) -> Result<pb::GrantResponse, Status> {
         let (index, resp) = self
             .ctx
@@ -94,11 +105,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        self.ctx.authorize(request.extensions(), Action::Admin)?;
-        let g = self.check_grant(request.into_inner().grant)?;
-        Ok(Response::new(
-            self.change(auth_change::Change::Revoke(g)).await?,
-        ))
+        self.grant_change(request, auth_change::Change::Revoke)
+            .await
     }
 
     async fn list_grants(
