@@ -3,8 +3,9 @@
 
 CARGO ?= cargo
 # etcd-server: the comparison target of `make bench` and its test;
-# fiu-utils: the disk faults `make test` injects (libfiu).
-APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils
+# fiu-utils: the disk faults `make test` injects (libfiu); fuse3: the
+# power-loss file system of the same tests (fusermount3, /dev/fuse).
+APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils fuse3
 
 .PHONY: demo test deps build fmt lint jepsen bench fuzz
 

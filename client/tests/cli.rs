@@ -87,8 +87,26 @@ fn a_user_session_with_the_cli() {
     run(&["jobs", "create", "myjob", "--key-groups", "128"]);
     assert!(run(&["put", "myjob", "counts", "user42", "17"]).starts_with("OK"));
     assert_eq!(run(&["get", "myjob", "counts", "user42"]).trim(), "17");
-    let stale = run_json(&["get", "myjob", "counts", "user42", "--stale"]);
-    assert_eq!(stale["kv"]["value"], "17");
+    // A stale read may go to a follower that has not applied the write
+    // (or the job) yet; it converges.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = cli(
+            &with(&["get", "myjob", "counts", "user42", "--stale", "--json"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let seen: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if out.status.success() && seen.as_ref().is_some_and(|v| v["kv"]["value"] == "17") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stale read never saw user42 = 17"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     run(&["put", "myjob", "counts", "user43", "18"]);
     run(&["put", "myjob", "counts", "other", "1"]);
     let scan = run_json(&[

@@ -8,7 +8,8 @@
 //! [`checker`] judges the history (linearizability per key, set, bank);
 //! [`run`] ties one test together and [`report`] writes its directory
 //! (history, results, plots, index.html). The `streamshield-jepsen` binary
-//! is the CLI (`test`, `sweep`, `bench`, `matrix`).
+//! is the CLI (`test`, `sweep`, `bench`, `matrix`, `soak`); [`soak`] is the
+//! hour under load and faults that watches every node's memory.
 //!
 //! [`bench`] is the benchmark driver: closed-loop clients against
 //! StreamShield and etcd, side by side, and the machine's own floor.
@@ -22,4 +23,5 @@ pub mod proxy;
 pub mod recorder;
 pub mod report;
 pub mod run;
+pub mod soak;
 pub mod workload;

@@ -10,6 +10,7 @@ use streamshield_client::local;
 use streamshield_jepsen::bench::cli::{bench, run_matrix, BenchArgs, MatrixArgs};
 use streamshield_jepsen::nemesis::{self, Fault};
 use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
+use streamshield_jepsen::soak::{self, SoakOptions};
 use streamshield_jepsen::workload::{self, Workload};
 
 #[derive(Parser)]
@@ -63,6 +64,23 @@ enum Cmd {
     /// Every benchmark row on both targets, alternating; writes
     /// BENCHMARKS.md (what `make bench` runs).
     Matrix(MatrixArgs),
+    /// Mixed load under faults that keep processes alive, every node's
+    /// resident memory sampled each minute; fails if it grows more than
+    /// the limit after the warm-up.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        #[arg(long, default_value_t = 10)]
+        warmup_minutes: u64,
+        #[arg(long, default_value_t = 20)]
+        max_growth_percent: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, default_value = "store")]
+        store: PathBuf,
+    },
 }
 
 fn server_bin() -> anyhow::Result<PathBuf> {
@@ -90,6 +108,47 @@ fn print(o: &Outcome) {
     );
 }
 
+async fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
+    println!(
+        "soak: {} minutes, baseline at minute {}, limit {} %, seed {}",
+        o.minutes, o.warmup_minutes, o.max_growth_percent, o.seed
+    );
+    let bar = indicatif::ProgressBar::new(o.minutes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} minute {pos}/{len}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (_, verdict) = soak::run(o, |s| {
+        let rss: Vec<String> = s
+            .rss_kib
+            .iter()
+            .map(|k| format!("{} MiB", k / 1024))
+            .collect();
+        bar.println(format!(
+            "minute {:>3}  rss {}  ok {:>7}  failed {:>6}",
+            s.minute,
+            rss.join(" / "),
+            s.ok,
+            s.failed
+        ));
+        bar.set_position(s.minute);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let growth: Vec<String> = verdict
+        .growth_percent
+        .iter()
+        .map(|g| format!("{g:.1} %"))
+        .collect();
+    println!(
+        "soak {}: growth after warm-up per node {}; {}",
+        if verdict.passed { "passed" } else { "FAILED" },
+        growth.join(" / "),
+        verdict.reason
+    );
+    Ok(verdict.passed)
+}
+
 async fn main_async(args: Args) -> anyhow::Result<bool> {
     // The program by its name, not the path it was started from, so that
     // reports read the same on every machine.
@@ -107,6 +166,25 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
     match args.cmd {
         Cmd::Bench(a) => bench(a).await,
         Cmd::Matrix(a) => run_matrix(a, command).await,
+        Cmd::Soak {
+            minutes,
+            warmup_minutes,
+            max_growth_percent,
+            concurrency,
+            seed,
+            store,
+        } => {
+            let opts = SoakOptions {
+                minutes,
+                warmup_minutes,
+                max_growth_percent,
+                concurrency,
+                seed: seed.unwrap_or_else(rand::random),
+                store,
+                server_bin: server_bin()?,
+            };
+            soak(&opts).await
+        }
         Cmd::Test {
             workload,
             nemesis,

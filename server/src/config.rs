@@ -143,6 +143,11 @@ pub struct Limits {
     /// Requests in flight on one connection; past it a request gets
     /// RESOURCE_EXHAUSTED at once. Default 1,024.
     pub max_requests_per_connection: usize,
+    /// Client requests in flight on this node, over all connections; past
+    /// it a request gets RESOURCE_EXHAUSTED with a retry hint at once.
+    /// Peer (Raft) and health traffic is not counted, so an overload of
+    /// clients never starves replication. Default 4,096.
+    pub max_requests_in_flight: usize,
     /// A snapshot a leader sends this node may be at most this large; a
     /// larger one is refused with RESOURCE_EXHAUSTED and its files are
     /// removed. Default 1 TiB.
@@ -205,6 +210,7 @@ impl Default for Limits {
             max_scan_limit: 10_000,
             max_scan_bytes: 16 << 20,
             max_requests_per_connection: 1024,
+            max_requests_in_flight: 4096,
             max_snapshot_bytes: 1 << 40,
             min_free_disk_bytes: 1 << 30,
             dedupe_session_ttl_ms: 24 * 3600 * 1000,
@@ -289,6 +295,7 @@ impl ServerConfig {
             ("max_scan_limit", l.max_scan_limit as usize),
             ("max_scan_bytes", l.max_scan_bytes),
             ("max_requests_per_connection", l.max_requests_per_connection),
+            ("max_requests_in_flight", l.max_requests_in_flight),
             ("max_snapshot_bytes", l.max_snapshot_bytes as usize),
             ("keepalive.interval_ms", self.keepalive.interval_ms as usize),
             ("keepalive.timeout_ms", self.keepalive.timeout_ms as usize),

@@ -83,6 +83,10 @@ pub struct LogStore {
     /// restored in place (see `enable_leader_restore` in `node.rs`) and
     /// learns the commit index from its new term's no-op.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
+    /// The index of the last entry the last successful fsync covered. The
+    /// committed hint is saved only up to it: a hint past the durable log
+    /// would, after a power cut, name entries the log no longer has.
+    durable_index: Arc<Mutex<Option<u64>>>,
     /// Set by the first failed write or fsync; no fsync runs after it.
     fault: StorageFault,
 }
@@ -109,6 +113,7 @@ impl LogStore {
             own_id: None,
             recent: RecentEntries::default(),
             unsaved_committed: Arc::new(Mutex::new(None)),
+            durable_index: Arc::new(Mutex::new(None)),
             fault: StorageFault::default(),
         };
         store.move_rocksdb_log()?;
@@ -245,11 +250,14 @@ impl LogStore {
         true
     }
 
+    /// The committed log id held back, if the log is durable up to it.
     fn take_unsaved_committed(&self) -> Option<LogId> {
-        self.unsaved_committed
-            .lock()
-            .expect("committed lock")
-            .take()
+        let durable = *self.durable_index.lock().expect("durable lock");
+        let mut unsaved = self.unsaved_committed.lock().expect("committed lock");
+        match (*unsaved, durable) {
+            (Some(c), Some(d)) if c.index <= d => unsaved.take(),
+            _ => None,
+        }
     }
 
     fn end_sync(&self) {
@@ -298,12 +306,18 @@ impl LogStore {
     /// current segment or in one synced when it ended.
     fn sync(&self, callbacks: Vec<Flushed>) {
         let started = Instant::now();
+        // Taken before the segment: an append in between that starts a new
+        // segment syncs the old one as it ends it.
+        let covered = self.segments.last_log_id().map(|l| l.index);
         // Never a second fsync after a failed one: it could report success
         // for pages the kernel dropped when the first failed.
         let result = match self.fault.as_error() {
             Some(e) => Err(e),
             None => self.segments.current_segment().sync(),
         };
+        if result.is_ok() {
+            *self.durable_index.lock().expect("durable lock") = covered;
+        }
         if let Err(e) = &result {
             self.fault.report("log fsync", e);
         }
@@ -521,7 +535,7 @@ mod tests {
         log.save_committed(Some(log_id(1, 2))).await.unwrap();
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 3)));
         assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), None, "held back");
-        log.append([big_entry(1, 8)], IOFlushed::noop())
+        log.append((1..=3).map(|i| big_entry(i, 8)), IOFlushed::noop())
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -531,6 +545,9 @@ mod tests {
         }
         assert_eq!(log.read_log_id(KEY_COMMITTED).unwrap(), Some(log_id(1, 3)));
 
+        log.append([big_entry(4, 8)], IOFlushed::noop())
+            .await
+            .unwrap();
         log.save_committed(Some(log_id(1, 4))).await.unwrap();
         close_and_wait(log).await;
         let mut reopened = LogStore::open(dir.path()).unwrap();
@@ -539,6 +556,32 @@ mod tests {
             Some(log_id(1, 4)),
             "written on close"
         );
+        close_and_wait(reopened).await;
+    }
+
+    /// A leader may learn that an entry is committed (a majority of the
+    /// followers has it) before its own fsync of it is done. The hint
+    /// must wait for that fsync: saved earlier, a power cut would leave a
+    /// committed index past the log's end.
+    #[tokio::test]
+    async fn the_committed_hint_never_passes_the_synced_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        log.save_committed(Some(log_id(1, 5))).await.unwrap();
+        log.append((1..=3).map(|i| big_entry(i, 8)), IOFlushed::noop())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log.durable_index.lock().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no fsync");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        log.save_unsaved_committed();
+        close_and_wait(log).await;
+        let mut reopened = LogStore::open(dir.path()).unwrap();
+        let saved = reopened.read_log_id(KEY_COMMITTED).unwrap();
+        assert_eq!(saved, None, "index 5 was never durable here");
+        assert!(reopened.read_committed().await.unwrap().is_none());
         close_and_wait(reopened).await;
     }
 

@@ -63,6 +63,8 @@ struct Flags {
     max_batch_bytes: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_REQUESTS_PER_CONNECTION")]
     max_requests_per_connection: Option<usize>,
+    #[arg(long, env = "STREAMSHIELD_MAX_REQUESTS_IN_FLIGHT")]
+    max_requests_in_flight: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_SNAPSHOT_BYTES")]
     max_snapshot_bytes: Option<u64>,
     #[arg(long, env = "STREAMSHIELD_MIN_FREE_DISK_BYTES")]
@@ -120,6 +122,7 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         max_value_bytes => limits.max_value_bytes,
         max_batch_bytes => limits.max_batch_bytes,
         max_requests_per_connection => limits.max_requests_per_connection,
+        max_requests_in_flight => limits.max_requests_in_flight,
         max_snapshot_bytes => limits.max_snapshot_bytes,
         min_free_disk_bytes => limits.min_free_disk_bytes,
         dedupe_session_ttl_ms => limits.dedupe_session_ttl_ms,

@@ -21,7 +21,8 @@ use crate::liveness;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{
-    admin::AdminService, auth::AuthService, raft::RaftService, state::StateService, NodeContext,
+    admin::AdminService, auth::AuthService, node_limit::InFlight, raft::RaftService,
+    state::StateService, NodeContext,
 };
 use crate::state_machine::StateMachineStore;
 use crate::telemetry;
@@ -243,6 +244,7 @@ pub async fn run(
         Some(_) => (tls::authenticate_peer, tls::authenticate_client),
         None => (Ok, tls::anyone),
     };
+    let in_flight = InFlight::new(config.limits.max_requests_in_flight);
     let router = tonic::transport::Server::builder()
         // A client that vanished without closing its connection (a
         // half-open TCP connection) is noticed and its streams dropped.
@@ -260,17 +262,19 @@ pub async fn run(
             peer_check,
         ))
         .add_service(InterceptedService::new(
-            StateServer::new(StateService::new(ctx.clone()))
-                .max_decoding_message_size(client_limit)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            in_flight.wrap(
+                StateServer::new(StateService::new(ctx.clone()))
+                    .max_decoding_message_size(client_limit)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            ),
             client_check,
         ))
         .add_service(InterceptedService::new(
-            AdminServer::new(AdminService::new(ctx.clone())),
+            in_flight.wrap(AdminServer::new(AdminService::new(ctx.clone()))),
             client_check,
         ))
         .add_service(InterceptedService::new(
-            AuthServer::new(AuthService::new(ctx.clone())),
+            in_flight.wrap(AuthServer::new(AuthService::new(ctx.clone()))),
             client_check,
         ))
         // Health and reflection answer anyone who completed the handshake:

@@ -15,11 +15,13 @@
 //! records, so a torn tail, a recycled file's old records and what a
 //! truncation cut off all end it. A truncation zeroes the header of the
 //! first record it removes and raises the generation, so records written
-//! after it and older ones behind them are told apart. A segment that is
+//! after it and older ones behind them are told apart; the generation
+//! never goes back across a restart ([`generation`]). A segment that is
 //! full ends with a [`record::Kind::SegmentEnd`] record, written only
 //! after the next segment exists under its name, and synced at once.
 //! Purged segments are recycled as the next spare or deleted.
 
+mod generation;
 pub mod record;
 mod recovery;
 mod spare;
@@ -122,6 +124,8 @@ impl SegmentLog {
             })
             .collect();
         metrics::gauge!("streamshield_log_segments").set(segments.len() as f64);
+        let generation = found.generation.max(generation::load(dir)?) + 1;
+        generation::save(dir, generation)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -130,7 +134,7 @@ impl SegmentLog {
                 slots,
                 current,
                 write_at,
-                generation: found.generation + 1,
+                generation,
             }),
             spares,
         })
@@ -293,6 +297,7 @@ impl SegmentLog {
         st.current = cut.segment;
         st.write_at = cut.offset;
         st.generation += 1;
+        generation::save(&self.dir, st.generation)?;
         metrics::gauge!("streamshield_log_segments").set(st.segments.len() as f64);
         Ok(())
     }

@@ -234,3 +234,53 @@ fn damage_before_the_last_segment_refuses_to_open() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains("segment 1 is damaged"), "{err}");
 }
+
+/// Waits for the spare thread to have `spare.log` ready, then takes it
+/// away, so the next segment a truncation drops becomes the spare.
+fn take_the_spare(dir: &Path) {
+    let spare = dir.join("spare.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spare.exists() {
+        assert!(std::time::Instant::now() < deadline, "no spare was made");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fs::remove_file(spare).unwrap();
+}
+
+/// A truncated segment is recycled with its records intact, and when it
+/// comes back under its own number its old records are told from new
+/// ones only by their generation. So the generation must never go back
+/// across a restart, even when the records that carried the highest one
+/// were all cut off: here the surviving prefix holds only generation 1
+/// while the recycled segment 2 holds generation 2.
+#[test]
+fn the_generation_never_goes_back_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = reopen(dir.path());
+        log.append(&entries(1, 1..=100, 60)).unwrap();
+        log.truncate_from(10).unwrap();
+        log.append(&entries(2, 10..=100, 60)).unwrap();
+        log.current_segment().sync().unwrap();
+        assert!(segment_count(dir.path()) >= 3, "the test needs segment 3");
+        take_the_spare(dir.path());
+        // Segment 2, with generation-2 records, becomes the spare.
+        log.truncate_from(5).unwrap();
+        assert_eq!(segment_count(dir.path()), 1);
+    }
+    {
+        let log = reopen(dir.path());
+        assert_eq!(log.last_log_id(), Some(log_id(1, 4)));
+        // Same sizes as before: the new records end exactly where an old
+        // record of segment 2 begins.
+        log.append(&entries(3, 5..=55, 60)).unwrap();
+        assert_eq!(log.current_segment().seq, 2, "index 55 is in segment 2");
+        log.current_segment().sync().unwrap();
+    }
+    let log = reopen(dir.path());
+    assert_eq!(
+        log.last_log_id(),
+        Some(log_id(3, 55)),
+        "no truncated record comes back"
+    );
+}

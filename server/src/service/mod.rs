@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod authz;
+pub mod node_limit;
 pub mod peer_guard;
 pub mod raft;
 mod session;
