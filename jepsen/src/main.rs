@@ -11,7 +11,7 @@ use streamshield_jepsen::bench::cli::{bench, run_matrix, BenchArgs, MatrixArgs};
 use streamshield_jepsen::nemesis::{self, Fault};
 use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
 use streamshield_jepsen::soak::{self, SoakOptions};
-use streamshield_jepsen::workload::{self, Workload};
+use streamshield_jepsen::workload::{self, Judgement, Workload};
 
 #[derive(Parser)]
 #[command(name = "streamshield-jepsen", about = "StreamShield fault lab")]
@@ -97,7 +97,7 @@ fn print(o: &Outcome) {
         "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  seed {}  {}",
         o.workload,
         o.nemesis,
-        if o.valid { "valid" } else { "INVALID" },
+        o.verdict.name(),
         o.operations,
         o.counts.ok,
         o.counts.fail,
@@ -124,13 +124,19 @@ async fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
             .iter()
             .map(|k| format!("{} MiB", k / 1024))
             .collect();
-        bar.println(format!(
+        let line = format!(
             "minute {:>3}  rss {}  ok {:>7}  failed {:>6}",
             s.minute,
             rss.join(" / "),
             s.ok,
             s.failed
-        ));
+        );
+        // A hidden bar (output not a terminal) prints nothing of its own.
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
         bar.set_position(s.minute);
     })
     .await?;
@@ -213,7 +219,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
             let o = run_test(&opts).await?;
             print(&o);
             println!("{}", summary_line(&o));
-            Ok(o.valid)
+            Ok(o.verdict == Judgement::Valid)
         }
         Cmd::Sweep {
             time_limit,
@@ -229,7 +235,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                 combos.push((*w, nemesis::ALL.to_vec()));
             }
             let bin = server_bin()?;
-            let mut all_valid = true;
+            let mut tally: std::collections::BTreeMap<&str, u64> = Default::default();
             let mut table = vec![
                 "| workload | nemesis | result | operations | ok | fail | info | nemesis events | seed |".to_string(),
                 "|---|---|---|---|---|---|---|---|---|".to_string(),
@@ -255,12 +261,15 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                 };
                 let o = run_test(&opts).await.with_context(|| format!("run {i}"))?;
                 print(&o);
-                all_valid &= o.valid;
+                *tally.entry(o.verdict.name()).or_default() += 1;
                 table.push(format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     o.workload,
                     o.nemesis,
-                    if o.valid { "valid" } else { "**INVALID**" },
+                    match o.verdict {
+                        Judgement::Invalid => "**INVALID**",
+                        j => j.name(),
+                    },
                     o.operations,
                     o.counts.ok,
                     o.counts.fail,
@@ -269,11 +278,20 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                     o.seed
                 ));
             }
+            let count = |j: Judgement| tally.get(j.name()).copied().unwrap_or(0);
+            table.push(String::new());
+            table.push(format!(
+                "{runs} runs: {} valid, {} unknown (too little progress to judge), {} invalid",
+                count(Judgement::Valid),
+                count(Judgement::Unknown),
+                count(Judgement::Invalid)
+            ));
             let text = table.join("\n") + "\n";
             std::fs::create_dir_all(&store)?;
             std::fs::write(store.join("sweep-summary.md"), &text)?;
             println!("\n{text}");
-            Ok(all_valid)
+            // An unknown run proves nothing, so the sweep does not pass.
+            Ok(count(Judgement::Valid) == runs)
         }
     }
 }

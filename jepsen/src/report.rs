@@ -225,7 +225,7 @@ fn escape(s: &str) -> String {
 }
 
 fn index_html(o: &Outcome, events: &[Event], plotted: bool) -> String {
-    let verdict = if o.valid { "VALID" } else { "INVALID" };
+    let verdict = o.verdict.name().to_uppercase();
     let rows: String = events
         .iter()
         .map(|e| {

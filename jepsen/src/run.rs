@@ -16,7 +16,7 @@ use crate::lab::Lab;
 use crate::nemesis::{self, Event, Fault};
 use crate::recorder::Recorder;
 use crate::report;
-use crate::workload::{Slot, Workload};
+use crate::workload::{Judgement, Slot, Workload};
 
 #[derive(Debug, Clone)]
 pub struct TestOptions {
@@ -46,7 +46,7 @@ pub struct Counts {
 pub struct Outcome {
     pub workload: &'static str,
     pub nemesis: String,
-    pub valid: bool,
+    pub verdict: Judgement,
     pub seed: u64,
     pub nodes: u64,
     pub time_limit_s: f64,
@@ -152,11 +152,11 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
     lab.lock().await.stop();
 
     let history = rec.history();
-    let (valid, checker) = o.workload.check(&history);
+    let (verdict, checker) = o.workload.check(&history);
     let outcome = Outcome {
         workload: o.workload.name(),
         nemesis: nemesis::name_of(&o.nemesis),
-        valid,
+        verdict,
         seed: o.seed,
         nodes: o.nodes,
         time_limit_s: o.time_limit.as_secs_f64(),
@@ -180,7 +180,7 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
 
 pub fn summary_line(o: &Outcome) -> Value {
     json!({
-        "workload": o.workload, "nemesis": o.nemesis, "valid": o.valid,
+        "workload": o.workload, "nemesis": o.nemesis, "verdict": o.verdict,
         "operations": o.operations, "nemesis_events": o.nemesis_events, "seed": o.seed,
     })
 }

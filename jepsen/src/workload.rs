@@ -139,25 +139,87 @@ impl Workload {
         }
     }
 
-    /// Checks a history; `(valid, verdict as JSON)`.
-    pub fn check(self, history: &[Op]) -> (bool, Value) {
+    /// Successful operations of each kind a history needs before its
+    /// verdict means anything: a run in which the cluster served (almost)
+    /// nothing passes every checker and proves nothing.
+    pub fn needed(self) -> &'static [(&'static str, usize)] {
+        match self {
+            // Reads and writes of the registers, any keys.
+            Self::Register => &[("read", 10), ("write", 10)],
+            // Acknowledged adds, and the final read that judges them.
+            Self::Set => &[("add", 10), ("read", 1)],
+            // Transfers that moved money, and reads of the total.
+            Self::Bank => &[("transfer", 10), ("read", 10)],
+        }
+    }
+
+    /// Checks a history; the judgement and the checker's verdict as JSON.
+    /// An anomaly is `Invalid` however short the history; without one, a
+    /// history with less than [`Self::needed`] is `Unknown`.
+    pub fn check(self, history: &[Op]) -> (Judgement, Value) {
         let paired = match pair(history) {
             Ok(p) => p,
-            Err(e) => return (false, json!({"error": e.to_string()})),
+            Err(e) => return (Judgement::Invalid, json!({"error": e.to_string()})),
         };
-        match self {
+        let (valid, verdict) = match self {
             Self::Register => match checker::linearizable::check(&paired) {
                 Ok(v) => (v.valid, json!({"linearizable": v})),
                 Err(e) => (false, json!({"error": e.to_string()})),
             },
             Self::Set => {
                 let v = checker::set::check(&paired);
-                (v.valid, json!({"set": v}))
+                // Without a final read nothing can be said: no anomaly,
+                // and the progress rule below makes it unknown.
+                (v.valid || v.no_final_read, json!({"set": v}))
             }
             Self::Bank => {
                 let v = checker::bank::check(&paired, INITIAL_BALANCE * ACCOUNTS as i64);
                 (v.valid, json!({"bank": v}))
             }
+        };
+        if !valid {
+            return (Judgement::Invalid, verdict);
+        }
+        let short: Vec<String> = self
+            .needed()
+            .iter()
+            .filter_map(|(f, need)| {
+                let ok = history
+                    .iter()
+                    .filter(|o| o.kind == OpType::Ok && o.f == *f)
+                    .count();
+                (ok < *need).then(|| format!("{ok} successful {f} (needs {need})"))
+            })
+            .collect();
+        if short.is_empty() {
+            (Judgement::Valid, verdict)
+        } else {
+            let mut verdict = verdict;
+            verdict["unknown"] = json!(format!(
+                "too little progress to judge: {}",
+                short.join(", ")
+            ));
+            (Judgement::Unknown, verdict)
+        }
+    }
+}
+
+/// What a history showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Judgement {
+    Valid,
+    Invalid,
+    /// No anomaly, but too few operations succeeded to judge.
+    Unknown,
+}
+
+impl Judgement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Judgement::Valid => "valid",
+            Judgement::Invalid => "INVALID",
+            Judgement::Unknown => "unknown",
         }
     }
 }
@@ -322,4 +384,33 @@ async fn bank_op(client: &Client, rec: &Recorder, process: u64, rng: &mut StdRng
     };
     rec.complete(&op, kind, value);
     kind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history in which every operation was invoked and failed.
+    fn nothing_served(ops: &[&str]) -> Vec<Op> {
+        let mut h = Vec::new();
+        for (i, f) in ops.iter().cycle().take(60).enumerate() {
+            let inv = Op::invoke(i as u64, f, Some("r0"), Value::Null, 2 * i as u64);
+            h.push(inv.complete(OpType::Fail, json!("unavailable"), 2 * i as u64 + 1));
+            h.insert(h.len() - 1, inv);
+        }
+        h
+    }
+
+    #[test]
+    fn a_history_with_no_successful_operation_is_unknown_not_valid() {
+        for (w, ops) in [
+            (Workload::Register, &["read", "write", "cas"][..]),
+            (Workload::Set, &["add", "read"][..]),
+            (Workload::Bank, &["transfer", "read"][..]),
+        ] {
+            let (j, v) = w.check(&nothing_served(ops));
+            assert_eq!(j, Judgement::Unknown, "{}: {v}", w.name());
+            assert!(v["unknown"].as_str().unwrap().contains("successful"), "{v}");
+        }
+    }
 }

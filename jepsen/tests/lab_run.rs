@@ -8,7 +8,7 @@ use streamshield_client::local;
 use streamshield_jepsen::history::{Op, OpType};
 use streamshield_jepsen::nemesis::Fault;
 use streamshield_jepsen::run::{run_test, TestOptions};
-use streamshield_jepsen::workload::Workload;
+use streamshield_jepsen::workload::{Judgement, Workload};
 
 fn options(
     workload: Workload,
@@ -47,7 +47,7 @@ async fn register_under_partitions_and_kills_is_linearizable() {
     ))
     .await
     .expect("run");
-    assert!(o.valid, "lab found an anomaly: {}", o.checker);
+    assert_eq!(o.verdict, Judgement::Valid, "{}", o.checker);
     assert!(
         o.counts.ok > 100,
         "the workload made progress: {:?}",
@@ -64,8 +64,9 @@ async fn register_under_partitions_and_kills_is_linearizable() {
 
     // Break one fact: a successful read now returns a value nobody wrote.
     let mut h = history_of(&o.dir);
-    assert!(
+    assert_eq!(
         Workload::Register.check(&h).0,
+        Judgement::Valid,
         "the stored history re-checks valid"
     );
     let read = h
@@ -73,8 +74,12 @@ async fn register_under_partitions_and_kills_is_linearizable() {
         .position(|op| op.f == "read" && op.kind == OpType::Ok)
         .expect("an ok read");
     h[read].value = json!(999);
-    let (valid, verdict) = Workload::Register.check(&h);
-    assert!(!valid, "a read of a value never written must be flagged");
+    let (judgement, verdict) = Workload::Register.check(&h);
+    assert_eq!(
+        judgement,
+        Judgement::Invalid,
+        "a read of a value never written must be flagged"
+    );
     assert!(verdict.to_string().contains("stuck_at"));
 }
 
@@ -84,7 +89,7 @@ async fn set_under_kills_loses_nothing() {
     let o = run_test(&options(Workload::Set, vec![Fault::Kill], 10, store.path()))
         .await
         .expect("run");
-    assert!(o.valid, "lab found an anomaly: {}", o.checker);
+    assert_eq!(o.verdict, Judgement::Valid, "{}", o.checker);
 
     // Drop one acknowledged element from the final read: a lost write.
     let mut h = history_of(&o.dir);
@@ -99,7 +104,7 @@ async fn set_under_kills_loses_nothing() {
         .expect("final read");
     let items = h[read].value.as_array_mut().expect("list");
     items.retain(|v| *v != acked);
-    let (valid, verdict) = Workload::Set.check(&h);
-    assert!(!valid);
+    let (judgement, verdict) = Workload::Set.check(&h);
+    assert_eq!(judgement, Judgement::Invalid);
     assert!(verdict["set"]["lost"].as_array().unwrap().contains(&acked));
 }

@@ -6,9 +6,11 @@
 //! keyed state, jobs, snapshots as checkpoints). Every normal entry is a
 //! versioned envelope around one command ([`command`]). Peers talk over
 //! [`network`] (sending) and [`service::raft`] (receiving, behind
-//! [`service::peer_guard`]); clients use [`service::state`] and operators
-//! [`service::admin`], all tonic services on one port over mutual TLS
-//! ([`tls`]), started by [`node::run`]. Requests are checked by
+//! [`service::peer_guard`]); clients use [`service::state`], operators
+//! [`service::admin`] and [`service::auth`] (grants and tokens, checked
+//! for every call in [`service::authz`]), all tonic services on one port
+//! over mutual TLS ([`tls`]), started by [`node::run`]; client calls in
+//! flight are bounded node-wide ([`service::node_limit`]). Requests are checked by
 //! [`validate`] before anything is proposed, and every failure becomes a
 //! gRPC status in [`error`]. [`liveness`] keeps the health service
 //! truthful and ends a node whose disk failed ([`storage_fault`]). The

@@ -1,13 +1,13 @@
 //! The newest Raft log entries in memory, so that the reads that follow
-//! every append do not go back to RocksDB.
+//! every append do not go back to the segment files.
 //!
 //! On a leader each entry is read three times right after it is written
 //! (once per follower's replication stream, once by the apply) and on a
-//! follower once (the apply). From RocksDB each of those reads builds an
-//! iterator over the log's memtable and files, seeks, and decodes the
-//! protobuf again; from here it is a clone. The cache holds a contiguous
-//! run of the newest entries; anything older, and anything after a
-//! restart, is read from RocksDB as before.
+//! follower once (the apply). From a segment each of those reads is a
+//! positioned read, a checksum and a protobuf decode; from here it is a
+//! clone. The cache holds a contiguous run of the newest entries;
+//! anything older, and anything after a restart, is read from the
+//! segments.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

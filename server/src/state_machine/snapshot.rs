@@ -28,7 +28,8 @@ pub struct SnapshotFiles {
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh, unused path under `parent` named `<kind>-<pid>-<n>`.
+/// A fresh, unused path under `parent` named `<kind>-<nanos>-<n>`: the
+/// wall clock in ns and a per-process counter.
 pub fn scratch_dir(parent: &Path, kind: &str) -> PathBuf {
     let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
