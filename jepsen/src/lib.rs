@@ -19,6 +19,7 @@ pub mod checker;
 pub mod history;
 pub mod lab;
 pub mod nemesis;
+pub mod progress;
 pub mod proxy;
 pub mod recorder;
 pub mod report;

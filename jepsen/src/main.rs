@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use streamshield_client::local;
 use streamshield_jepsen::bench::cli::{bench, run_matrix, BenchArgs, MatrixArgs};
 use streamshield_jepsen::nemesis::{self, Fault};
+use streamshield_jepsen::progress::Progress;
 use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
 use streamshield_jepsen::soak::{self, SoakOptions};
 use streamshield_jepsen::workload::{self, Judgement, Workload};
@@ -93,7 +94,11 @@ fn server_bin() -> anyhow::Result<PathBuf> {
 }
 
 fn print(o: &Outcome) {
-    println!(
+    println!("{}", line(o));
+}
+
+fn line(o: &Outcome) -> String {
+    format!(
         "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  seed {}  {}",
         o.workload,
         o.nemesis,
@@ -105,7 +110,7 @@ fn print(o: &Outcome) {
         o.nemesis_events,
         o.seed,
         o.dir.join("index.html").display()
-    );
+    )
 }
 
 async fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
@@ -113,34 +118,28 @@ async fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
         "soak: {} minutes, baseline at minute {}, limit {} %, seed {}",
         o.minutes, o.warmup_minutes, o.max_growth_percent, o.seed
     );
-    let bar = indicatif::ProgressBar::new(o.minutes);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} minute {pos}/{len}  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let mut progress = Progress::new(o.minutes);
+    progress.step("minute 1");
     let (_, verdict) = soak::run(o, |s| {
         let rss: Vec<String> = s
             .rss_kib
             .iter()
             .map(|k| format!("{} MiB", k / 1024))
             .collect();
-        let line = format!(
+        progress.println(format!(
             "minute {:>3}  rss {}  ok {:>7}  failed {:>6}",
             s.minute,
             rss.join(" / "),
             s.ok,
             s.failed
-        );
-        // A hidden bar (output not a terminal) prints nothing of its own.
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
+        ));
+        if s.minute > 0 && s.minute < o.minutes {
+            progress.done();
+            progress.step(&format!("minute {}", s.minute + 1));
         }
-        bar.set_position(s.minute);
     })
     .await?;
-    bar.finish_and_clear();
+    progress.finish();
     let growth: Vec<String> = verdict
         .growth_percent
         .iter()
@@ -240,8 +239,10 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                 "| workload | nemesis | result | operations | ok | fail | info | nemesis events | seed |".to_string(),
                 "|---|---|---|---|---|---|---|---|---|".to_string(),
             ];
+            let mut progress = Progress::new(runs);
             for i in 0..runs as usize {
                 let (w, f) = combos[i % combos.len()].clone();
+                progress.step(&format!("{} under {}", w.name(), nemesis::name_of(&f)));
                 let seed: u64 = rand::random();
                 let opts = TestOptions {
                     workload: w,
@@ -260,7 +261,8 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                     ),
                 };
                 let o = run_test(&opts).await.with_context(|| format!("run {i}"))?;
-                print(&o);
+                progress.done();
+                progress.println(line(&o));
                 *tally.entry(o.verdict.name()).or_default() += 1;
                 table.push(format!(
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -278,6 +280,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                     o.seed
                 ));
             }
+            progress.finish();
             let count = |j: Judgement| tally.get(j.name()).copied().unwrap_or(0);
             table.push(String::new());
             table.push(format!(

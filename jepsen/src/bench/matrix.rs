@@ -2,6 +2,7 @@
 //! targets, alternating which goes first, several rounds; the medians are
 //! judged against the goals and written to `BENCHMARKS.md`.
 
+use crate::progress::Progress;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -198,7 +199,8 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut all = Vec::new();
     let mut floors = vec![first_floor];
-    println!("{}", table_header());
+    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2);
+    progress.println(table_header());
     for (i, &(kind, clients, ours)) in ROWS.iter().enumerate() {
         // The TLS rows come last: the plaintext cluster is gone by then.
         if ours == TargetKind::StreamshieldTls {
@@ -209,7 +211,7 @@ pub async fn run(
         for round in 0..opts.rounds {
             if kind == WorkloadKind::SyncPut && clients == 1 {
                 let l = super::limits::measure(floor_dir, FLOOR_TIME).await?;
-                println!("{}", l.summary());
+                progress.println(l.summary());
                 floors.push(l);
             }
             let order = if round % 2 == 0 {
@@ -224,8 +226,16 @@ pub async fn run(
                     measure: opts.measure,
                     seed: opts.seed + (i as u64) * 1000 + round as u64,
                 };
+                progress.step(&format!(
+                    "{} on {}, {clients} clients, round {} of {}",
+                    kind.name(),
+                    t.name(),
+                    round + 1,
+                    opts.rounds
+                ));
                 let r = clusters.measure(t, kind, opts.space, shape).await?;
-                println!("{}", table_row(&r));
+                progress.done();
+                progress.println(table_row(&r));
                 match t {
                     TargetKind::Etcd => et.push(r.clone()),
                     _ => ss.push(r.clone()),
@@ -242,6 +252,7 @@ pub async fn run(
             etcd: e,
         });
     }
+    progress.finish();
     let limits = median_floor(&floors[1..]).unwrap_or_else(|| floors[0].clone());
     let goals = judge(&rows, &limits);
     Ok(MatrixResult {
