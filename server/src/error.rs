@@ -7,6 +7,31 @@ use tonic::{Code, Status};
 
 use crate::service::peer_guard::PeerRefusal;
 
+/// Why the cluster refused a membership change (openraft's
+/// `ChangeMembershipError`, in terms of node ids and log indexes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipRefusal {
+    #[error("the change at log index {} is not committed yet; retry once it is", pending.map_or("?".to_string(), |i| i.to_string()))]
+    InProgress { pending: Option<u64> },
+    #[error("the change would leave the cluster without a voter")]
+    NoVoters,
+    #[error("node {node} is not a learner yet: add it as a learner first")]
+    NotALearner { node: u64 },
+    #[error("voters {from:?} cannot become {to:?} in one step")]
+    UnsupportedTransition {
+        from: Vec<Vec<u64>>,
+        to: Vec<Vec<u64>>,
+    },
+    /// A new leader's first entry (index `leader_entry`) is not committed
+    /// yet; a change waits for it (Raft's single-server change rule).
+    #[error(
+        "the leader's first entry of its term (index {leader_entry}) is not committed yet; retry"
+    )]
+    LeaderNotSettled { leader_entry: u64 },
+    #[error("node {node} is already a member at another address; remove it first")]
+    AddressChanged { node: u64 },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// Writes and linearizable reads go to the leader; the detail carries
@@ -34,8 +59,8 @@ pub enum ServiceError {
     /// No quorum, or the node is shutting down: retry elsewhere or later.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    #[error("membership change rejected: {0}")]
-    Membership(String),
+    #[error("membership change refused: {0}")]
+    Membership(MembershipRefusal),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
     /// The state machine refused the command; code and message come from it.

@@ -16,6 +16,18 @@ async fn add_learner_promote_and_remove() {
     client.create_job("members", 32).await.expect("create job");
     write_keys(&client, "members", "s", 0..200, 8).await;
 
+    // A node the cluster has never heard of cannot be made a voter: the
+    // refusal names it and what to do, and nothing changes.
+    let refused = client
+        .change_membership(vec![1, 2, 3, 9], false)
+        .await
+        .expect_err("node 9 is no learner");
+    assert!(
+        matches!(&refused, streamshield_client::ClientError::FailedPrecondition(m)
+            if m.contains("node 9 is not a learner yet")),
+        "{refused}"
+    );
+
     let spec = t.cluster.add_node(4).expect("start node 4");
     let r = client
         .add_learner(4, &spec.addr, true)

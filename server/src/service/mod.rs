@@ -28,10 +28,37 @@ use streamshield_proto::v1 as pb;
 
 use crate::command::SharedCommand;
 use crate::config::Limits;
-use crate::error::{rejected, ServiceError};
+use crate::error::{rejected, MembershipRefusal, ServiceError};
 use crate::keys::DEFAULT_SHARD;
 use crate::state_machine::SmShared;
 use crate::types::{Raft, TypeConfig};
+
+fn membership_refusal(
+    e: openraft::errors::ChangeMembershipError<
+        openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>,
+        u64,
+    >,
+) -> MembershipRefusal {
+    use openraft::errors::ChangeMembershipError as E;
+    let sets = |v: Vec<std::collections::BTreeSet<u64>>| -> Vec<Vec<u64>> {
+        v.into_iter().map(|s| s.into_iter().collect()).collect()
+    };
+    match e {
+        E::InProgress(p) => MembershipRefusal::InProgress {
+            pending: p.membership_log_id.map(|l| l.index),
+        },
+        E::EmptyMembership(_) => MembershipRefusal::NoVoters,
+        E::LearnerNotFound(l) => MembershipRefusal::NotALearner { node: l.node_id },
+        E::UnsupportedMembershipTransition(u) => MembershipRefusal::UnsupportedTransition {
+            from: sets(u.previous),
+            to: sets(u.proposed),
+        },
+        E::UncommittedLeaderLog(u) => MembershipRefusal::LeaderNotSettled {
+            leader_entry: u.leader_log_id.index,
+        },
+        E::NodeMetadataChanged(n) => MembershipRefusal::AddressChanged { node: n.node_id },
+    }
+}
 
 /// How long a proposal may wait for commit before the caller hears
 /// DEADLINE_EXCEEDED (outcome unknown; retries are deduplicated).
@@ -79,9 +106,15 @@ impl Proposer {
                 }
             }
             RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-                ServiceError::Membership(c.to_string())
+                ServiceError::Membership(membership_refusal(c))
             }
-            RaftError::APIError(other) => ServiceError::Membership(other.to_string()),
+            // No proposal of ours carries a precondition.
+            RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
+                ServiceError::Rejected {
+                    code: tonic::Code::FailedPrecondition,
+                    message: p.to_string(),
+                }
+            }
             RaftError::Fatal(f) => ServiceError::Unavailable(format!("raft stopped: {f}")),
         }
     }
