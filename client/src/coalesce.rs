@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use crate::transport::Transport;
 use prost::Message;
-use streamshield_proto::gather;
+use streamshield_gather as gather;
 use streamshield_proto::v1::{
     self as pb, get_outcome, session_reply, session_request, state_client::StateClient,
     write_outcome,

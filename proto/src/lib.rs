@@ -6,13 +6,9 @@
 //! `raft.proto` (node-to-node Raft RPCs, which double as the
 //! on-disk encoding of log entries) and `errors.proto` (details carried in a
 //! gRPC status, such as `NotLeader`). Code is generated at build time with
-//! protox, so no system `protoc` is needed.
-//!
-//! Besides the messages, [`gather`] holds the one piece of batching logic
-//! that both ends of the client API share.
+//! protox, so no system `protoc` is needed. Wire types only: no runtime.
 
 mod display;
-pub mod gather;
 
 /// Generated messages, clients and servers of `streamshield.v1`.
 pub mod v1 {

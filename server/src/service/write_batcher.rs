@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
-use streamshield_proto::gather;
+use streamshield_gather as gather;
 use streamshield_proto::v1::{self as pb, command, command_response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
