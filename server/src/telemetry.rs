@@ -61,7 +61,19 @@ pub fn spawn_sampler(
                 .set(m.local_committed.as_ref().map_or(0, |l| l.index) as f64);
             metrics::gauge!("streamshield_snapshot_index")
                 .set(m.snapshot.as_ref().map_or(0, |l| l.index) as f64);
+            // Where a node's memory goes, so that growth (the soak's
+            // verdict) can be told apart: the block caches and table
+            // readers of both stores against the process's resident size.
+            if let Some(rss) = resident_bytes() {
+                metrics::gauge!("streamshield_process_resident_bytes").set(rss as f64);
+            }
             let sm = ctx.sm.db();
+            for (store, db) in [("state_machine", &*sm), ("raft_log", &*log_db)] {
+                if let Ok(Some(v)) = db.property_int_value("rocksdb.block-cache-usage") {
+                    metrics::gauge!("streamshield_rocksdb_block_cache_bytes", "store" => store)
+                        .set(v as f64);
+                }
+            }
             for (db, cfs) in [
                 (&*sm, crate::state_machine::meta::ALL_CFS),
                 (&*log_db, &["raft_meta"][..]),
@@ -80,8 +92,26 @@ pub fn spawn_sampler(
                     {
                         metrics::gauge!("streamshield_rocksdb_memtable_bytes", "cf" => cf_name.to_string()).set(v as f64);
                     }
+                    if let Ok(Some(v)) =
+                        db.property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem")
+                    {
+                        metrics::gauge!("streamshield_rocksdb_table_readers_bytes", "cf" => cf_name.to_string()).set(v as f64);
+                    }
                 }
             }
         }
     })
+}
+
+/// This process's resident memory (`VmRSS`), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
