@@ -121,15 +121,15 @@ async fn soak(o: &SoakOptions) -> anyhow::Result<bool> {
     let mut progress = Progress::new(o.minutes);
     progress.step("minute 1");
     let (_, verdict) = soak::run(o, |s| {
-        let rss: Vec<String> = s
-            .rss_kib
-            .iter()
-            .map(|k| format!("{} MiB", k / 1024))
-            .collect();
+        let mib = |v: &[u64]| -> String {
+            let v: Vec<String> = v.iter().map(|k| format!("{}", k / 1024)).collect();
+            v.join(" / ")
+        };
         progress.println(format!(
-            "minute {:>3}  rss {}  ok {:>7}  failed {:>6}",
+            "minute {:>3}  rss {} MiB (RocksDB {} MiB)  ok {:>7}  failed {:>6}",
             s.minute,
-            rss.join(" / "),
+            mib(&s.rss_kib),
+            mib(&s.rocksdb_kib),
             s.ok,
             s.failed
         ));

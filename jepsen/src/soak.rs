@@ -50,6 +50,10 @@ pub struct Sample {
     pub minute: u64,
     /// Resident memory of each node, in KiB, in node order.
     pub rss_kib: Vec<u64>,
+    /// Of it, per node: RocksDB's block caches, memtables and table
+    /// readers (both stores), in KiB, from the node's `/metrics`; 0 if it
+    /// did not answer.
+    pub rocksdb_kib: Vec<u64>,
     pub ok: u64,
     pub failed: u64,
 }
@@ -134,6 +138,31 @@ pub fn rss_kib(pid: i32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// RocksDB's memory on the node whose metrics are at `addr`: the sum of
+/// its block-cache, memtable and table-reader gauges.
+async fn rocksdb_bytes(addr: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body).await.ok()?;
+        Some(body)
+    };
+    let Ok(Some(body)) = tokio::time::timeout(Duration::from_secs(5), fetch).await else {
+        return 0;
+    };
+    body.lines()
+        .filter(|l| {
+            l.starts_with("streamshield_rocksdb_block_cache_bytes")
+                || l.starts_with("streamshield_rocksdb_memtable_bytes")
+                || l.starts_with("streamshield_rocksdb_table_readers_bytes")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 struct Counters {
@@ -234,15 +263,24 @@ pub async fn run(
     let mut samples = Vec::new();
     for minute in 0..=o.minutes {
         tokio::time::sleep_until((started + Duration::from_secs(minute * 60)).into()).await;
-        let rss_kib = {
+        let (rss_kib, metrics_addrs): (Vec<u64>, Vec<String>) = {
             let lab = lab.lock().await;
             ids.iter()
-                .map(|id| lab.cluster.pid(*id).map_or(0, rss_kib))
-                .collect()
+                .map(|id| {
+                    let rss = lab.cluster.pid(*id).map_or(0, rss_kib);
+                    let m = lab.cluster.spec(*id).map(|s| s.metrics_addr.clone());
+                    (rss, m.unwrap_or_default())
+                })
+                .unzip()
         };
+        let mut rocksdb_kib = Vec::new();
+        for addr in &metrics_addrs {
+            rocksdb_kib.push(rocksdb_bytes(addr).await / 1024);
+        }
         let s = Sample {
             minute,
             rss_kib,
+            rocksdb_kib,
             ok: counters.ok.swap(0, Ordering::Relaxed),
             failed: counters.failed.swap(0, Ordering::Relaxed),
         };
@@ -281,6 +319,7 @@ mod tests {
         Sample {
             minute,
             rss_kib: rss.to_vec(),
+            rocksdb_kib: Vec::new(),
             ok,
             failed: 0,
         }
