@@ -274,6 +274,36 @@ impl PowerCutFs {
             }
         }
     }
+    /// Unlink and rmdir: `remover` on the backing path, then forget it.
+    fn remove(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        remover: fn(PathBuf) -> io::Result<()>,
+        reply: ReplyEmpty,
+    ) {
+        let shared = self.shared.clone();
+        let Some(_power) = shared.powered() else {
+            return reply.error(libc::EIO);
+        };
+        let Some(rel) = self.child(parent, name) else {
+            return reply.error(libc::ENOENT);
+        };
+        match remover(self.root.join(&rel)) {
+            Ok(()) => {
+                self.remove_path(&rel);
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn reply_attr(&self, ino: u64, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
 }
 
 impl Filesystem for PowerCutFs {
@@ -299,10 +329,7 @@ impl Filesystem for PowerCutFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.attr(ino) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.reply_attr(ino, reply)
     }
 
     fn setattr(
@@ -353,10 +380,7 @@ impl Filesystem for PowerCutFs {
                 return reply.error(errno(&e));
             }
         }
-        match self.attr(ino) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.reply_attr(ino, reply)
     }
 
     fn mkdir(
@@ -388,37 +412,11 @@ impl Filesystem for PowerCutFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let shared = self.shared.clone();
-        let Some(_power) = shared.powered() else {
-            return reply.error(libc::EIO);
-        };
-        let Some(rel) = self.child(parent, name) else {
-            return reply.error(libc::ENOENT);
-        };
-        match fs::remove_file(self.root.join(&rel)) {
-            Ok(()) => {
-                self.remove_path(&rel);
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove(parent, name, fs::remove_file, reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        let shared = self.shared.clone();
-        let Some(_power) = shared.powered() else {
-            return reply.error(libc::EIO);
-        };
-        let Some(rel) = self.child(parent, name) else {
-            return reply.error(libc::ENOENT);
-        };
-        match fs::remove_dir(self.root.join(&rel)) {
-            Ok(()) => {
-                self.remove_path(&rel);
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        }
+        self.remove(parent, name, fs::remove_dir, reply);
     }
 
     fn rename(
