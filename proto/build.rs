@@ -11,6 +11,8 @@ const PROTOS: &[&str] = &[
     "proto/streamshield/v1/raft.proto",
     "proto/streamshield/v1/errors.proto",
     "proto/streamshield/v1/auth.proto",
+    "proto/streamshield/v1/command.proto",
+    "proto/streamshield/v1/task.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -27,6 +27,17 @@ pub enum ClientError {
     },
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The task's lease was taken over: generation `held` was fenced by
+    /// `current`. Nothing of the call was applied; the task must stop.
+    #[error("stale lease: generation {held} was fenced by generation {current}")]
+    StaleLease { held: u64, current: u64 },
+    /// A commit found seqs of its epoch not staged; nothing was committed.
+    #[error("epoch {epoch} is missing staged seqs {missing:?}")]
+    MissingSeqs {
+        epoch: u64,
+        /// `(first, last)`, inclusive.
+        missing: Vec<(u64, u64)>,
+    },
     /// The cluster forgot this client's deduplication session (it was idle
     /// past the session TTL) while a write's outcome was unknown: whether
     /// that write applied cannot be known any more.
@@ -55,6 +66,27 @@ impl ClientError {
     /// Maps a final (not retried) status.
     pub fn from_status(s: &Status) -> Self {
         let m = s.message().to_string();
+        if !s.details().is_empty() {
+            use prost::Message;
+            match pb::ErrorDetail::decode(s.details())
+                .ok()
+                .and_then(|d| d.kind)
+            {
+                Some(pb::error_detail::Kind::StaleLease(l)) => {
+                    return Self::StaleLease {
+                        held: l.held,
+                        current: l.current,
+                    }
+                }
+                Some(pb::error_detail::Kind::MissingSeqs(g)) => {
+                    return Self::MissingSeqs {
+                        epoch: g.epoch,
+                        missing: g.missing.iter().map(|r| (r.first, r.last)).collect(),
+                    }
+                }
+                _ => {}
+            }
+        }
         match s.code() {
             Code::NotFound => Self::NotFound(m),
             Code::AlreadyExists => Self::AlreadyExists(m),
@@ -86,7 +118,9 @@ impl ClientError {
             Self::InvalidArgument(_) | Self::BadEndpoint { .. } => Code::InvalidArgument,
             Self::ConditionFailed { .. }
             | Self::FailedPrecondition(_)
-            | Self::SessionExpired(_) => Code::FailedPrecondition,
+            | Self::SessionExpired(_)
+            | Self::StaleLease { .. }
+            | Self::MissingSeqs { .. } => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Server { code, .. } => *code,

@@ -8,6 +8,9 @@
 //! (`coalesce.rs`), each still answered and retried on its own; those
 //! calls go on one long-lived stream per node (`session.rs`), not one
 //! HTTP/2 stream each.
+//! [`TaskSession`] is a stream task's write path: a lease that fences
+//! the task's earlier holders, writes staged in the background, and epoch
+//! commits that make them visible with the task's input offsets.
 //! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
 //! what went wrong by what the caller can do. [`local`] starts and stops
 //! clusters of real server processes on loopback for the CLI, the demo and
@@ -23,6 +26,7 @@ mod coalesce;
 mod error;
 pub mod local;
 mod session;
+mod task_session;
 mod transport;
 
 pub use auth::{role_name, Role};
@@ -32,6 +36,7 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use streamshield_proto::v1 as pb;
+pub use task_session::{Committed, TaskSession, TaskSessionConfig, TaskSpec};
 
 /// Logging for the command-line programs (`streamshield`,
 /// `streamshield-jepsen`): to stderr, `warn` unless `RUST_LOG` says more.

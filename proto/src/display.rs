@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::v1::{command, command_response, Command, CommandResponse};
+use crate::v1::{command, command_response, Command, CommandResponse, LeaseRef};
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -28,9 +28,40 @@ impl fmt::Display for Command {
             Some(command::Kind::ExpireSessions(e)) => {
                 write!(f, "expire_sessions(idle_ms={})", e.idle_ms)
             }
+            Some(command::Kind::AcquireLease(a)) => write!(
+                f,
+                "acquire_lease(job={}, task={}, key_groups={}..{})",
+                a.job, a.task, a.key_group_start, a.key_group_end
+            ),
+            Some(command::Kind::StageWrites(s)) => {
+                let (job, task, gen) = lease_of(s.lease.as_ref());
+                write!(
+                    f,
+                    "stage_writes(job={job}, task={task}, gen={gen}, epoch={}, seq_from={}, ops={})",
+                    s.epoch,
+                    s.seq_from,
+                    s.ops.len()
+                )
+            }
+            Some(command::Kind::CommitEpoch(c)) => {
+                let (job, task, gen) = lease_of(c.lease.as_ref());
+                write!(
+                    f,
+                    "commit_epoch(job={job}, task={task}, gen={gen}, epoch={}, last_seq={})",
+                    c.epoch, c.last_seq
+                )
+            }
+            Some(command::Kind::ReleaseLease(r)) => {
+                let (job, task, gen) = lease_of(r.lease.as_ref());
+                write!(f, "release_lease(job={job}, task={task}, gen={gen})")
+            }
             None => write!(f, "empty"),
         }
     }
+}
+
+fn lease_of(l: Option<&LeaseRef>) -> (&str, u32, u64) {
+    l.map_or(("?", 0, 0), |l| (l.job.as_str(), l.task, l.generation))
 }
 
 impl fmt::Display for CommandResponse {
@@ -48,6 +79,16 @@ impl fmt::Display for CommandResponse {
             Some(command_response::Kind::SessionsExpired(n)) => {
                 write!(f, "sessions_expired({n})")
             }
+            Some(command_response::Kind::LeaseGranted(l)) => {
+                write!(f, "lease_granted(gen={})", l.generation)
+            }
+            Some(command_response::Kind::StagedThrough(n)) => write!(f, "staged_through({n})"),
+            Some(command_response::Kind::EpochCommitted(e)) => write!(
+                f,
+                "epoch_committed(epoch={}, already={})",
+                e.epoch, e.already_committed
+            ),
+            Some(command_response::Kind::LeaseReleased(r)) => write!(f, "lease_released({r})"),
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }
     }

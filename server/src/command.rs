@@ -26,7 +26,11 @@ use streamshield_proto::v1 as pb;
 /// Raise it with any change to what a command means; a replica of an older
 /// version then stops at the first such entry instead of applying it
 /// differently (upgrade followers first, the leader last).
-pub const FORMAT: u32 = 2;
+///
+/// 1: the envelope; 2: writes carry their principal (`OwnedWrites`);
+/// 3: task leases, staged writes and epoch commits, and sync writes
+/// fenced by a lease (`WriteRequest.lease`).
+pub const FORMAT: u32 = 3;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

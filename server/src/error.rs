@@ -86,6 +86,20 @@ pub enum ServiceError {
     /// The caller is known but holds no grant for what it asked.
     #[error("permission denied: {principal:?} may not {needs}; a cluster admin can grant it (`streamshield auth grant`)")]
     PermissionDenied { principal: String, needs: String },
+    /// A task's write or commit under a generation a newer lease fenced.
+    #[error("{message}")]
+    StaleLease {
+        held: u64,
+        current: u64,
+        message: String,
+    },
+    /// A commit found seqs of its epoch not staged.
+    #[error("{message}")]
+    MissingSeqs {
+        epoch: u64,
+        missing: Vec<pb::SeqRange>,
+        message: String,
+    },
     /// A Raft message this node will not hand to openraft.
     #[error("peer message refused: {0}")]
     PeerRefused(#[from] crate::service::peer_guard::PeerRefusal),
@@ -123,6 +137,24 @@ impl ServiceError {
                 needs: needs.clone(),
             },
             Self::Unauthenticated { reason } => Self::Unauthenticated { reason },
+            Self::StaleLease {
+                held,
+                current,
+                message,
+            } => Self::StaleLease {
+                held: *held,
+                current: *current,
+                message: message.clone(),
+            },
+            Self::MissingSeqs {
+                epoch,
+                missing,
+                message,
+            } => Self::MissingSeqs {
+                epoch: *epoch,
+                missing: missing.clone(),
+                message: message.clone(),
+            },
             other => Self::Unavailable(other.to_string()),
         }
     }
@@ -134,7 +166,9 @@ impl ServiceError {
                 Code::NotFound
             }
             Self::InvalidArgument { .. } | Self::TooLarge { .. } => Code::InvalidArgument,
-            Self::Membership(_) => Code::FailedPrecondition,
+            Self::Membership(_) | Self::StaleLease { .. } | Self::MissingSeqs { .. } => {
+                Code::FailedPrecondition
+            }
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Rejected { code, .. } => *code,
             Self::Storage(_) => Code::Internal,
@@ -157,27 +191,35 @@ impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Status {
         let code = e.code();
         let message = e.to_string();
+        let with = |kind| {
+            let detail = pb::ErrorDetail { kind: Some(kind) };
+            Status::with_details(code, message.clone(), detail.encode_to_vec().into())
+        };
         match e {
+            ServiceError::StaleLease { held, current, .. } => {
+                with(pb::error_detail::Kind::StaleLease(pb::StaleLease {
+                    held,
+                    current,
+                }))
+            }
+            ServiceError::MissingSeqs { epoch, missing, .. } => {
+                with(pb::error_detail::Kind::MissingSeqs(pb::MissingSeqs {
+                    epoch,
+                    missing,
+                }))
+            }
             ServiceError::NotLeader {
                 leader_id,
                 leader_addr,
                 ..
-            } => {
-                let detail = pb::ErrorDetail {
-                    kind: Some(pb::error_detail::Kind::NotLeader(pb::NotLeader {
-                        leader_id: leader_id.unwrap_or(0),
-                        leader_addr: leader_addr.unwrap_or_default(),
-                    })),
-                };
-                Status::with_details(code, message, detail.encode_to_vec().into())
-            }
+            } => with(pb::error_detail::Kind::NotLeader(pb::NotLeader {
+                leader_id: leader_id.unwrap_or(0),
+                leader_addr: leader_addr.unwrap_or_default(),
+            })),
             ServiceError::Overloaded { retry_after_ms, .. } => {
-                let detail = pb::ErrorDetail {
-                    kind: Some(pb::error_detail::Kind::Overloaded(pb::Overloaded {
-                        retry_after_ms,
-                    })),
-                };
-                Status::with_details(code, message, detail.encode_to_vec().into())
+                with(pb::error_detail::Kind::Overloaded(pb::Overloaded {
+                    retry_after_ms,
+                }))
             }
             _ => Status::new(code, message),
         }
@@ -200,11 +242,29 @@ pub fn status_item(s: &Status) -> pb::ItemError {
     }
 }
 
-/// A command answer from the state machine that is an error.
+/// A command answer from the state machine that is an error, with its
+/// typed detail when it has one.
 pub fn rejected(e: &pb::CommandError) -> ServiceError {
-    ServiceError::Rejected {
-        code: Code::from_i32(e.code),
-        message: e.message.clone(),
+    let message = e.message.clone();
+    let detail = (!e.details.is_empty())
+        .then(|| pb::ErrorDetail::decode(e.details.as_slice()).ok())
+        .flatten()
+        .and_then(|d| d.kind);
+    match detail {
+        Some(pb::error_detail::Kind::StaleLease(s)) => ServiceError::StaleLease {
+            held: s.held,
+            current: s.current,
+            message,
+        },
+        Some(pb::error_detail::Kind::MissingSeqs(m)) => ServiceError::MissingSeqs {
+            epoch: m.epoch,
+            missing: m.missing,
+            message,
+        },
+        _ => ServiceError::Rejected {
+            code: Code::from_i32(e.code),
+            message,
+        },
     }
 }
 

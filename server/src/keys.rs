@@ -45,6 +45,81 @@ pub fn user_key(data_key: &[u8]) -> &[u8] {
     data_key.get(DATA_PREFIX_LEN..).unwrap_or(&[])
 }
 
+/// Where the staged writes of one task generation's epoch start, in the
+/// `staged` column family: `[shard][job_id][task:u32][generation:u64]
+/// [epoch:u64]`, then a data key's group, state and user key. Every epoch
+/// of a task is contiguous, so a commit reads one range and a new lease
+/// drops older generations with one range deletion.
+pub fn staged_prefix(shard: u32, job_id: u32, task: u32, generation: u64, epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(STAGED_PREFIX_LEN + 32);
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(&job_id.to_be_bytes());
+    k.extend_from_slice(&task.to_be_bytes());
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+const STAGED_PREFIX_LEN: usize = 4 + 4 + 4 + 8 + 8;
+
+/// The staged key of data key `data_key` under `prefix` ([`staged_prefix`]).
+pub fn staged_key(prefix: &[u8], data_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + data_key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(data_key.get(8..).unwrap_or(&[]));
+    k
+}
+
+/// The data key a staged key stands for; `None` if it is too short to be
+/// one (the disk handed us garbage).
+pub fn data_key_of_staged(staged: &[u8]) -> Option<Vec<u8>> {
+    if staged.len() < STAGED_PREFIX_LEN + 6 {
+        return None;
+    }
+    let mut k = Vec::with_capacity(staged.len() - 20);
+    k.extend_from_slice(&staged[..8]);
+    k.extend_from_slice(&staged[STAGED_PREFIX_LEN..]);
+    Some(k)
+}
+
+/// A staged write as stored: the seq that wrote it, then a put's value or
+/// nothing for a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedValue {
+    pub seq: u64,
+    /// `None`: a delete.
+    pub value: Option<Vec<u8>>,
+}
+
+impl StagedValue {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + self.value.as_ref().map_or(0, Vec::len));
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        match &self.value {
+            Some(value) => {
+                v.push(1);
+                v.extend_from_slice(value);
+            }
+            None => v.push(0),
+        }
+        v
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<Self, CorruptValue> {
+        match raw.split_first_chunk::<8>() {
+            Some((seq, [1, value @ ..])) => Ok(Self {
+                seq: u64::from_be_bytes(*seq),
+                value: Some(value.to_vec()),
+            }),
+            Some((seq, [0])) => Ok(Self {
+                seq: u64::from_be_bytes(*seq),
+                value: None,
+            }),
+            _ => Err(CorruptValue { len: raw.len() }),
+        }
+    }
+}
+
 /// A value as stored: version and writer's log index, then the user bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredValue {
@@ -55,7 +130,7 @@ pub struct StoredValue {
 
 /// A stored value shorter than its header: the disk handed us garbage.
 #[derive(Debug, thiserror::Error)]
-#[error("corrupt stored value: {len} bytes, the header alone is 16")]
+#[error("corrupt stored value: {len} bytes do not hold its header")]
 pub struct CorruptValue {
     pub len: usize,
 }
@@ -140,6 +215,21 @@ pub mod meta {
         k
     }
 
+    /// Every task record of one job: `t/<shard><job_id>`.
+    pub fn task_prefix(shard: u32, job_id: u32) -> Vec<u8> {
+        let mut k = b"t/".to_vec();
+        k.extend_from_slice(&shard.to_be_bytes());
+        k.extend_from_slice(&job_id.to_be_bytes());
+        k
+    }
+
+    /// A task's lease and checkpoint (`TaskRecord`).
+    pub fn task(shard: u32, job_id: u32, task: u32) -> Vec<u8> {
+        let mut k = task_prefix(shard, job_id);
+        k.extend_from_slice(&task.to_be_bytes());
+        k
+    }
+
     /// A client's dedupe session (`state_machine::sessions`).
     pub fn session(client_id: u64) -> Vec<u8> {
         let mut k = b"s/".to_vec();
@@ -205,6 +295,38 @@ mod tests {
         let other_job = data_key(0, 2, 0, 0, b"");
         assert!(a < b && b < other_job);
         assert_eq!(user_key(&a), b"zzz");
+    }
+
+    #[test]
+    fn a_staged_key_maps_back_to_its_data_key_and_epochs_are_contiguous() {
+        let dk = data_key(0, 3, 17, 2, b"user");
+        let e1 = staged_prefix(0, 3, 5, 2, 1);
+        let sk = staged_key(&e1, &dk);
+        assert!(sk.starts_with(&e1));
+        assert_eq!(data_key_of_staged(&sk).unwrap(), dk);
+        assert!(data_key_of_staged(&e1).is_none());
+        // Epoch 1 of generation 2 sorts before epoch 2, and both before
+        // generation 3: one range per epoch, one per older generations.
+        let e2 = staged_prefix(0, 3, 5, 2, 2);
+        assert!(sk < e2 && e2 < staged_prefix(0, 3, 5, 3, 0));
+        for v in [
+            StagedValue {
+                seq: 9,
+                value: Some(b"v".to_vec()),
+            },
+            StagedValue {
+                seq: u64::MAX,
+                value: None,
+            },
+        ] {
+            assert_eq!(StagedValue::decode(&v.encode()).unwrap(), v);
+        }
+        assert!(StagedValue::decode(&[0; 8]).is_err());
+        assert!(
+            StagedValue::decode(&[0; 10]).is_err(),
+            "a delete with bytes"
+        );
+        assert!(StagedValue::decode(&[7; 9]).is_err(), "an unknown tag");
     }
 
     #[test]

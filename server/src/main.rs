@@ -40,6 +40,9 @@ struct Flags {
     /// Threads for the node's async work; 0 = one per core.
     #[arg(long, env = "STREAMSHIELD_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// glibc malloc arenas; 0 keeps glibc's limit (8 per core).
+    #[arg(long, env = "STREAMSHIELD_MALLOC_ARENAS")]
+    malloc_arenas: Option<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "STREAMSHIELD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -113,6 +116,7 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         initial_cluster => initial_cluster,
         peer_addrs => peer_addrs,
         worker_threads => worker_threads,
+        malloc_arenas => malloc_arenas,
         heartbeat_ms => raft.heartbeat_ms,
         election_timeout_min_ms => raft.election_timeout_min_ms,
         election_timeout_max_ms => raft.election_timeout_max_ms,
@@ -158,6 +162,26 @@ async fn shutdown_signal() {
     tracing::info!("signal received, stopping");
 }
 
+/// Caps glibc's malloc arenas before any thread exists, so every thread
+/// the runtime and RocksDB start shares the capped set. An explicit
+/// `MALLOC_ARENA_MAX` (read by glibc itself) wins.
+fn limit_malloc_arenas(arenas: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if arenas > 0 && std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let arenas = libc::c_int::try_from(arenas).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable of the allocator; it is
+        // called before any other thread of this process exists.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
+            tracing::warn!(
+                arenas,
+                "mallopt(M_ARENA_MAX) refused; glibc's default stays"
+            );
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = arenas;
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -177,6 +201,7 @@ fn main() -> ExitCode {
         println!("{}", toml::to_string_pretty(&config).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
+    limit_malloc_arenas(config.malloc_arenas);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.worker_threads > 0 {
         builder.worker_threads(config.worker_threads);

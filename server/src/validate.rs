@@ -85,31 +85,7 @@ pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> 
             format!("{} is above seq {}", w.acked_below, w.seq),
         ));
     }
-    let mut total = 0usize;
-    for (i, o) in w.ops.iter().enumerate() {
-        name(&format!("ops[{i}].state"), &o.state, limits)?;
-        key(&format!("ops[{i}].key"), &o.key, limits)?;
-        total += o.key.len();
-        match &o.kind {
-            None => {
-                return Err(ServiceError::invalid(
-                    format!("ops[{i}]"),
-                    "needs put or delete",
-                ))
-            }
-            Some(op::Kind::Put(p)) => {
-                if p.value.len() > limits.max_value_bytes {
-                    return Err(ServiceError::TooLarge {
-                        what: format!("ops[{i}].value"),
-                        size: p.value.len(),
-                        limit: limits.max_value_bytes,
-                    });
-                }
-                total += p.value.len();
-            }
-            Some(op::Kind::Delete(_)) => {}
-        }
-    }
+    let mut total = ops(&w.ops, limits)?;
     for (i, c) in w.conditions.iter().enumerate() {
         name(&format!("conditions[{i}].state"), &c.state, limits)?;
         key(&format!("conditions[{i}].key"), &c.key, limits)?;
@@ -134,6 +110,10 @@ pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> 
             Some(_) => {}
         }
     }
+    batch_bytes(total, limits)
+}
+
+fn batch_bytes(total: usize, limits: &Limits) -> Result<(), ServiceError> {
     if total > limits.max_batch_bytes {
         return Err(ServiceError::TooLarge {
             what: "write batch".to_string(),
@@ -142,6 +122,153 @@ pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> 
         });
     }
     Ok(())
+}
+
+/// Each op well formed; the bytes of their keys and values.
+fn ops(ops: &[pb::Op], limits: &Limits) -> Result<usize, ServiceError> {
+    let mut total = 0usize;
+    for (i, o) in ops.iter().enumerate() {
+        name(&format!("ops[{i}].state"), &o.state, limits)?;
+        key(&format!("ops[{i}].key"), &o.key, limits)?;
+        total += o.key.len();
+        match &o.kind {
+            None => {
+                return Err(ServiceError::invalid(
+                    format!("ops[{i}]"),
+                    "needs put or delete",
+                ))
+            }
+            Some(op::Kind::Put(p)) => {
+                if p.value.len() > limits.max_value_bytes {
+                    return Err(ServiceError::TooLarge {
+                        what: format!("ops[{i}].value"),
+                        size: p.value.len(),
+                        limit: limits.max_value_bytes,
+                    });
+                }
+                total += p.value.len();
+            }
+            Some(op::Kind::Delete(_)) => {}
+        }
+    }
+    Ok(total)
+}
+
+/// Input partitions and offsets a task may name in one request.
+pub const MAX_PARTITIONS_PER_TASK: usize = 1024;
+
+fn partitions<'a>(
+    field: &str,
+    streams: impl ExactSizeIterator<Item = &'a str>,
+    limits: &Limits,
+) -> Result<(), ServiceError> {
+    if streams.len() > MAX_PARTITIONS_PER_TASK {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "{} items, above the limit of {MAX_PARTITIONS_PER_TASK}",
+                streams.len()
+            ),
+        ));
+    }
+    for (i, s) in streams.enumerate() {
+        name(&format!("{field}[{i}].stream"), s, limits)?;
+    }
+    Ok(())
+}
+
+pub fn acquire(r: &pb::AcquireLeaseRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    if r.key_group_start >= r.key_group_end {
+        return Err(ServiceError::invalid(
+            "key_group_end",
+            format!(
+                "[{}, {}) is not a non-empty range",
+                r.key_group_start, r.key_group_end
+            ),
+        ));
+    }
+    partitions(
+        "input_partitions",
+        r.input_partitions.iter().map(|p| p.stream.as_str()),
+        limits,
+    )
+}
+
+/// A generation is never 0: the first lease is generation 1.
+fn generation(g: u64) -> Result<(), ServiceError> {
+    if g == 0 {
+        return Err(ServiceError::invalid(
+            "generation",
+            "0 is never granted; acquire a lease",
+        ));
+    }
+    Ok(())
+}
+
+/// Epochs count from 1; the top value is kept free so that every epoch
+/// has a next one.
+fn epoch(e: u64) -> Result<(), ServiceError> {
+    if e == 0 || e == u64::MAX {
+        return Err(ServiceError::invalid(
+            "epoch",
+            "must be between 1 and 2^64 - 2",
+        ));
+    }
+    Ok(())
+}
+
+pub fn stage(r: &pb::StageWritesRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    generation(r.generation)?;
+    epoch(r.epoch)?;
+    if r.ops.is_empty() {
+        return Err(ServiceError::invalid("ops", "nothing to stage"));
+    }
+    if r.ops.len() > limits.max_ops_per_batch {
+        return Err(ServiceError::invalid(
+            "ops",
+            format!(
+                "{} ops, above the limit of {}",
+                r.ops.len(),
+                limits.max_ops_per_batch
+            ),
+        ));
+    }
+    if r.seq_from == 0 {
+        return Err(ServiceError::invalid("seq_from", "seqs count from 1"));
+    }
+    if r.seq_from.checked_add(r.ops.len() as u64 - 1).is_none() {
+        return Err(ServiceError::invalid(
+            "seq_from",
+            "the batch's seqs pass 2^64 - 1",
+        ));
+    }
+    batch_bytes(ops(&r.ops, limits)?, limits)
+}
+
+pub fn commit(r: &pb::CommitEpochRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    generation(r.generation)?;
+    epoch(r.epoch)?;
+    partitions(
+        "input_offsets",
+        r.input_offsets.iter().map(|o| o.stream.as_str()),
+        limits,
+    )?;
+    if r.metadata.len() > limits.max_value_bytes {
+        return Err(ServiceError::TooLarge {
+            what: "metadata".into(),
+            size: r.metadata.len(),
+            limit: limits.max_value_bytes,
+        });
+    }
+    Ok(())
+}
+
+pub fn release(r: &pb::ReleaseLeaseRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    generation(r.generation)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ mod auth_cmd;
 mod cluster;
 mod data;
 mod local_cmd;
+mod tasks_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ pub enum Cmd {
     Delete(data::KeyArgs),
     /// List keys of a state table in key order.
     Scan(data::ScanArgs),
+    /// Each task of a job: lease generation, key groups, last committed
+    /// epoch and input offsets.
+    Tasks { job: String },
     /// Cluster membership.
     #[command(subcommand)]
     Members(cluster::MembersCmd),
@@ -141,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Get(g) => data::get(&args, g).await,
         Cmd::Delete(k) => data::delete(&args, k).await,
         Cmd::Scan(s) => data::scan(&args, s).await,
+        Cmd::Tasks { job } => tasks_cmd::run(&args, job).await,
         Cmd::Members(m) => cluster::members(&args, m).await,
         Cmd::Snapshot { node } => cluster::snapshot(&args, node.as_deref()).await,
         Cmd::Auth(a) => auth_cmd::run(&args, a).await,

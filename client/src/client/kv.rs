@@ -18,7 +18,7 @@ pub enum Consistency {
 }
 
 impl Consistency {
-    fn to_pb(self) -> i32 {
+    pub(crate) fn to_pb(self) -> i32 {
         match self {
             Self::Linearizable => pb::Consistency::Linearizable as i32,
             Self::Stale => pb::Consistency::Stale as i32,
@@ -88,6 +88,7 @@ impl Client {
                         seq,
                         acked_below,
                         mode: pb::WriteMode::Sync as i32,
+                        lease: None,
                     };
                     let coalesce = self.inner.config.coalesce;
                     async move { conn.call(&conn.writes, req, coalesce).await }

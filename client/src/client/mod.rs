@@ -24,6 +24,7 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 mod admin;
 mod config;
 mod kv;
+mod tasks;
 
 pub use config::{ClientConfig, ClientTls};
 pub use kv::{Consistency, ScanOptions, ScanPage, WriteResult};
@@ -135,7 +136,7 @@ fn not_leader_hint(s: &Status) -> Option<Option<String>> {
         pb::error_detail::Kind::NotLeader(n) => {
             Some((!n.leader_addr.is_empty()).then_some(n.leader_addr))
         }
-        pb::error_detail::Kind::Overloaded(_) => None,
+        _ => None,
     }
 }
 
@@ -150,7 +151,7 @@ fn overloaded_hint(s: &Status) -> Option<Duration> {
         pb::error_detail::Kind::Overloaded(o) => Some(Duration::from_millis(
             o.retry_after_ms.clamp(1, 5_000).into(),
         )),
-        pb::error_detail::Kind::NotLeader(_) => None,
+        _ => None,
     }
 }
 

@@ -7,11 +7,15 @@
 //! [`NodeContext::authorize`] before it does anything. Grants are in the
 //! replicated state (`state_machine::auth`), so every node decides alike.
 //!
+//! Only the leader denies: a follower that finds no grant answers
+//! `NotLeader`, since it may lag behind a grant already acknowledged.
+//!
 //! Roles: a cluster admin (a grant, or a certificate with
 //! `OU=streamshield-admin`, or a node's certificate) may do everything; a
 //! job writer writes and reads its jobs; a job reader reads them. Status
 //! and WhoAmI need only an authenticated caller.
 
+use openraft::async_runtime::WatchReceiver;
 use sha2::{Digest, Sha256};
 use tonic::Extensions;
 
@@ -130,6 +134,21 @@ impl NodeContext {
             Action::Read { job } => auth.allows(&who.principal, Role::Reader, job),
         };
         if !allowed {
+            // A follower may not have applied a grant the leader already
+            // acknowledged: its denial is not the cluster's. The caller is
+            // sent to the leader, which has applied every grant it
+            // answered for, and whose denial is final.
+            let m = self.raft.metrics().borrow_watched().clone();
+            if m.state != openraft::ServerState::Leader {
+                let membership = m.membership_config.membership();
+                return Err(ServiceError::NotLeader {
+                    this: self.id,
+                    leader_id: m.current_leader,
+                    leader_addr: m
+                        .current_leader
+                        .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
+                });
+            }
             metrics::counter!("streamshield_requests_denied_total").increment(1);
             return Err(ServiceError::PermissionDenied {
                 principal: who.principal,

@@ -1,7 +1,7 @@
 //! The gRPC services of a node and what they share.
 //!
-//! `state` is the client API, `admin` the operator API, `auth` the grants
-//! and tokens, `raft` the receiving side of node-to-node Raft RPCs;
+//! `state` is the client API, `tasks` the task leases and epoch commits,
+//! `admin` the operator API, `auth` the grants and tokens, `raft` the receiving side of node-to-node Raft RPCs;
 //! `authz` is where every client request's caller is checked. Each handler turns its request
 //! into a Raft proposal or a read of the state machine and its failures
 //! into [`ServiceError`], which maps to a
@@ -16,6 +16,7 @@ pub mod raft;
 mod session;
 pub mod session_expiry;
 pub mod state;
+pub mod tasks;
 mod write_batcher;
 
 use std::sync::Arc;

@@ -165,6 +165,40 @@ impl<'a> PendingWrites<'a> {
         Ok(v)
     }
 
+    /// Every key starting with `prefix` and its value, in key order, as
+    /// the entries applied so far left them. Reads the whole range: for
+    /// the few records of one job (its tasks) and one epoch's staged
+    /// writes, never for a column family's bulk.
+    pub fn scan_prefix(
+        &mut self,
+        cf: &'static str,
+        prefix: &[u8],
+    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let handle = rocks::cf(self.db, cf)?;
+        let mut found = std::collections::BTreeMap::new();
+        let it = self
+            .db
+            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(io_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !self.in_deleted_range(cf, &k) {
+                found.insert(k.to_vec(), v.to_vec());
+            }
+        }
+        for ((c, k), v) in &self.known {
+            if *c == cf && k.starts_with(prefix) {
+                match v {
+                    Some(v) => found.insert(k.clone(), v.clone()),
+                    None => found.remove(k),
+                };
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
     pub fn put(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
         self.batch.put_cf(rocks::cf(self.db, cf)?, key, &value);
         self.jobs_changed |= cf == CF_META && meta::is_job(key);

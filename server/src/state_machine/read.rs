@@ -215,6 +215,32 @@ impl Candidates {
     }
 }
 
+/// Every task record of a job, by task index.
+pub fn tasks(
+    db: &DB,
+    info: Option<&pb::JobInfo>,
+    shard: u32,
+    job: &str,
+) -> Result<Vec<pb::TaskRecord>, ServiceError> {
+    use prost::Message;
+    let info = info.ok_or_else(|| ServiceError::JobNotFound {
+        job: job.to_string(),
+    })?;
+    let cf = rocks::cf(db, CF_META)?;
+    let prefix = keys::meta::task_prefix(shard, info.job_id);
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(
+            pb::TaskRecord::decode(v.as_ref()).map_err(|e| corrupt(format!("task record: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

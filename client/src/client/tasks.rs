@@ -1,0 +1,78 @@
+//! The task calls, one each: leases, staged writes, commits, listing.
+//! `TaskSession` (`task_session.rs`) builds the write pipeline on them.
+
+use std::future::Future;
+
+use streamshield_proto::v1::{self as pb, tasks_client::TasksClient};
+use tonic::Status;
+
+use super::{Client, MAX_MESSAGE_BYTES};
+use crate::error::ClientError;
+use crate::transport::Transport;
+use crate::Consistency;
+
+impl Client {
+    /// One `Tasks` call on the leader, retried as every leader call is.
+    async fn tasks<Req, Resp, F, Fut>(&self, req: Req, call: F) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(TasksClient<Transport>, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.on_leader(|t| {
+            let client = TasksClient::new(t)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let fut = call(client, req.clone());
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn acquire_lease(
+        &self,
+        req: pb::AcquireLeaseRequest,
+    ) -> Result<pb::AcquireLeaseResponse, ClientError> {
+        self.tasks(req, |mut c, r| async move { c.acquire_lease(r).await })
+            .await
+    }
+
+    pub async fn stage_writes(
+        &self,
+        req: pb::StageWritesRequest,
+    ) -> Result<pb::StageWritesResponse, ClientError> {
+        self.tasks(req, |mut c, r| async move { c.stage_writes(r).await })
+            .await
+    }
+
+    pub async fn commit_epoch(
+        &self,
+        req: pb::CommitEpochRequest,
+    ) -> Result<pb::CommitEpochResponse, ClientError> {
+        self.tasks(req, |mut c, r| async move { c.commit_epoch(r).await })
+            .await
+    }
+
+    pub async fn release_lease(
+        &self,
+        req: pb::ReleaseLeaseRequest,
+    ) -> Result<pb::ReleaseLeaseResponse, ClientError> {
+        self.tasks(req, |mut c, r| async move { c.release_lease(r).await })
+            .await
+    }
+
+    /// Every task of `job` with its lease and last checkpoint.
+    pub async fn list_tasks(
+        &self,
+        job: &str,
+        consistency: Consistency,
+    ) -> Result<pb::ListTasksResponse, ClientError> {
+        let req = pb::ListTasksRequest {
+            shard: 0,
+            job: job.into(),
+            consistency: consistency.to_pb(),
+        };
+        self.tasks(req, |mut c, r| async move { c.list_tasks(r).await })
+            .await
+    }
+}

@@ -1,0 +1,381 @@
+//! A task's write pipeline: writes buffered and shipped in the background
+//! as staged batches, made visible together at each epoch commit.
+//!
+//! [`Client::acquire`] takes a task's lease (fencing any earlier holder)
+//! and returns a [`TaskSession`] with the task's last checkpoint. `put`
+//! and `delete` return at once: ops gather in a buffer that goes out as
+//! one `StageWrites` when it reaches `batch_bytes` or has waited `linger`,
+//! with at most `window` batches in flight (a full window makes the next
+//! `put` wait: backpressure). Every op of the open epoch is also held
+//! here, under its seq, until the epoch commits: the task reads its own
+//! writes from them (`get`), and a commit that finds seqs missing (a
+//! batch lost to a leader change) re-sends exactly those. `commit` waits
+//! for every batch and then for the commit entry.
+//!
+//! Dropping a session commits nothing: its staged writes stay invisible,
+//! and the next lease of the task drops them.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamshield_proto::v1::{self as pb, op};
+use tokio::sync::Semaphore;
+
+use crate::{Client, ClientError, Consistency};
+
+/// How a session batches and pipelines.
+#[derive(Debug, Clone)]
+pub struct TaskSessionConfig {
+    /// A batch goes out once its keys and values reach this. Default 256 KiB.
+    pub batch_bytes: usize,
+    /// A batch goes out at the next write after it waited this long,
+    /// whatever its size. Default 2 ms.
+    pub linger: Duration,
+    /// Batches in flight at once. Default 8.
+    pub window: usize,
+    /// Rounds of re-sending missing seqs before a commit gives up. Default 5.
+    pub resend_rounds: u32,
+}
+
+impl Default for TaskSessionConfig {
+    fn default() -> Self {
+        Self {
+            batch_bytes: 256 << 10,
+            linger: Duration::from_millis(2),
+            window: 8,
+            resend_rounds: 5,
+        }
+    }
+}
+
+/// What a task names when it takes its lease.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub job: String,
+    pub task: u32,
+    /// Key groups `[start, end)` the task owns.
+    pub key_groups: Range<u32>,
+    /// `(stream, partition)` the task reads.
+    pub input_partitions: Vec<(String, u32)>,
+}
+
+/// The committed epoch, as `commit` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub epoch: u64,
+    pub index: u64,
+}
+
+/// A task's lease and its open epoch. Not `Clone`: one owner writes.
+pub struct TaskSession {
+    client: Client,
+    spec: TaskSpec,
+    generation: u64,
+    job_key_groups: u32,
+    config: TaskSessionConfig,
+    /// The epoch being written: the last committed one plus one.
+    epoch: u64,
+    /// Every op of the open epoch; op `i` has seq `i + 1`.
+    held: Vec<pb::Op>,
+    /// The newest uncommitted value per `(state, key)` (`None`: deleted).
+    overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    /// Ops from `unsent` on are not sent yet.
+    unsent: usize,
+    unsent_bytes: usize,
+    first_unsent_at: Option<Instant>,
+    window: Arc<Semaphore>,
+    /// The first error of a background send that the commit must report
+    /// (a fenced lease); transient failures show up as missing seqs.
+    failed: Arc<Mutex<Option<ClientError>>>,
+}
+
+impl Client {
+    /// Takes task `spec.task` of `spec.job`, fencing every earlier holder,
+    /// and returns its session and its last committed checkpoint.
+    pub async fn acquire(
+        &self,
+        spec: TaskSpec,
+        config: TaskSessionConfig,
+    ) -> Result<(TaskSession, Option<pb::Checkpoint>), ClientError> {
+        let r = self
+            .acquire_lease(pb::AcquireLeaseRequest {
+                shard: 0,
+                job: spec.job.clone(),
+                task: spec.task,
+                key_group_start: spec.key_groups.start,
+                key_group_end: spec.key_groups.end,
+                input_partitions: spec
+                    .input_partitions
+                    .iter()
+                    .map(|(stream, partition)| pb::StreamPartition {
+                        stream: stream.clone(),
+                        partition: *partition,
+                    })
+                    .collect(),
+            })
+            .await?;
+        let epoch = r.checkpoint.as_ref().map_or(0, |c| c.epoch) + 1;
+        let session = TaskSession {
+            client: self.clone(),
+            spec,
+            generation: r.generation,
+            job_key_groups: r.key_groups,
+            window: Arc::new(Semaphore::new(config.window.max(1))),
+            config,
+            epoch,
+            held: Vec::new(),
+            overlay: HashMap::new(),
+            unsent: 0,
+            unsent_bytes: 0,
+            first_unsent_at: None,
+            failed: Arc::default(),
+        };
+        Ok((session, r.checkpoint))
+    }
+}
+
+fn op_bytes(o: &pb::Op) -> usize {
+    o.key.len()
+        + match &o.kind {
+            Some(op::Kind::Put(p)) => p.value.len(),
+            _ => 0,
+        }
+}
+
+impl TaskSession {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The epoch the next writes belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The job's key-group count (to place keys in groups).
+    pub fn job_key_groups(&self) -> u32 {
+        self.job_key_groups
+    }
+
+    pub async fn put(
+        &mut self,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let value = value.into();
+        self.push(state, key.into(), Some(value)).await
+    }
+
+    pub async fn delete(
+        &mut self,
+        state: &str,
+        key: impl Into<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.push(state, key.into(), None).await
+    }
+
+    async fn push(
+        &mut self,
+        state: &str,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        self.check_failed()?;
+        let o = pb::Op {
+            state: state.to_string(),
+            key: key.clone(),
+            kind: Some(match &value {
+                Some(v) => op::Kind::Put(pb::Put { value: v.clone() }),
+                None => op::Kind::Delete(pb::Delete {}),
+            }),
+        };
+        self.unsent_bytes += op_bytes(&o);
+        self.held.push(o);
+        self.overlay.insert((state.to_string(), key), value);
+        let now = Instant::now();
+        let since = *self.first_unsent_at.get_or_insert(now);
+        if self.unsent_bytes >= self.config.batch_bytes
+            || now.duration_since(since) >= self.config.linger
+        {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The task's view of a key: its own uncommitted write if it has one,
+    /// else the committed value.
+    pub async fn get(&self, state: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        if let Some(v) = self.overlay.get(&(state.to_string(), key.to_vec())) {
+            return Ok(v.clone());
+        }
+        match self
+            .client
+            .get(&self.spec.job, state, key, Consistency::Linearizable)
+            .await
+        {
+            Ok(kv) => Ok(kv.map(|kv| kv.value)),
+            // A table the job has not written yet holds nothing.
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), ClientError> {
+        match self.failed.lock().expect("failed").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends what is buffered as one batch, waiting for room in the window.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.unsent == self.held.len() {
+            return Ok(());
+        }
+        let from = self.unsent;
+        self.unsent = self.held.len();
+        self.unsent_bytes = 0;
+        self.first_unsent_at = None;
+        let req = self.stage_request(from, self.held.len());
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the window is never closed");
+        let (client, failed) = (self.client.clone(), self.failed.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match client.stage_writes(req).await {
+                Ok(_) => {}
+                // Fenced or refused for good: the commit reports it.
+                Err(
+                    e @ (ClientError::StaleLease { .. }
+                    | ClientError::PermissionDenied(_)
+                    | ClientError::InvalidArgument(_)
+                    | ClientError::NotFound(_)),
+                ) => {
+                    failed.lock().expect("failed").get_or_insert(e);
+                }
+                // Lost or timed out: the commit finds its seqs missing and
+                // sends them again.
+                Err(e) => tracing::debug!(error = %e, "a staged batch did not arrive"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Ops `from..to` (seqs `from + 1..=to`) as one request.
+    fn stage_request(&self, from: usize, to: usize) -> pb::StageWritesRequest {
+        pb::StageWritesRequest {
+            shard: 0,
+            job: self.spec.job.clone(),
+            task: self.spec.task,
+            generation: self.generation,
+            epoch: self.epoch,
+            seq_from: from as u64 + 1,
+            ops: self.held[from..to].to_vec(),
+        }
+    }
+
+    /// Waits until no batch is in flight.
+    async fn drain(&self) {
+        let n = self.config.window.max(1) as u32;
+        let all = self
+            .window
+            .acquire_many(n)
+            .await
+            .expect("the window is never closed");
+        drop(all);
+    }
+
+    /// Commits the open epoch: its writes become visible to everyone, with
+    /// `input_offsets` and `metadata` as the task's checkpoint, atomically.
+    /// On `StaleLease` the task has been replaced and must stop.
+    pub async fn commit(
+        &mut self,
+        input_offsets: Vec<pb::InputOffset>,
+        metadata: Vec<u8>,
+    ) -> Result<Committed, ClientError> {
+        self.flush().await?;
+        self.drain().await;
+        self.check_failed()?;
+        let req = pb::CommitEpochRequest {
+            shard: 0,
+            job: self.spec.job.clone(),
+            task: self.spec.task,
+            generation: self.generation,
+            epoch: self.epoch,
+            last_seq: self.held.len() as u64,
+            input_offsets,
+            metadata,
+        };
+        let mut rounds = 0;
+        let r = loop {
+            match self.client.commit_epoch(req.clone()).await {
+                Err(ClientError::MissingSeqs { missing, .. })
+                    if rounds < self.config.resend_rounds =>
+                {
+                    rounds += 1;
+                    for (first, last) in missing {
+                        self.resend(first, last).await?;
+                    }
+                }
+                other => break other?,
+            }
+        };
+        let committed = Committed {
+            epoch: self.epoch,
+            index: r.index,
+        };
+        self.epoch += 1;
+        self.held.clear();
+        self.overlay.clear();
+        self.unsent = 0;
+        Ok(committed)
+    }
+
+    /// Sends seqs `first..=last` again and waits for them.
+    async fn resend(&self, first: u64, last: u64) -> Result<(), ClientError> {
+        let n = self.held.len() as u64;
+        if first == 0 || last > n || first > last {
+            return Err(ClientError::InvalidArgument(format!(
+                "the cluster asks for seqs {first}..={last}, the epoch has 1..={n}"
+            )));
+        }
+        let (from, to) = (first as usize - 1, last as usize);
+        let mut at = from;
+        while at < to {
+            // In batches of the usual size: one request stays under the
+            // node's batch limit.
+            let mut end = at;
+            let mut bytes = 0;
+            while end < to && (end == at || bytes < self.config.batch_bytes) {
+                bytes += op_bytes(&self.held[end]);
+                end += 1;
+            }
+            self.client
+                .stage_writes(self.stage_request(at, end))
+                .await?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Gives the task up: its key groups and partitions become free for
+    /// other tasks. Uncommitted writes are dropped.
+    pub async fn release(self) -> Result<(), ClientError> {
+        self.client
+            .release_lease(pb::ReleaseLeaseRequest {
+                shard: 0,
+                job: self.spec.job.clone(),
+                task: self.spec.task,
+                generation: self.generation,
+            })
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,392 @@
+//! Staged writes of a task's epochs, and the commit that makes an epoch
+//! visible.
+//!
+//! A staged write lands in the `staged` column family under its task,
+//! generation and epoch (`keys::staged_prefix`), keyed by its data key, so
+//! a later write of the same key in the epoch replaces it (the higher seq
+//! wins, whatever order re-sent batches arrive in). Nobody reads `staged`
+//! but the commit: other readers see committed data only, and the task
+//! reads its own uncommitted writes from its own buffer (the client holds
+//! them until their epoch commits, to re-send them).
+//!
+//! Which seqs of each open epoch are staged is kept as ranges in the task
+//! record, so a commit knows without reading `staged` whether anything is
+//! missing, and names what.
+//!
+//! A commit promotes the epoch's writes into `data` in the same RocksDB
+//! write batch as the checkpoint and the applied index: atomic on every
+//! replica, and a crash before that write replays the entry. Its cost is
+//! one read and one write per distinct key of the epoch.
+
+use std::io;
+
+use streamshield_proto::v1::{self as pb, command_response, error_detail};
+use tonic::Code;
+
+use super::leases::{self, held};
+use super::{error_response, jobs, refusal, At};
+use crate::keys::{self, StagedValue, StoredValue, DEFAULT_SHARD};
+use crate::rocks::corrupt;
+use crate::state_machine::meta::{CF_DATA, CF_STAGED};
+use crate::state_machine::pending::PendingWrites;
+
+/// Epochs of one task that may have staged writes and no commit yet: a
+/// task pipelines the next epoch while the last commits, and a bound keeps
+/// the task record small.
+pub const MAX_OPEN_EPOCHS: usize = 8;
+/// Disjoint runs of staged seqs one epoch may have (batches that arrived
+/// out of order leave gaps until the missing ones come).
+pub const MAX_STAGED_RANGES: usize = 64;
+/// How far past its epoch's contiguous staged seqs a batch may start: a
+/// client's in-flight window is far smaller, so a larger gap is a bug.
+pub const MAX_SEQ_GAP: u64 = 1 << 20;
+
+/// The highest n such that seqs 1..=n are staged.
+pub fn contiguous_through(ranges: &[pb::StagedRange]) -> u64 {
+    match ranges.first() {
+        Some(r) if r.first == 1 => r.last,
+        _ => 0,
+    }
+}
+
+fn covered(ranges: &[pb::StagedRange], seq: u64) -> bool {
+    ranges.iter().any(|r| r.first <= seq && seq <= r.last)
+}
+
+/// `ranges` with first..=last added: sorted, disjoint, never adjacent.
+pub fn add_range(ranges: &[pb::StagedRange], first: u64, last: u64) -> Vec<pb::StagedRange> {
+    let mut all: Vec<(u64, u64)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+    all.push((first, last));
+    all.sort_unstable();
+    let mut out: Vec<pb::StagedRange> = Vec::with_capacity(all.len());
+    for (f, l) in all {
+        match out.last_mut() {
+            Some(prev) if f <= prev.last.saturating_add(1) => prev.last = prev.last.max(l),
+            _ => out.push(pb::StagedRange { first: f, last: l }),
+        }
+    }
+    out
+}
+
+/// The seqs of 1..=last_seq not in `ranges`.
+pub fn missing(ranges: &[pb::StagedRange], last_seq: u64) -> Vec<pb::SeqRange> {
+    let mut out = Vec::new();
+    let mut next = 1u64;
+    for r in ranges {
+        if next > last_seq {
+            break;
+        }
+        if r.first > next {
+            out.push(pb::SeqRange {
+                first: next,
+                last: (r.first - 1).min(last_seq),
+            });
+        }
+        next = next.max(r.last.saturating_add(1));
+    }
+    if next <= last_seq {
+        out.push(pb::SeqRange {
+            first: next,
+            last: last_seq,
+        });
+    }
+    out
+}
+
+fn committed_epoch(t: &pb::TaskRecord) -> u64 {
+    t.checkpoint.as_ref().map_or(0, |c| c.epoch)
+}
+
+pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandResponse> {
+    let Some(lease) = &s.lease else {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            "staged writes without a lease",
+        ));
+    };
+    let (mut job, mut task) = match held(p, lease)? {
+        Ok(held) => held,
+        Err(refused) => return Ok(refused),
+    };
+    let committed = committed_epoch(&task);
+    if s.epoch <= committed || s.epoch == u64::MAX {
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "epoch {} is not after the last committed epoch {committed}",
+                s.epoch
+            ),
+        ));
+    }
+    let n = s.ops.len() as u64;
+    let last = match (s.seq_from, n) {
+        (0, _) => return Ok(error_response(Code::InvalidArgument, "seqs count from 1")),
+        (_, 0) => return Ok(error_response(Code::InvalidArgument, "no ops to stage")),
+        (from, n) => match from.checked_add(n - 1) {
+            Some(last) => last,
+            None => {
+                return Ok(error_response(
+                    Code::InvalidArgument,
+                    "seqs run past u64::MAX",
+                ))
+            }
+        },
+    };
+    let slot = task.staging.iter().position(|e| e.epoch == s.epoch);
+    if slot.is_none() && task.staging.len() >= MAX_OPEN_EPOCHS {
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!("{MAX_OPEN_EPOCHS} epochs have staged writes and no commit; commit one first"),
+        ));
+    }
+    let before = slot
+        .map(|i| task.staging[i].staged.clone())
+        .unwrap_or_default();
+    let through = contiguous_through(&before);
+    if s.seq_from > through.saturating_add(MAX_SEQ_GAP) {
+        return Ok(error_response(
+            Code::OutOfRange,
+            format!(
+                "seq_from {} is more than {MAX_SEQ_GAP} past the staged seqs 1..={through} of epoch {}",
+                s.seq_from, s.epoch
+            ),
+        ));
+    }
+    let after = add_range(&before, s.seq_from, last);
+    if after.len() > MAX_STAGED_RANGES {
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!("epoch {} would have more than {MAX_STAGED_RANGES} gaps; re-send the missing seqs first", s.epoch),
+        ));
+    }
+    // Every op is checked before any is staged: a bad one refuses the
+    // whole batch and leaves nothing behind.
+    let mut job_changed = false;
+    let mut staged = Vec::with_capacity(s.ops.len());
+    for (i, o) in s.ops.iter().enumerate() {
+        let value = match &o.kind {
+            Some(pb::staged_op::Kind::Put(v)) => Some(v),
+            Some(pb::staged_op::Kind::Delete(_)) => None,
+            None => return Ok(error_response(Code::InvalidArgument, "an op has no kind")),
+        };
+        let group = keys::key_group(&o.key, job.key_groups);
+        if !leases::owns(&task, group) {
+            return Ok(leases::outside_range(&task, group));
+        }
+        let seq = s.seq_from + i as u64;
+        if covered(&before, seq) {
+            continue;
+        }
+        let Some(sid) = jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
+        else {
+            // A delete in a table that never existed deletes nothing.
+            continue;
+        };
+        let dk = keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key);
+        staged.push((seq, dk, value));
+    }
+    let prefix = keys::staged_prefix(
+        DEFAULT_SHARD,
+        job.job_id,
+        task.task,
+        task.generation,
+        s.epoch,
+    );
+    for (seq, dk, value) in staged {
+        let sk = keys::staged_key(&prefix, &dk);
+        if let Some(raw) = p.get(CF_STAGED, &sk)? {
+            let there = StagedValue::decode(&raw).map_err(corrupt)?;
+            if there.seq > seq {
+                continue;
+            }
+        }
+        let v = StagedValue {
+            seq,
+            value: value.cloned(),
+        };
+        metrics::counter!("streamshield_staged_bytes_total")
+            .increment((sk.len() + v.value.as_ref().map_or(0, Vec::len)) as u64);
+        p.put(CF_STAGED, &sk, v.encode())?;
+    }
+    if job_changed {
+        jobs::store_job(p, DEFAULT_SHARD, &job)?;
+    }
+    let staged_through = contiguous_through(&after);
+    match slot {
+        Some(i) => task.staging[i].staged = after,
+        None => {
+            task.staging.push(pb::EpochStaging {
+                epoch: s.epoch,
+                staged: after,
+            });
+            task.staging.sort_by_key(|e| e.epoch);
+        }
+    }
+    leases::store_task(p, job.job_id, &task)?;
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::StagedThrough(staged_through)),
+    })
+}
+
+pub fn commit(
+    p: &mut PendingWrites,
+    at: At,
+    c: &pb::EpochCommit,
+) -> io::Result<pb::CommandResponse> {
+    let Some(lease) = &c.lease else {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            "a commit without a lease",
+        ));
+    };
+    let (job, mut task) = match held(p, lease)? {
+        Ok(held) => held,
+        Err(refused) => return Ok(refused),
+    };
+    let committed = task.checkpoint.as_ref().map(|c| (c.epoch, c.generation));
+    if committed == Some((c.epoch, task.generation)) {
+        // A retry of a commit that applied (its answer was lost).
+        return Ok(committed_answer(c.epoch, true, 0));
+    }
+    let last_committed = committed.map_or(0, |(e, _)| e);
+    if c.epoch <= last_committed || c.epoch == u64::MAX {
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "epoch {} is not after the last committed epoch {last_committed}",
+                c.epoch
+            ),
+        ));
+    }
+    let staged: &[pb::StagedRange] = task
+        .staging
+        .iter()
+        .find(|e| e.epoch == c.epoch)
+        .map_or(&[], |e| &e.staged);
+    let gaps = missing(staged, c.last_seq);
+    if !gaps.is_empty() {
+        let first = gaps[0];
+        return Ok(refusal(
+            Code::FailedPrecondition,
+            format!(
+                "epoch {} is missing {} range(s) of staged seqs, first {}..={}; re-send them and commit again",
+                c.epoch,
+                gaps.len(),
+                first.first,
+                first.last
+            ),
+            Some(error_detail::Kind::MissingSeqs(pb::MissingSeqs { epoch: c.epoch, missing: gaps })),
+        ));
+    }
+    let prefix = keys::staged_prefix(
+        DEFAULT_SHARD,
+        job.job_id,
+        task.task,
+        task.generation,
+        c.epoch,
+    );
+    let mut promoted = 0u64;
+    for (sk, raw) in p.scan_prefix(CF_STAGED, &prefix)? {
+        let v = StagedValue::decode(&raw).map_err(corrupt)?;
+        if v.seq > c.last_seq {
+            // Staged past what the task says its epoch holds: not part of it.
+            continue;
+        }
+        let dk = keys::data_key_of_staged(&sk)
+            .ok_or_else(|| corrupt("a staged key too short to hold a data key"))?;
+        match v.value {
+            Some(value) => {
+                let version = p.version(&dk)? + 1;
+                let stored = StoredValue {
+                    version,
+                    mod_index: at.index,
+                    value,
+                };
+                p.put(CF_DATA, &dk, stored.encode())?;
+            }
+            None => p.delete(CF_DATA, &dk)?,
+        }
+        promoted += 1;
+    }
+    // This epoch's writes are in `data` now; earlier epochs of the
+    // generation that never committed are dropped with them.
+    p.delete_range(
+        CF_STAGED,
+        &keys::staged_prefix(DEFAULT_SHARD, job.job_id, task.task, task.generation, 0),
+        &keys::staged_prefix(
+            DEFAULT_SHARD,
+            job.job_id,
+            task.task,
+            task.generation,
+            c.epoch + 1,
+        ),
+    )?;
+    task.staging.retain(|e| e.epoch > c.epoch);
+    task.checkpoint = Some(pb::CheckpointRecord {
+        epoch: c.epoch,
+        input_offsets: c.input_offsets.clone(),
+        metadata: c.metadata.clone(),
+        committed_index: at.index,
+        committed_at_ms: at.time_ms,
+        generation: task.generation,
+    });
+    leases::store_task(p, job.job_id, &task)?;
+    Ok(committed_answer(c.epoch, false, promoted))
+}
+
+fn committed_answer(epoch: u64, already_committed: bool, promoted: u64) -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::EpochCommitted(pb::EpochCommitted {
+            epoch,
+            already_committed,
+            promoted,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(first: u64, last: u64) -> pb::StagedRange {
+        pb::StagedRange { first, last }
+    }
+
+    #[test]
+    fn ranges_merge_and_report_what_is_missing() {
+        let a = add_range(&[], 5, 9);
+        assert_eq!(contiguous_through(&a), 0);
+        assert_eq!(
+            missing(&a, 12),
+            vec![
+                pb::SeqRange { first: 1, last: 4 },
+                pb::SeqRange {
+                    first: 10,
+                    last: 12
+                }
+            ]
+        );
+        let b = add_range(&a, 1, 4);
+        assert_eq!(b, vec![r(1, 9)], "adjacent runs merge");
+        assert_eq!(contiguous_through(&b), 9);
+        assert!(missing(&b, 9).is_empty());
+        assert!(missing(&b, 0).is_empty(), "an epoch with no writes");
+        let c = add_range(&b, 20, 30);
+        assert_eq!(
+            missing(&c, 25),
+            vec![pb::SeqRange {
+                first: 10,
+                last: 19
+            }]
+        );
+        assert_eq!(
+            add_range(&c, 3, 25),
+            vec![r(1, 30)],
+            "an overlapping re-send"
+        );
+        assert_eq!(
+            add_range(&[r(1, u64::MAX - 1)], u64::MAX, u64::MAX),
+            vec![r(1, u64::MAX)]
+        );
+    }
+}

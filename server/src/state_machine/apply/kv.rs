@@ -1,0 +1,249 @@
+//! Client writes: conditions, versions, and exactly-once retries through
+//! the dedupe records of `sessions`.
+
+use std::io;
+
+use prost::Message;
+use streamshield_proto::v1::{self as pb, command_response, condition, op};
+use tonic::Code;
+
+use super::{error_response, jobs, leases, At};
+use crate::keys::{self, meta, StoredValue};
+use crate::rocks::corrupt;
+use crate::state_machine::meta::{CF_DATA, CF_META};
+use crate::state_machine::pending::PendingWrites;
+use crate::state_machine::sessions;
+
+fn write_response(w: pb::WriteResponse) -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::Write(w)),
+    }
+}
+
+pub fn apply_write(
+    p: &mut PendingWrites,
+    at: At,
+    owner: Option<&str>,
+    w: &pb::WriteRequest,
+) -> io::Result<pb::CommandResponse> {
+    let index = at.index;
+    if w.client_id == 0 {
+        return write_outcome(p, index, owner, w);
+    }
+    let stored = sessions::load(p, w.client_id)?;
+    // Before any recorded answer is looked at: another principal's
+    // answers are not this one's to read. A session of nobody (made on a
+    // node without TLS, or before owners) is the next writer's to claim.
+    let held = stored
+        .as_ref()
+        .and_then(|s| s.owner.as_deref())
+        .unwrap_or("");
+    if let Some(owner) = owner {
+        if !held.is_empty() && held != owner {
+            return Ok(error_response(
+                Code::PermissionDenied,
+                format!(
+                    "client id {} belongs to another principal; use a client id of your own",
+                    w.client_id
+                ),
+            ));
+        }
+    }
+    if stored.as_ref().is_some_and(|s| s.expired) && w.acked_below > 0 {
+        // The client says it sent seqs before this one, but their answers
+        // expired with the session: this could be a retry of one that
+        // applied, and applying it again would apply it twice.
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "{SESSION_EXPIRED}: client {} was idle past the dedupe session TTL; \
+                 write again with acked_below 0 to start a new session",
+                w.client_id
+            ),
+        ));
+    }
+    if p.may_have_answer(w.client_id, w.seq)? {
+        if let Some(raw) = p.get(CF_META, &meta::dedupe(w.client_id, w.seq))? {
+            metrics::counter!("streamshield_writes_deduplicated_total").increment(1);
+            return pb::CommandResponse::decode(raw.as_ref())
+                .map_err(|e| corrupt(format!("dedupe record: {e}")));
+        }
+    }
+    // The live session, if any: an expired one is replaced by a new one.
+    let live = stored.clone().filter(|s| !s.expired);
+    let forgotten = live.as_ref().map_or(0, |s| s.forgotten);
+    if w.seq < forgotten {
+        // Its answer may have been forgotten; applying it again could
+        // apply it twice.
+        return Ok(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "seq {} of client {} is below its acknowledged mark {forgotten}",
+                w.seq, w.client_id
+            ),
+        ));
+    }
+    let resp = write_outcome(p, index, owner, w)?;
+    p.put(
+        CF_META,
+        &meta::dedupe(w.client_id, w.seq),
+        resp.encode_to_vec(),
+    )?;
+    p.answer_staged(w.client_id, w.seq);
+    let mut next = live.unwrap_or(sessions::Session {
+        forgotten: 0,
+        last_used_ms: at.time_ms,
+        expired: false,
+        owner: Some(held.to_string()),
+    });
+    // Written as a difference: seqs are the client's to choose, and a mark
+    // near `u64::MAX` must neither overflow here (a panic on every replica,
+    // again on each replay) nor wrap and move the mark backwards.
+    if w.acked_below.saturating_sub(forgotten) >= FORGET_STEP {
+        p.delete_range(
+            CF_META,
+            &meta::dedupe(w.client_id, forgotten),
+            &meta::dedupe(w.client_id, w.acked_below),
+        )?;
+        next.forgotten = w.acked_below;
+    }
+    if let Some(owner) = owner {
+        if held.is_empty() {
+            next.owner = Some(owner.to_string());
+        }
+        if at.time_ms.saturating_sub(next.last_used_ms) >= sessions::TOUCH_MS {
+            next.last_used_ms = at.time_ms;
+        }
+    }
+    if stored.as_ref() != Some(&next) {
+        sessions::store(p, w.client_id, stored.as_ref(), &next)?;
+    }
+    Ok(resp)
+}
+
+/// Starts the message of a write refused because its session expired;
+/// clients recognise it by this.
+pub const SESSION_EXPIRED: &str = "dedupe session expired";
+
+/// Answers below a client's `acked_below` are never asked for again. They
+/// are dropped in steps of [`FORGET_STEP`], one range deletion per step,
+/// so a writing client keeps at most about that many answers (~60 bytes
+/// each). Steps are not small because the first read of a column family
+/// after a new range deletion re-fragments every range tombstone in its
+/// memtable: with a step of 256, 64 writers of one client spent ~6 % of a
+/// node's CPU there (`perf`); the work grows with the square of the
+/// tombstone rate, so 2,048 cuts it ~64-fold.
+pub const FORGET_STEP: u64 = 2048;
+
+fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue>> {
+    match p.get(CF_DATA, dk)? {
+        None => Ok(None),
+        Some(raw) => StoredValue::decode(&raw).map(Some).map_err(corrupt),
+    }
+}
+
+fn write_outcome(
+    p: &mut PendingWrites,
+    index: u64,
+    owner: Option<&str>,
+    w: &pb::WriteRequest,
+) -> io::Result<pb::CommandResponse> {
+    let shard = w.shard;
+    let Some(mut job) = jobs::load_job(p, shard, &w.job)? else {
+        return Ok(error_response(
+            Code::NotFound,
+            format!("job {:?} does not exist", w.job),
+        ));
+    };
+    // Nothing is staged before every op is known to be well formed, so a
+    // bad op can never leave half a request behind.
+    if w.ops.iter().any(|o| o.kind.is_none()) || w.conditions.iter().any(|c| c.test.is_none()) {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            "an op or condition has no kind",
+        ));
+    }
+    if let Some(lease) = &w.lease {
+        let keys = w
+            .ops
+            .iter()
+            .map(|o| o.key.as_slice())
+            .chain(w.conditions.iter().map(|c| c.key.as_slice()));
+        if let Err(refused) = leases::check_write(p, &job, owner, lease, keys)? {
+            return Ok(refused);
+        }
+    }
+    let data_key = |job: &pb::JobInfo, state_id: u32, key: &[u8]| {
+        let group = keys::key_group(key, job.key_groups);
+        keys::data_key(shard, job.job_id, group, state_id, key)
+    };
+
+    for (i, c) in w.conditions.iter().enumerate() {
+        let current = match crate::state_machine::meta::state_id(&job, &c.state) {
+            Some(sid) => read_value(p, &data_key(&job, sid, &c.key))?,
+            None => None,
+        };
+        let holds = match c.test.as_ref().expect("checked above") {
+            condition::Test::Absent(_) => current.is_none(),
+            condition::Test::ValueEquals(v) => current.as_ref().is_some_and(|cur| &cur.value == v),
+            condition::Test::VersionEquals(n) => {
+                current.as_ref().map_or(0, |cur| cur.version) == *n
+            }
+        };
+        if !holds {
+            return Ok(write_response(pb::WriteResponse {
+                succeeded: false,
+                index,
+                versions: Vec::new(),
+                failed_condition: Some(i as u32),
+                current: current.map(|cur| pb::KeyValue {
+                    key: c.key.clone(),
+                    value: cur.value,
+                    version: cur.version,
+                    mod_index: cur.mod_index,
+                    key_group: u32::from(keys::key_group(&c.key, job.key_groups)),
+                }),
+            }));
+        }
+    }
+
+    let mut versions = Vec::with_capacity(w.ops.len());
+    let mut job_changed = false;
+    for o in &w.ops {
+        let is_put = matches!(o.kind, Some(op::Kind::Put(_)));
+        let Some(sid) = jobs::state_id(&mut job, &o.state, is_put, &mut job_changed) else {
+            // A delete in a table that never existed.
+            versions.push(0);
+            continue;
+        };
+        let dk = data_key(&job, sid, &o.key);
+        match o.kind.as_ref().expect("checked above") {
+            op::Kind::Put(put) => {
+                // Earlier ops of this request and earlier entries of this
+                // chunk are visible through the pending writes.
+                let version = p.version(&dk)? + 1;
+                let stored = StoredValue {
+                    version,
+                    mod_index: index,
+                    value: put.value.clone(),
+                };
+                p.put(CF_DATA, &dk, stored.encode())?;
+                versions.push(version);
+            }
+            op::Kind::Delete(_) => {
+                p.delete(CF_DATA, &dk)?;
+                versions.push(0);
+            }
+        }
+    }
+    if job_changed {
+        jobs::store_job(p, shard, &job)?;
+    }
+    Ok(write_response(pb::WriteResponse {
+        succeeded: true,
+        index,
+        versions,
+        failed_condition: None,
+        current: None,
+    }))
+}

@@ -1,0 +1,120 @@
+//! Applying one committed command to the state machine.
+//!
+//! Runs identically on every replica: it reads only replicated state and
+//! the entry, and stages its effects in [`PendingWrites`] that the caller
+//! commits together with the applied index. A command that cannot apply
+//! (unknown job, failed condition, stale lease) changes nothing but its
+//! answer, which is recorded for deduplication like any other.
+//!
+//! This module dispatches; each concern has its own file: `kv` (client
+//! writes and their deduplication), `jobs` (jobs and state tables),
+//! `leases` (task leases and the generation fence) and `epochs` (staged
+//! writes and epoch commits).
+
+mod epochs;
+#[cfg(test)]
+mod fixture;
+mod jobs;
+mod kv;
+mod leases;
+#[cfg(test)]
+mod task_tests;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+
+use streamshield_proto::v1::{self as pb, command, command_response};
+use tonic::Code;
+
+use super::pending::PendingWrites;
+use super::sessions;
+
+pub use self::kv::SESSION_EXPIRED;
+
+pub fn error_response(code: Code, message: impl Into<String>) -> pb::CommandResponse {
+    refusal(code, message, None)
+}
+
+/// A refusal with a typed detail the client acts on.
+pub fn refusal(
+    code: Code,
+    message: impl Into<String>,
+    detail: Option<pb::error_detail::Kind>,
+) -> pb::CommandResponse {
+    use prost::Message;
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::Error(pb::CommandError {
+            code: code as i32,
+            message: message.into(),
+            details: detail
+                .map(|kind| pb::ErrorDetail { kind: Some(kind) }.encode_to_vec())
+                .unwrap_or_default(),
+        })),
+    }
+}
+
+/// Applies `cmd` carried by the entry at `index`, staging its effects.
+/// An `Err` is a storage failure (the node must stop), never a bad command.
+pub fn apply_command(
+    p: &mut PendingWrites,
+    index: u64,
+    cmd: &pb::Command,
+) -> io::Result<pb::CommandResponse> {
+    apply_at(p, At { index, time_ms: 0 }, cmd)
+}
+
+/// Like [`apply_command`], at the leader time of the entry. An
+/// `ExpireSessions` needs the store itself in step with every earlier
+/// entry (see [`sessions::expire`]); the caller sees to that.
+pub fn apply_at(
+    p: &mut PendingWrites,
+    at: At,
+    cmd: &pb::Command,
+) -> io::Result<pb::CommandResponse> {
+    let batch = |answers| pb::CommandResponse {
+        kind: Some(command_response::Kind::Batch(pb::BatchAnswers { answers })),
+    };
+    match &cmd.kind {
+        Some(command::Kind::Write(w)) => kv::apply_write(p, at, None, w),
+        Some(command::Kind::CreateJob(c)) => jobs::create_job(p, at.index, c),
+        Some(command::Kind::Batch(b)) => {
+            let mut answers = Vec::with_capacity(b.writes.len());
+            for w in &b.writes {
+                answers.push(kv::apply_write(p, at, None, w)?);
+            }
+            Ok(batch(answers))
+        }
+        Some(command::Kind::OwnedWrites(b)) => {
+            let mut answers = Vec::with_capacity(b.writes.len());
+            for o in &b.writes {
+                answers.push(match &o.write {
+                    Some(w) => kv::apply_write(p, at, Some(&o.principal), w)?,
+                    None => error_response(Code::InvalidArgument, "an owned write without a write"),
+                });
+            }
+            Ok(batch(answers))
+        }
+        Some(command::Kind::Auth(change)) => super::auth::apply(p, at.index, change),
+        Some(command::Kind::ExpireSessions(e)) => {
+            let db = p.db();
+            let n = sessions::expire(p, db, at.time_ms, e.idle_ms)?;
+            Ok(pb::CommandResponse {
+                kind: Some(command_response::Kind::SessionsExpired(n)),
+            })
+        }
+        Some(command::Kind::AcquireLease(a)) => leases::acquire(p, at, a),
+        Some(command::Kind::ReleaseLease(r)) => leases::release(p, r),
+        Some(command::Kind::StageWrites(s)) => epochs::stage(p, s),
+        Some(command::Kind::CommitEpoch(c)) => epochs::commit(p, at, c),
+        None => Ok(error_response(Code::InvalidArgument, "empty command")),
+    }
+}
+
+/// Where in the log a command is applied: its entry's index and the
+/// proposing leader's clock (0 in entries from before the header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub index: u64,
+    pub time_ms: u64,
+}

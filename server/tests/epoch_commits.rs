@@ -1,0 +1,200 @@
+//! Epoch commits on a real 3-node cluster: a commit names the seqs it is
+//! missing and succeeds once they are re-sent, duplicates and retried
+//! commits apply once, and a commit racing a `kill -9` of the leader is
+//! visible whole (state and checkpoint) or not at all.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use streamshield_client::{pb, Client, ClientError, Consistency, TaskSessionConfig, TaskSpec};
+
+fn put(key: &str, value: &str) -> pb::Op {
+    pb::Op {
+        state: "s".into(),
+        key: key.as_bytes().to_vec(),
+        kind: Some(pb::op::Kind::Put(pb::Put {
+            value: value.as_bytes().to_vec(),
+        })),
+    }
+}
+
+async fn value(c: &Client, job: &str, key: &str) -> Option<String> {
+    c.get(job, "s", key, Consistency::Linearizable)
+        .await
+        .expect("read")
+        .map(|kv| String::from_utf8(kv.value).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gaps_are_named_and_filled_duplicates_and_retried_commits_apply_once() {
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    c.create_job("gaps", 1).await.expect("create job");
+    let g = c
+        .acquire_lease(pb::AcquireLeaseRequest {
+            job: "gaps".into(),
+            task: 0,
+            key_group_start: 0,
+            key_group_end: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .generation;
+    let stage = |seq_from: u64, ops: Vec<pb::Op>| pb::StageWritesRequest {
+        job: "gaps".into(),
+        task: 0,
+        generation: g,
+        epoch: 1,
+        seq_from,
+        ops,
+        ..Default::default()
+    };
+    let commit = pb::CommitEpochRequest {
+        job: "gaps".into(),
+        task: 0,
+        generation: g,
+        epoch: 1,
+        last_seq: 5,
+        input_offsets: vec![pb::InputOffset {
+            stream: "in".into(),
+            partition: 0,
+            offset: 5,
+        }],
+        ..Default::default()
+    };
+    let r = c
+        .stage_writes(stage(1, vec![put("a", "1"), put("b", "2")]))
+        .await
+        .unwrap();
+    assert_eq!(r.staged_through, 2);
+    let r = c.stage_writes(stage(5, vec![put("e", "5")])).await.unwrap();
+    assert_eq!(r.staged_through, 2, "seq 5 is staged behind a gap");
+    match c.commit_epoch(commit.clone()).await {
+        Err(ClientError::MissingSeqs { epoch: 1, missing }) => assert_eq!(missing, vec![(3, 4)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(value(&c, "gaps", "a").await, None);
+    // The re-send overlaps what is staged: seq 2 again, with another value,
+    // is a duplicate and ignored.
+    let r = c
+        .stage_writes(stage(
+            2,
+            vec![put("b", "dup"), put("c", "3"), put("d", "4")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.staged_through, 5);
+    let first = c.commit_epoch(commit.clone()).await.expect("commit");
+    assert!(!first.already_committed);
+    let retry = c
+        .commit_epoch(commit.clone())
+        .await
+        .expect("retried commit");
+    assert!(retry.already_committed);
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")] {
+        let kv = c
+            .get("gaps", "s", k, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((kv.value.as_slice(), kv.version), (v.as_bytes(), 1), "{k}");
+    }
+    // A duplicate batch of a committed epoch is refused, and changes nothing.
+    assert!(c
+        .stage_writes(stage(1, vec![put("a", "late")]))
+        .await
+        .is_err());
+    assert_eq!(value(&c, "gaps", "a").await.as_deref(), Some("1"));
+}
+
+/// Each round commits an epoch that sets every key to the round's number
+/// and the input offset to it, and kills the leader while the commit is
+/// under way. Afterwards the keys and the checkpoint must agree: all at
+/// the new round, or all at the previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_racing_a_leader_kill_is_visible_whole_or_not_at_all() {
+    let mut t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    c.create_job("atomic", 8).await.expect("create job");
+    const KEYS: usize = 200;
+    let spec = TaskSpec {
+        job: "atomic".into(),
+        task: 0,
+        key_groups: 0..8,
+        input_partitions: vec![("in".into(), 0)],
+    };
+    let mut committed_round = 0u64;
+    for round in 1..=4u64 {
+        let (mut s, cp) = c
+            .acquire(spec.clone(), TaskSessionConfig::default())
+            .await
+            .expect("acquire");
+        let resumed = cp.map_or(0, |cp| cp.input_offsets[0].offset);
+        assert_eq!(resumed, committed_round, "round {round}: the checkpoint");
+        for k in 0..KEYS {
+            s.put("s", format!("k{k}"), round.to_string())
+                .await
+                .unwrap();
+        }
+        s.flush().await.unwrap();
+        let offsets = vec![pb::InputOffset {
+            stream: "in".into(),
+            partition: 0,
+            offset: round,
+        }];
+        let leader = t.wait_for_leader(Duration::from_secs(60)).await;
+        let commit = tokio::spawn(async move { s.commit(offsets, Vec::new()).await });
+        tokio::time::sleep(Duration::from_millis(5 * round)).await;
+        t.cluster.kill(leader).expect("kill the leader");
+        let outcome = commit.await.unwrap();
+        t.cluster.start_node(leader).expect("restart");
+        t.wait_for_leader(Duration::from_secs(60)).await;
+
+        let list = c
+            .list_tasks("atomic", Consistency::Linearizable)
+            .await
+            .unwrap();
+        let at = list.tasks[0]
+            .checkpoint
+            .as_ref()
+            .map_or(0, |cp| cp.input_offsets[0].offset);
+        let all = c
+            .scan_all("atomic", "s", b"k", Consistency::Linearizable)
+            .await
+            .unwrap();
+        let values: std::collections::BTreeSet<_> = all.iter().map(|kv| kv.value.clone()).collect();
+        if at == round {
+            assert_eq!(all.len(), KEYS, "round {round}: committed, every key");
+            assert_eq!(values.len(), 1, "round {round}: one round's values only");
+            assert_eq!(values.first().unwrap(), round.to_string().as_bytes());
+        } else {
+            assert_eq!(
+                at, committed_round,
+                "round {round}: the checkpoint moved elsewhere"
+            );
+            assert!(
+                outcome.is_err(),
+                "round {round}: an acknowledged commit was lost"
+            );
+            if committed_round == 0 {
+                assert!(
+                    all.is_empty(),
+                    "round {round}: nothing committed yet, nothing visible"
+                );
+            } else {
+                assert_eq!(values.len(), 1);
+                assert_eq!(
+                    values.first().unwrap(),
+                    committed_round.to_string().as_bytes()
+                );
+            }
+        }
+        if outcome.is_ok() {
+            assert_eq!(at, round, "round {round}: acknowledged, so committed");
+        }
+        committed_round = at;
+    }
+}
