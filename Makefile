@@ -51,7 +51,7 @@ test: lint
 # them, 30 s each, on release builds. Reports go to store/; the summary
 # table to store/sweep-summary.md.
 jepsen: build
-	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- sweep --time-limit 30 --runs 24
+	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- sweep --time-limit 30 --runs 32
 
 # An hour of mixed load under partitions, lost and slow links and paused
 # nodes; fails if a node's resident memory grows more than 20 % after the

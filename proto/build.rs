@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/streamshield/v1/auth.proto",
     "proto/streamshield/v1/command.proto",
     "proto/streamshield/v1/task.proto",
+    "proto/streamshield/v1/stream.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -69,11 +69,8 @@ impl Client {
         F: Fn(AuthClient<Transport>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.on_leader(|t| {
-            let fut = call(AuthClient::new(t), req.clone());
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.call(crate::client::Route::Leader, AuthClient::new, req, call)
+            .await
     }
 
     /// Gives `principal` `role` on `job` (`None` for admin, `Some("*")` for

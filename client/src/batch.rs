@@ -8,6 +8,7 @@ pub struct WriteBatch {
     pub(crate) job: String,
     pub(crate) ops: Vec<pb::Op>,
     pub(crate) conditions: Vec<pb::Condition>,
+    pub(crate) lease: Option<pb::TaskLease>,
 }
 
 impl WriteBatch {
@@ -16,6 +17,13 @@ impl WriteBatch {
             job: job.into(),
             ..Default::default()
         }
+    }
+
+    /// Fenced by a task's lease: refused with `StaleLease` once a newer
+    /// generation took the task, and every key must be in its key groups.
+    pub fn with_lease(mut self, task: u32, generation: u64) -> Self {
+        self.lease = Some(pb::TaskLease { task, generation });
+        self
     }
 
     pub fn put(mut self, state: &str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {

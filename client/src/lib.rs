@@ -32,9 +32,10 @@ mod transport;
 pub use auth::{role_name, Role};
 pub use batch::WriteBatch;
 pub use client::{
-    Client, ClientConfig, ClientTls, Consistency, ScanOptions, ScanPage, WriteResult,
+    Client, ClientConfig, ClientTls, Consistency, Producer, ScanOptions, ScanPage, WriteResult,
 };
 pub use error::ClientError;
+pub use streamshield_proto::key_group;
 pub use streamshield_proto::v1 as pb;
 pub use task_session::{Committed, TaskSession, TaskSessionConfig, TaskSpec};
 

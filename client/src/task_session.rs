@@ -12,6 +12,10 @@
 //! batch lost to a leader change) re-sends exactly those. `commit` waits
 //! for every batch and then for the commit entry.
 //!
+//! Tables named in `sync_tables` are written synchronously instead: each
+//! write is acknowledged once committed, fenced by the same lease (the
+//! hybrid mode, per table).
+//!
 //! Dropping a session commits nothing: its staged writes stay invisible,
 //! and the next lease of the task drops them.
 
@@ -37,6 +41,11 @@ pub struct TaskSessionConfig {
     pub window: usize,
     /// Rounds of re-sending missing seqs before a commit gives up. Default 5.
     pub resend_rounds: u32,
+    /// State tables written synchronously: a `put` or `delete` of theirs
+    /// returns once committed and is visible at once, fenced by the lease
+    /// but not part of the epoch (for state that must survive every single
+    /// update). Every other table is asynchronous. Default none.
+    pub sync_tables: Vec<String>,
 }
 
 impl Default for TaskSessionConfig {
@@ -46,6 +55,7 @@ impl Default for TaskSessionConfig {
             linger: Duration::from_millis(2),
             window: 8,
             resend_rounds: 5,
+            sync_tables: Vec::new(),
         }
     }
 }
@@ -81,6 +91,9 @@ pub struct TaskSession {
     held: Vec<pb::Op>,
     /// The newest uncommitted value per `(state, key)` (`None`: deleted).
     overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    /// Records the open epoch produced, per `(stream, partition)`: they
+    /// go out with the commit.
+    outputs: Vec<pb::PartitionOutput>,
     /// Ops from `unsent` on are not sent yet.
     unsent: usize,
     unsent_bytes: usize,
@@ -127,6 +140,7 @@ impl Client {
             epoch,
             held: Vec::new(),
             overlay: HashMap::new(),
+            outputs: Vec::new(),
             unsent: 0,
             unsent_bytes: 0,
             first_unsent_at: None,
@@ -184,6 +198,15 @@ impl TaskSession {
         value: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         self.check_failed()?;
+        if self.config.sync_tables.iter().any(|t| t == state) {
+            let batch = crate::WriteBatch::new(self.spec.job.clone())
+                .with_lease(self.spec.task, self.generation);
+            let batch = match value {
+                Some(v) => batch.put(state, key, v),
+                None => batch.delete(state, key),
+            };
+            return self.client.write(batch).await.map(|_| ());
+        }
         let o = pb::Op {
             state: state.to_string(),
             key: key.clone(),
@@ -203,6 +226,33 @@ impl TaskSession {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Produces a record into `stream`'s `partition`: it becomes visible
+    /// downstream when (and only if) the open epoch commits.
+    pub fn emit(
+        &mut self,
+        stream: &str,
+        partition: u32,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) {
+        let record = pb::Record {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self
+            .outputs
+            .iter_mut()
+            .find(|o| o.partition == partition && o.stream == stream)
+        {
+            Some(o) => o.records.push(record),
+            None => self.outputs.push(pb::PartitionOutput {
+                stream: stream.to_string(),
+                partition,
+                records: vec![record],
+            }),
+        }
     }
 
     /// The task's view of a key: its own uncommitted write if it has one,
@@ -281,6 +331,11 @@ impl TaskSession {
         }
     }
 
+    /// Waits until every batch sent so far has been answered.
+    pub async fn wait_staged(&self) {
+        self.drain().await
+    }
+
     /// Waits until no batch is in flight.
     async fn drain(&self) {
         let n = self.config.window.max(1) as u32;
@@ -292,7 +347,8 @@ impl TaskSession {
         drop(all);
     }
 
-    /// Commits the open epoch: its writes become visible to everyone, with
+    /// Commits the open epoch: its writes become visible to everyone and
+    /// its emitted records are appended to their partitions, with
     /// `input_offsets` and `metadata` as the task's checkpoint, atomically.
     /// On `StaleLease` the task has been replaced and must stop.
     pub async fn commit(
@@ -312,6 +368,7 @@ impl TaskSession {
             last_seq: self.held.len() as u64,
             input_offsets,
             metadata,
+            outputs: self.outputs.clone(),
         };
         let mut rounds = 0;
         let r = loop {
@@ -334,6 +391,7 @@ impl TaskSession {
         self.epoch += 1;
         self.held.clear();
         self.overlay.clear();
+        self.outputs.clear();
         self.unsent = 0;
         Ok(committed)
     }

@@ -122,6 +122,76 @@ fn a_user_session_with_the_cli() {
     let described = run_json(&["jobs", "describe", "myjob"]);
     assert_eq!(described["states"][0]["name"], "counts");
 
+    // Streams: create, append (a producer's retry appends nothing twice),
+    // describe, tail.
+    run(&["streams", "create", "myjob", "clicks", "--partitions", "2"]);
+    let first = run_json(&[
+        "streams",
+        "append",
+        "myjob",
+        "clicks",
+        "--partition",
+        "1",
+        "--record-key",
+        "u1",
+        "home",
+        "--producer-id",
+        "9",
+        "--producer-seq",
+        "1",
+    ]);
+    assert_eq!(
+        (first["offset"].as_u64(), first["duplicate"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let retry = run_json(&[
+        "streams",
+        "append",
+        "myjob",
+        "clicks",
+        "--partition",
+        "1",
+        "--record-key",
+        "u1",
+        "home",
+        "--producer-id",
+        "9",
+        "--producer-seq",
+        "1",
+    ]);
+    assert_eq!(retry["duplicate"].as_bool(), Some(true));
+    run(&[
+        "streams",
+        "append",
+        "myjob",
+        "clicks",
+        "--partition",
+        "1",
+        "cart",
+    ]);
+    let described = run_json(&["streams", "describe", "myjob", "clicks"]);
+    assert_eq!(described["partition_info"][1]["end_offset"], 2);
+    assert_eq!(described["partition_info"][0]["end_offset"], 0);
+    let tail = run(&[
+        "streams",
+        "tail",
+        "myjob",
+        "clicks",
+        "--partition",
+        "1",
+        "--from",
+        "0",
+        "--max",
+        "2",
+    ]);
+    assert_eq!(tail.lines().collect::<Vec<_>>(), ["0\tu1\thome", "1\tcart"]);
+    let tasks = run_json(&["tasks", "myjob"]);
+    assert_eq!(
+        tasks["tasks"].as_array().map(Vec::len),
+        Some(0),
+        "no task took a lease"
+    );
+
     let status = run_json(&["status"]);
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);

@@ -25,4 +25,5 @@ pub mod recorder;
 pub mod report;
 pub mod run;
 pub mod soak;
+pub mod stream_job;
 pub mod workload;

@@ -5,6 +5,9 @@
 //! * `set`: unique adds, one final read; lost or unexpected elements.
 //! * `bank`: transfers between accounts as conditional multi-key writes;
 //!   every read sums to the same total.
+//! * `stream`: a stream job's tasks commit epochs (state, input offsets,
+//!   outputs) while zombie copies keep trying (`stream_job.rs`); every
+//!   committed input yields exactly one output.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +42,15 @@ pub enum Workload {
     Register,
     Set,
     Bank,
+    Stream,
 }
 
-pub const ALL: &[Workload] = &[Workload::Register, Workload::Set, Workload::Bank];
+pub const ALL: &[Workload] = &[
+    Workload::Register,
+    Workload::Set,
+    Workload::Bank,
+    Workload::Stream,
+];
 
 impl FromStr for Workload {
     type Err = String;
@@ -50,9 +59,7 @@ impl FromStr for Workload {
             "register" => Ok(Self::Register),
             "set" => Ok(Self::Set),
             "bank" => Ok(Self::Bank),
-            "stream" => Err(
-                "the stream workload needs the operator runtime, which does not exist yet".into(),
-            ),
+            "stream" => Ok(Self::Stream),
             other => Err(format!("unknown workload {other:?}")),
         }
     }
@@ -64,6 +71,7 @@ impl Workload {
             Self::Register => "register",
             Self::Set => "set",
             Self::Bank => "bank",
+            Self::Stream => "stream",
         }
     }
 
@@ -80,6 +88,9 @@ impl Workload {
             }
             client.write(b).await?;
         }
+        if self == Self::Stream {
+            crate::stream_job::setup(client).await?;
+        }
         Ok(())
     }
 
@@ -90,6 +101,13 @@ impl Workload {
         let mut rng =
             StdRng::seed_from_u64(slot.seed ^ slot.index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut process = slot.index;
+        if self == Self::Stream {
+            let task = slot.index % crate::stream_job::TASKS;
+            return crate::stream_job::worker(
+                client, rec, task, process, slot.of, slot.until, &mut rng,
+            )
+            .await;
+        }
         while Instant::now() < slot.until {
             let outcome = match self {
                 Self::Register => register_op(&client, &rec, process, &mut rng).await,
@@ -103,6 +121,7 @@ impl Workload {
                     .await
                 }
                 Self::Bank => bank_op(&client, &rec, process, &mut rng).await,
+                Self::Stream => unreachable!("runs its own loop above"),
             };
             if outcome == OpType::Info {
                 process += slot.of;
@@ -136,6 +155,7 @@ impl Workload {
             Self::Bank => {
                 bank_read(client, rec, process).await;
             }
+            Self::Stream => crate::stream_job::finish(client, rec, process).await,
         }
     }
 
@@ -150,6 +170,8 @@ impl Workload {
             Self::Set => &[("add", 10), ("read", 1)],
             // Transfers that moved money, and reads of the total.
             Self::Bank => &[("transfer", 10), ("read", 10)],
+            // Acknowledged epoch commits, and the final read.
+            Self::Stream => &[("commit", 10), ("read", 1)],
         }
     }
 
@@ -175,6 +197,10 @@ impl Workload {
             Self::Bank => {
                 let v = checker::bank::check(&paired, INITIAL_BALANCE * ACCOUNTS as i64);
                 (v.valid, json!({"bank": v}))
+            }
+            Self::Stream => {
+                let v = checker::stream::check(&paired);
+                (v.valid || v.no_final_read, json!({"stream": v}))
             }
         };
         if !valid {
@@ -407,6 +433,7 @@ mod tests {
             (Workload::Register, &["read", "write", "cas"][..]),
             (Workload::Set, &["add", "read"][..]),
             (Workload::Bank, &["transfer", "read"][..]),
+            (Workload::Stream, &["commit", "read"][..]),
         ] {
             let (j, v) = w.check(&nothing_served(ops));
             assert_eq!(j, Judgement::Unknown, "{}: {v}", w.name());

@@ -108,3 +108,41 @@ async fn set_under_kills_loses_nothing() {
     assert_eq!(judgement, Judgement::Invalid);
     assert!(verdict["set"]["lost"].as_array().unwrap().contains(&acked));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_job_with_zombies_under_kills_and_partitions_is_exactly_once() {
+    let store = tempfile::tempdir().unwrap();
+    let o = run_test(&options(
+        Workload::Stream,
+        vec![Fault::Kill, Fault::Partition],
+        15,
+        store.path(),
+    ))
+    .await
+    .expect("run");
+    assert_eq!(o.verdict, Judgement::Valid, "{}", o.checker);
+    let h = history_of(&o.dir);
+    assert!(
+        h.iter()
+            .any(|op| op.f == "commit" && op.kind == OpType::Fail),
+        "zombies tried and were refused"
+    );
+
+    // Break one fact: an output appears twice in the final read.
+    let mut h = h;
+    let read = h
+        .iter()
+        .rposition(|op| op.f == "read" && op.kind == OpType::Ok)
+        .expect("final read");
+    let outputs = h[read].value["0"]["outputs"]
+        .as_array_mut()
+        .expect("task 0's outputs");
+    let first = outputs
+        .first()
+        .cloned()
+        .expect("task 0 committed something");
+    outputs.insert(0, first);
+    let (judgement, verdict) = Workload::Stream.check(&h);
+    assert_eq!(judgement, Judgement::Invalid, "{verdict}");
+    assert!(verdict.to_string().contains("outputs for"), "{verdict}");
+}

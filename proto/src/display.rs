@@ -55,6 +55,24 @@ impl fmt::Display for Command {
                 let (job, task, gen) = lease_of(r.lease.as_ref());
                 write!(f, "release_lease(job={job}, task={task}, gen={gen})")
             }
+            Some(command::Kind::CreateStream(c)) => write!(
+                f,
+                "create_stream(job={}, stream={}, partitions={})",
+                c.job, c.stream, c.partitions
+            ),
+            Some(command::Kind::Append(a)) => write!(
+                f,
+                "append(job={}, stream={}, partition={}, records={})",
+                a.job,
+                a.stream,
+                a.partition,
+                a.records.len()
+            ),
+            Some(command::Kind::TrimStream(t)) => write!(
+                f,
+                "trim_stream(job={}, stream={}, partition={}, before={})",
+                t.job, t.stream, t.partition, t.before_offset
+            ),
             None => write!(f, "empty"),
         }
     }
@@ -89,6 +107,15 @@ impl fmt::Display for CommandResponse {
                 e.epoch, e.already_committed
             ),
             Some(command_response::Kind::LeaseReleased(r)) => write!(f, "lease_released({r})"),
+            Some(command_response::Kind::StreamCreated(s)) => {
+                write!(f, "stream_created({})", s.name)
+            }
+            Some(command_response::Kind::Appended(a)) => write!(
+                f,
+                "appended(base={}, duplicate={})",
+                a.base_offset, a.duplicate
+            ),
+            Some(command_response::Kind::TrimmedTo(o)) => write!(f, "trimmed_to({o})"),
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }
     }

@@ -46,6 +46,8 @@ pub enum ServiceError {
     JobNotFound { job: String },
     #[error("state table {state:?} does not exist in job {job:?}")]
     StateNotFound { job: String, state: String },
+    #[error("stream {stream:?} does not exist in job {job:?}")]
+    StreamNotFound { job: String, stream: String },
     #[error("shard {shard} is not served by this cluster (it serves shard 0)")]
     UnknownShard { shard: u32 },
     #[error("invalid {field}: {reason}")]
@@ -106,6 +108,12 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// Apply answered a command with an answer of another kind: a bug,
+    /// reported as UNAVAILABLE rather than a panic.
+    pub fn unexpected_answer(what: &str, got: &pb::command_response::Kind) -> Self {
+        Self::Unavailable(format!("apply answered a {what} with {got:?}"))
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field: field.into(),
@@ -162,9 +170,10 @@ impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
             Self::NotLeader { .. } | Self::Unavailable(_) => Code::Unavailable,
-            Self::JobNotFound { .. } | Self::StateNotFound { .. } | Self::UnknownShard { .. } => {
-                Code::NotFound
-            }
+            Self::JobNotFound { .. }
+            | Self::StateNotFound { .. }
+            | Self::StreamNotFound { .. }
+            | Self::UnknownShard { .. } => Code::NotFound,
             Self::InvalidArgument { .. } | Self::TooLarge { .. } => Code::InvalidArgument,
             Self::Membership(_) | Self::StaleLease { .. } | Self::MissingSeqs { .. } => {
                 Code::FailedPrecondition

@@ -6,8 +6,6 @@
 //! big-endian. Values carry the key's version and the log index that wrote
 //! them in front of the user's bytes.
 
-use xxhash_rust::xxh3::xxh3_64;
-
 /// The only shard this release serves; the API carries it from the start.
 pub const DEFAULT_SHARD: u32 = 0;
 /// Key groups a job gets when it asks for none (Flink's default max parallelism).
@@ -18,11 +16,9 @@ pub const MAX_KEY_GROUPS: u32 = 32768;
 const DATA_PREFIX_LEN: usize = 4 + 4 + 2 + 4;
 
 /// The key group of a user key: a stable hash, fixed forever, so a key
-/// never moves between groups.
-pub fn key_group(user_key: &[u8], key_groups: u32) -> u16 {
-    debug_assert!(key_groups > 0 && key_groups <= MAX_KEY_GROUPS);
-    (xxh3_64(user_key) % u64::from(key_groups.max(1))) as u16
-}
+/// never moves between groups (defined with the protocol, so clients
+/// place keys alike).
+pub use streamshield_proto::key_group;
 
 /// Where one state table's keys of one key group start.
 pub fn group_prefix(shard: u32, job_id: u32, group: u16, state_id: u32) -> Vec<u8> {
@@ -118,6 +114,29 @@ impl StagedValue {
             _ => Err(CorruptValue { len: raw.len() }),
         }
     }
+}
+
+/// Where the records of one stream partition start, in the `streams`
+/// column family: `[shard][job_id][stream_id][partition]`, then the
+/// record's offset.
+pub fn record_prefix(shard: u32, job_id: u32, stream_id: u32, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(&job_id.to_be_bytes());
+    k.extend_from_slice(&stream_id.to_be_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub fn record_key(shard: u32, job_id: u32, stream_id: u32, partition: u32, offset: u64) -> Vec<u8> {
+    let mut k = record_prefix(shard, job_id, stream_id, partition);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// The offset in a record key ([`record_key`]); `None` if it holds none.
+pub fn offset_of_record(key: &[u8]) -> Option<u64> {
+    key.get(16..24)?.try_into().ok().map(u64::from_be_bytes)
 }
 
 /// A value as stored: version and writer's log index, then the user bytes.
@@ -227,6 +246,42 @@ pub mod meta {
     pub fn task(shard: u32, job_id: u32, task: u32) -> Vec<u8> {
         let mut k = task_prefix(shard, job_id);
         k.extend_from_slice(&task.to_be_bytes());
+        k
+    }
+
+    /// Every stream of one job: `st/<shard><job_id>`.
+    pub fn stream_prefix(shard: u32, job_id: u32) -> Vec<u8> {
+        let mut k = b"st/".to_vec();
+        k.extend_from_slice(&shard.to_be_bytes());
+        k.extend_from_slice(&job_id.to_be_bytes());
+        k
+    }
+
+    /// A stream's record (`StreamRecord`).
+    pub fn stream(shard: u32, job_id: u32, name: &str) -> Vec<u8> {
+        let mut k = stream_prefix(shard, job_id);
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// A stream partition's bounds (`PartitionState`).
+    pub fn partition(shard: u32, job_id: u32, stream_id: u32, partition: u32) -> Vec<u8> {
+        let mut k = b"sp/".to_vec();
+        k.extend_from_slice(&super::record_prefix(shard, job_id, stream_id, partition));
+        k
+    }
+
+    /// A producer's last append to a partition (`ProducerState`).
+    pub fn producer(
+        shard: u32,
+        job_id: u32,
+        stream_id: u32,
+        partition: u32,
+        producer: u64,
+    ) -> Vec<u8> {
+        let mut k = b"pr/".to_vec();
+        k.extend_from_slice(&super::record_prefix(shard, job_id, stream_id, partition));
+        k.extend_from_slice(&producer.to_be_bytes());
         k
     }
 

@@ -10,7 +10,7 @@ use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, SnapshotPolicy};
 use streamshield_proto::v1::{
     admin_server::AdminServer, auth_server::AuthServer, raft_server::RaftServer,
-    state_server::StateServer, tasks_server::TasksServer,
+    state_server::StateServer, streams_server::StreamsServer, tasks_server::TasksServer,
 };
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -22,7 +22,7 @@ use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{
     admin::AdminService, auth::AuthService, node_limit::InFlight, raft::RaftService,
-    state::StateService, tasks::TasksService, NodeContext,
+    state::StateService, streams::StreamsService, tasks::TasksService, NodeContext,
 };
 use crate::state_machine::StateMachineStore;
 use crate::telemetry;
@@ -272,6 +272,14 @@ pub async fn run(
         .add_service(InterceptedService::new(
             in_flight.wrap(
                 TasksServer::new(TasksService::new(ctx.clone()))
+                    .max_decoding_message_size(client_limit)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+            ),
+            client_check,
+        ))
+        .add_service(InterceptedService::new(
+            in_flight.wrap(
+                StreamsServer::new(StreamsService::new(ctx.clone()))
                     .max_decoding_message_size(client_limit)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
             ),

@@ -15,8 +15,24 @@ const SYNC_EVERY_BYTES: u64 = 1 << 20;
 /// Every write looks up keys that mostly do not exist (its dedupe record,
 /// fresh keys): bloom filters in the SSTs and in the memtable answer those
 /// without reading blocks.
-fn cf_options(cache: &Cache) -> Options {
+/// The column family of stream records (`state_machine::meta::CF_STREAMS`).
+pub const STREAMS_CF: &str = "streams";
+
+fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
+    if name == STREAMS_CF {
+        // An append-only log: records are read in offset order and never
+        // looked up by a key that may be absent, so no bloom filter, and
+        // larger blocks suit the sequential reads. Each partition's keys
+        // arrive in ascending order, so flushed files seldom overlap and
+        // level compaction moves most of them down without rewriting, and
+        // retention's range deletions drop whole files.
+        table.set_block_size(64 << 10);
+        table.set_block_cache(cache);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table);
+        return o;
+    }
     table.set_bloom_filter(10.0, false);
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
@@ -46,7 +62,7 @@ pub fn open(path: &Path, cfs: &[&str]) -> Result<DB, rocksdb::Error> {
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let descriptors = cfs
         .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(&cache)));
+        .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &cache)));
     DB::open_cf_descriptors(&opts, path, descriptors)
 }
 

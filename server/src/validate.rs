@@ -51,11 +51,20 @@ pub fn consistency(raw: i32) -> Result<pb::Consistency, ServiceError> {
 
 pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> {
     name("job", &w.job, limits)?;
-    if pb::WriteMode::try_from(w.mode).is_err() {
-        return Err(ServiceError::invalid(
-            "mode",
-            format!("unknown value {}", w.mode),
-        ));
+    match pb::WriteMode::try_from(w.mode) {
+        Ok(pb::WriteMode::Sync) => {}
+        Ok(pb::WriteMode::Async) => {
+            return Err(ServiceError::invalid(
+                "mode",
+                "ASYNC writes are staged in a task's epoch: send them with Tasks/StageWrites (a TaskSession)",
+            ))
+        }
+        Err(_) => {
+            return Err(ServiceError::invalid(
+                "mode",
+                format!("unknown value {}", w.mode),
+            ))
+        }
     }
     if w.ops.is_empty() && w.conditions.is_empty() {
         return Err(ServiceError::invalid(
@@ -263,12 +272,98 @@ pub fn commit(r: &pb::CommitEpochRequest, limits: &Limits) -> Result<(), Service
             limit: limits.max_value_bytes,
         });
     }
-    Ok(())
+    outputs(&r.outputs, limits)
 }
 
 pub fn release(r: &pb::ReleaseLeaseRequest, limits: &Limits) -> Result<(), ServiceError> {
     name("job", &r.job, limits)?;
     generation(r.generation)
+}
+
+/// Records of one append or one epoch's outputs: each key and value
+/// within bounds; their bytes.
+fn records(field: &str, records: &[pb::Record], limits: &Limits) -> Result<usize, ServiceError> {
+    let mut total = 0usize;
+    for (i, r) in records.iter().enumerate() {
+        if r.key.len() > limits.max_key_bytes {
+            return Err(ServiceError::TooLarge {
+                what: format!("{field}[{i}].key"),
+                size: r.key.len(),
+                limit: limits.max_key_bytes,
+            });
+        }
+        if r.value.len() > limits.max_value_bytes {
+            return Err(ServiceError::TooLarge {
+                what: format!("{field}[{i}].value"),
+                size: r.value.len(),
+                limit: limits.max_value_bytes,
+            });
+        }
+        total += r.key.len() + r.value.len();
+    }
+    Ok(total)
+}
+
+pub fn create_stream(r: &pb::CreateStreamRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    name("stream", &r.stream, limits)?;
+    if r.partitions == 0 || r.partitions > MAX_STREAM_PARTITIONS {
+        return Err(ServiceError::invalid(
+            "partitions",
+            format!("must be 1 to {MAX_STREAM_PARTITIONS}, not {}", r.partitions),
+        ));
+    }
+    Ok(())
+}
+
+/// Partitions one stream may have.
+pub const MAX_STREAM_PARTITIONS: u32 = 4096;
+
+pub fn append(r: &pb::AppendRequest, limits: &Limits) -> Result<(), ServiceError> {
+    name("job", &r.job, limits)?;
+    name("stream", &r.stream, limits)?;
+    if r.records.is_empty() {
+        return Err(ServiceError::invalid("records", "nothing to append"));
+    }
+    if r.records.len() > limits.max_ops_per_batch {
+        return Err(ServiceError::invalid(
+            "records",
+            format!(
+                "{} records, above the limit of {}",
+                r.records.len(),
+                limits.max_ops_per_batch
+            ),
+        ));
+    }
+    if r.producer_id == 0 && r.producer_seq != 0 {
+        return Err(ServiceError::invalid(
+            "producer_seq",
+            "a producer seq needs a producer_id",
+        ));
+    }
+    batch_bytes(records("records", &r.records, limits)?, limits)
+}
+
+/// A commit's outputs: each partition named well, all records within
+/// one batch's bytes.
+pub fn outputs(outputs: &[pb::PartitionOutput], limits: &Limits) -> Result<(), ServiceError> {
+    let mut total = 0usize;
+    let mut count = 0usize;
+    for (i, o) in outputs.iter().enumerate() {
+        name(&format!("outputs[{i}].stream"), &o.stream, limits)?;
+        total += records(&format!("outputs[{i}].records"), &o.records, limits)?;
+        count += o.records.len();
+    }
+    if count > limits.max_ops_per_batch {
+        return Err(ServiceError::invalid(
+            "outputs",
+            format!(
+                "{count} records, above the limit of {}",
+                limits.max_ops_per_batch
+            ),
+        ));
+    }
+    batch_bytes(total, limits)
 }
 
 #[cfg(test)]

@@ -120,6 +120,24 @@ async fn a_replaced_task_makes_nothing_visible_and_its_successor_resumes_from_it
             Some("epoch1")
         );
     }
+    // A sync table of the zombie: fenced the same way.
+    let zombie_sync = a_client
+        .write(
+            streamshield_client::WriteBatch::new("fenced")
+                .with_lease(0, 1)
+                .put("counts", "k0", "zombie-sync"),
+        )
+        .await;
+    assert!(
+        matches!(
+            zombie_sync,
+            Err(ClientError::StaleLease {
+                held: 1,
+                current: 2
+            })
+        ),
+        "{zombie_sync:?}"
+    );
     // B's own epoch 2 commits, and B reads its own writes before that.
     b.put("counts", "k0", "B").await.unwrap();
     assert_eq!(
@@ -140,6 +158,42 @@ async fn a_replaced_task_makes_nothing_visible_and_its_successor_resumes_from_it
     );
     let info = task0(&admin, "fenced").await;
     assert_eq!((info.generation, info.checkpoint.unwrap().epoch), (2, 2));
+
+    // A table written synchronously: visible at once, before any commit.
+    let sync = TaskSessionConfig {
+        sync_tables: vec!["marks".into()],
+        ..Default::default()
+    };
+    let (mut c, _) = b_client
+        .acquire(spec("fenced", 0..8), sync)
+        .await
+        .expect("C takes over from B");
+    c.put("marks", "m", "now").await.expect("sync put");
+    let kv = admin
+        .get("fenced", "marks", "m", Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(kv.unwrap().value, b"now");
+    let async_write = pb::WriteRequest {
+        job: "fenced".into(),
+        mode: pb::WriteMode::Async as i32,
+        ops: vec![pb::Op {
+            state: "marks".into(),
+            key: b"m".to_vec(),
+            kind: Some(pb::op::Kind::Put(pb::Put {
+                value: b"x".to_vec(),
+            })),
+        }],
+        ..Default::default()
+    };
+    let leader = t.wait_for_leader(Duration::from_secs(30)).await;
+    let mut raw = pb::state_client::StateClient::new(plain_channel(&t.addr(leader)).await);
+    expect_code(
+        "a Write in ASYNC mode",
+        raw.write(async_write).await,
+        Code::InvalidArgument,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,6 +4,7 @@ mod auth_cmd;
 mod cluster;
 mod data;
 mod local_cmd;
+mod streams_cmd;
 mod tasks_cmd;
 
 use std::path::PathBuf;
@@ -84,6 +85,9 @@ pub enum Cmd {
     /// Each task of a job: lease generation, key groups, last committed
     /// epoch and input offsets.
     Tasks { job: String },
+    /// Partitioned logs of a job: create, describe, append, tail.
+    #[command(subcommand)]
+    Streams(streams_cmd::StreamsCmd),
     /// Cluster membership.
     #[command(subcommand)]
     Members(cluster::MembersCmd),
@@ -146,6 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Delete(k) => data::delete(&args, k).await,
         Cmd::Scan(s) => data::scan(&args, s).await,
         Cmd::Tasks { job } => tasks_cmd::run(&args, job).await,
+        Cmd::Streams(s) => streams_cmd::run(&args, s).await,
         Cmd::Members(m) => cluster::members(&args, m).await,
         Cmd::Snapshot { node } => cluster::snapshot(&args, node.as_deref()).await,
         Cmd::Auth(a) => auth_cmd::run(&args, a).await,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use streamshield_proto::v1::{self as pb, admin_client::AdminClient};
 use tonic::{Code, Status};
 
-use super::Client;
+use super::{Client, Route};
 use crate::error::ClientError;
 use crate::transport::Transport;
 
@@ -18,11 +18,7 @@ impl Client {
         F: Fn(AdminClient<Transport>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.on_leader(|t| {
-            let fut = call(AdminClient::new(t), req.clone());
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.call(Route::Leader, AdminClient::new, req, call).await
     }
 
     /// One `Admin` call on the node at `addr`, without retries.

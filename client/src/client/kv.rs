@@ -88,7 +88,7 @@ impl Client {
                         seq,
                         acked_below,
                         mode: pb::WriteMode::Sync as i32,
-                        lease: None,
+                        lease: batch.lease,
                     };
                     let coalesce = self.inner.config.coalesce;
                     async move { conn.call(&conn.writes, req, coalesce).await }

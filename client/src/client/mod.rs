@@ -24,10 +24,12 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 mod admin;
 mod config;
 mod kv;
+mod streams;
 mod tasks;
 
 pub use config::{ClientConfig, ClientTls};
 pub use kv::{Consistency, ScanOptions, ScanPage, WriteResult};
+pub use streams::Producer;
 
 /// One node: its channel and, once used, the tasks that coalesce calls
 /// to it.
@@ -123,7 +125,7 @@ pub struct Client {
 
 /// Where a retried call goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub(crate) enum Route {
     Leader,
     Any,
 }
@@ -339,14 +341,25 @@ impl Client {
         }
     }
 
-    /// `call` on the leader's transport, retried as every admin call is.
-    pub(crate) async fn on_leader<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// One call of a generated gRPC client (made by `client` on a node's
+    /// transport) on `route`, retried as every call is.
+    pub(crate) async fn call<C, Req, Resp, F, Fut>(
+        &self,
+        route: Route,
+        client: fn(Transport) -> C,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
     where
-        F: FnMut(Transport) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Req: Clone,
+        F: Fn(C, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.with_retries(Route::Leader, |conn| call(conn.channel.clone()))
-            .await
+        self.with_retries(route, |conn| {
+            let fut = call(client(conn.channel.clone()), req.clone());
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 }
 

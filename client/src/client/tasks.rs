@@ -6,10 +6,16 @@ use std::future::Future;
 use streamshield_proto::v1::{self as pb, tasks_client::TasksClient};
 use tonic::Status;
 
-use super::{Client, MAX_MESSAGE_BYTES};
+use super::{Client, Route, MAX_MESSAGE_BYTES};
 use crate::error::ClientError;
 use crate::transport::Transport;
 use crate::Consistency;
+
+fn tasks_client(t: Transport) -> TasksClient<Transport> {
+    TasksClient::new(t)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
 
 impl Client {
     /// One `Tasks` call on the leader, retried as every leader call is.
@@ -19,14 +25,7 @@ impl Client {
         F: Fn(TasksClient<Transport>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.on_leader(|t| {
-            let client = TasksClient::new(t)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let fut = call(client, req.clone());
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.call(Route::Leader, tasks_client, req, call).await
     }
 
     pub async fn acquire_lease(

@@ -11,6 +11,7 @@ use streamshield_client::Consistency;
 use super::matrix::{self, MatrixOptions};
 use super::runner::{Report, RunShape};
 use super::target::TargetKind;
+use super::task_session::{self, TaskBenchShape};
 use super::workload::{KeySpace, WorkloadKind};
 use super::{limits, median_report, table_header, table_row, ClusterSpec, Clusters};
 
@@ -20,6 +21,14 @@ pub enum WorkloadFlag {
     Get,
     Mixed,
     Limits,
+    /// Tasks writing through `TaskSession`s, an epoch commit every
+    /// `--checkpoint-interval`; with sync put at `--clients` on the same
+    /// cluster as the baseline.
+    TaskSession,
+    /// One task committing epochs of `--epoch-bytes` of staged writes
+    /// while `--tasks` others commit small ones: the large commit's
+    /// latency and the others' meanwhile.
+    EpochCommit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,6 +105,17 @@ pub struct BenchArgs {
     /// Runs per target; with `both` the targets alternate.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// For `--workload task-session`: tasks writing at once.
+    #[arg(long, default_value_t = 8)]
+    pub tasks: u32,
+    /// For `--workload task-session`: how often each task commits, e.g.
+    /// `100ms` or `1s`.
+    #[arg(long, default_value = "100ms", value_parser = parse_interval)]
+    pub checkpoint_interval: Duration,
+    /// For `--workload epoch-commit`: bytes of values staged per large
+    /// epoch.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub epoch_bytes: u64,
     #[command(flatten)]
     pub load: LoadArgs,
     #[command(flatten)]
@@ -122,6 +142,22 @@ impl LoadArgs {
             keys: self.keys.max(1),
             value_size: self.value_size,
         }
+    }
+}
+
+/// `100ms`, `2s` or a bare number of milliseconds.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "ms"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not like 100ms or 2s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{s:?}: the unit is ms or s")),
     }
 }
 
@@ -189,7 +225,23 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string(&l)?);
         return Ok(true);
     }
+    if a.workload == WorkloadFlag::TaskSession {
+        return task_session_bench(&a, dir.path(), time).await;
+    }
+    if a.workload == WorkloadFlag::EpochCommit {
+        let clusters = streamshield_only(&a.cluster, dir.path()).await?;
+        let client = &clusters.streamshield.as_ref().expect("started").client;
+        let shape = task_shape(&a, Duration::ZERO, time);
+        let r = task_session::large_epochs(client, a.epoch_bytes, a.rounds, a.tasks, shape).await?;
+        println!(
+            "epoch of {} bytes: commit p50 {} µs max {} µs; {} other tasks meanwhile: commit p50 {} µs p99 {} µs max {} µs",
+            r.epoch_bytes, r.commit_p50_us, r.commit_max_us, r.others_tasks, r.others_commit_p50_us, r.others_commit_p99_us, r.others_commit_max_us
+        );
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(r.errors == 0);
+    }
     let kind = match a.workload {
+        WorkloadFlag::TaskSession | WorkloadFlag::EpochCommit => unreachable!("handled above"),
         WorkloadFlag::SyncPut => WorkloadKind::SyncPut,
         WorkloadFlag::Mixed => WorkloadKind::Mixed,
         WorkloadFlag::Get => WorkloadKind::Get(match a.consistency {
@@ -238,6 +290,71 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
     };
     println!("{json}");
     Ok(clean)
+}
+
+/// A StreamShield cluster alone, for the task workloads.
+async fn streamshield_only(c: &ClusterArgs, dir: &std::path::Path) -> anyhow::Result<Clusters> {
+    let want = [TargetKind::Streamshield];
+    Clusters::start(&want, &spec(c, TargetFlag::Streamshield)?, dir).await
+}
+
+fn task_shape(a: &BenchArgs, warmup: Duration, measure: Duration) -> TaskBenchShape {
+    TaskBenchShape {
+        tasks: a.tasks,
+        checkpoint_interval: a.checkpoint_interval,
+        value_size: a.load.value_size,
+        warmup,
+        measure,
+        seed: a.load.seed,
+    }
+}
+
+/// `bench --workload task-session`: the tasks' committed updates, then
+/// sync put at `--clients` on the same cluster, and their ratio.
+async fn task_session_bench(
+    a: &BenchArgs,
+    dir: &std::path::Path,
+    time: Duration,
+) -> anyhow::Result<bool> {
+    let clusters = streamshield_only(&a.cluster, dir).await?;
+    let client = &clusters.streamshield.as_ref().expect("started").client;
+    let shape = task_shape(a, Duration::from_secs(a.load.warmup), time);
+    let mut runs = Vec::new();
+    for _ in 0..a.rounds.max(1) {
+        let r = task_session::run(client, shape).await?;
+        task_session::release_all(client).await;
+        println!(
+            "task-session: {} tasks, {:.0} committed updates/s, commit p50 {} µs p99 {} µs ({} commits, {} errors)",
+            r.tasks, r.ops_per_s, r.commit_p50_us, r.commit_p99_us, r.commits, r.errors
+        );
+        if let Some(e) = &r.first_error {
+            eprintln!("task-session: first error: {e}");
+        }
+        runs.push(r);
+    }
+    runs.sort_by(|x, y| x.ops_per_s.total_cmp(&y.ops_per_s));
+    let median = runs[(runs.len() - 1) / 2].clone();
+    let sync_shape = RunShape {
+        clients: a.clients.max(1),
+        warmup: Duration::from_secs(a.load.warmup),
+        measure: time,
+        seed: a.load.seed,
+    };
+    let baseline = clusters
+        .measure(
+            TargetKind::Streamshield,
+            WorkloadKind::SyncPut,
+            a.load.space(),
+            sync_shape,
+        )
+        .await?;
+    println!("{}", table_header());
+    println!("{}", table_row(&baseline));
+    let mut v = serde_json::to_value(&median)?;
+    v["ratio_ops_per_s"] = (median.ops_per_s / baseline.ops_per_s.max(f64::MIN_POSITIVE)).into();
+    v["baseline"] = serde_json::to_value(&baseline)?;
+    println!("{v}");
+    Ok(median.errors == 0 && baseline.errors == 0)
 }
 
 /// `matrix` (what `make bench` runs): limits, then every row on both

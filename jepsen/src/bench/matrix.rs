@@ -13,6 +13,7 @@ use streamshield_client::Consistency;
 use super::limits::Limits;
 use super::runner::{Report, RunShape};
 use super::target::TargetKind;
+use super::task_session::{self, TaskBenchReport, TaskBenchShape};
 use super::workload::{KeySpace, WorkloadKind};
 use super::ClusterSpec;
 use super::{median_report, table_header, table_row, Clusters};
@@ -92,7 +93,14 @@ pub struct MatrixResult {
     pub rows: Vec<Row>,
     pub goals: Vec<Goal>,
     pub runs: Vec<Report>,
+    /// Stream tasks through `TaskSession`s ([`TASK_SESSION_TASKS`] tasks,
+    /// a commit every [`TASK_SESSION_INTERVAL`]): the median run.
+    pub task_session: Option<TaskBenchReport>,
 }
+
+/// The task-session row's shape.
+pub const TASK_SESSION_TASKS: u32 = 8;
+pub const TASK_SESSION_INTERVAL: Duration = Duration::from_millis(100);
 
 fn find(rows: &[Row], w: WorkloadKind, clients: u64) -> Option<&Row> {
     find_on(rows, TargetKind::Streamshield, w, clients)
@@ -104,6 +112,34 @@ fn find_on(rows: &[Row], target: TargetKind, w: WorkloadKind, clients: u64) -> O
             && r.streamshield.workload == w.name()
             && r.streamshield.clients == clients
     })
+}
+
+/// The task-session goals: committed updates against sync put at 64
+/// clients, ours and etcd's, from the same run; commit p99.
+fn judge_tasks(rows: &[Row], t: &TaskBenchReport) -> Vec<Goal> {
+    let Some(r) = find(rows, WorkloadKind::SyncPut, 64) else {
+        return Vec::new();
+    };
+    let ours = t.ops_per_s / r.streamshield.ops_per_s.max(1.0);
+    let etcd = t.ops_per_s / r.etcd.ops_per_s.max(1.0);
+    vec![
+        Goal {
+            text: format!(
+                "task sessions ({} tasks, commit every {} ms): committed updates/s ≥ 10× our sync put at 64 clients and ≥ 20× etcd's",
+                t.tasks, t.checkpoint_interval_ms
+            ),
+            measured: format!(
+                "{:.0} updates/s: {ours:.1}× ours ({:.0}), {etcd:.1}× etcd ({:.0})",
+                t.ops_per_s, r.streamshield.ops_per_s, r.etcd.ops_per_s
+            ),
+            met: ours >= 10.0 && etcd >= 20.0,
+        },
+        Goal {
+            text: "task sessions: epoch commit p99 < 50 ms".into(),
+            measured: format!("p50 {} µs, p99 {} µs", t.commit_p50_us, t.commit_p99_us),
+            met: t.commit_p99_us < 50_000,
+        },
+    ]
 }
 
 /// The issue's goals, judged on the medians.
@@ -199,7 +235,35 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut all = Vec::new();
     let mut floors = vec![first_floor];
-    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2);
+    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2 + 1);
+    progress.step("task sessions");
+    let task_session = match &clusters.streamshield {
+        Some(t) => {
+            let shape = TaskBenchShape {
+                tasks: TASK_SESSION_TASKS,
+                checkpoint_interval: TASK_SESSION_INTERVAL,
+                value_size: opts.space.value_size,
+                warmup: opts.warmup,
+                measure: opts.measure,
+                seed: opts.seed,
+            };
+            let mut runs = Vec::new();
+            for _ in 0..opts.rounds {
+                runs.push(task_session::run(&t.client, shape).await?);
+                task_session::release_all(&t.client).await;
+            }
+            runs.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
+            runs.get(runs.len().saturating_sub(1) / 2).cloned()
+        }
+        None => None,
+    };
+    progress.done();
+    if let Some(t) = &task_session {
+        progress.println(format!(
+            "task-session: {} tasks, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
+            t.tasks, t.ops_per_s, t.commit_p50_us, t.commit_p99_us
+        ));
+    }
     progress.println(table_header());
     for (i, &(kind, clients, ours)) in ROWS.iter().enumerate() {
         // The TLS rows come last: the plaintext cluster is gone by then.
@@ -254,7 +318,10 @@ pub async fn run(
     }
     progress.finish();
     let limits = median_floor(&floors[1..]).unwrap_or_else(|| floors[0].clone());
-    let goals = judge(&rows, &limits);
+    let mut goals = judge(&rows, &limits);
+    if let Some(t) = &task_session {
+        goals.extend(judge_tasks(&rows, t));
+    }
     Ok(MatrixResult {
         workload: "matrix",
         limits,
@@ -262,6 +329,7 @@ pub async fn run(
         rows,
         goals,
         runs: all,
+        task_session,
     })
 }
 
@@ -419,6 +487,13 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
     let _ = writeln!(s);
     let _ = writeln!(s, "## Medians\n");
     s.push_str(&summary_table(m));
+    if let Some(t) = &m.task_session {
+        let _ = writeln!(
+            s,
+            "\n## Task sessions\n\n{} tasks write random keys of their own key groups through `TaskSession`s ({} B values) and commit an epoch every {} ms, on the StreamShield cluster above before its rows; committed updates are the writes of epochs whose commit was acknowledged in the window (`streamshield-jepsen bench --workload task-session`). Median of {} runs: **{:.0} committed updates/s**, commit p50 {} µs, p99 {} µs, max {} µs ({} commits, {} errors).",
+            t.tasks, t.value_size, t.checkpoint_interval_ms, opts.rounds, t.ops_per_s, t.commit_p50_us, t.commit_p99_us, t.commit_max_us, t.commits, t.errors
+        );
+    }
     let _ = writeln!(s, "\n## Goals\n");
     s.push_str(&goals_list(m));
     let _ = writeln!(s, "\n## Every run\n\n```");

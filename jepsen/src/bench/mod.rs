@@ -5,7 +5,8 @@
 //! [`target`] executes it on a store, [`runner`] runs the closed loop and
 //! measures, [`etcd`] starts and reaches the comparison cluster,
 //! [`limits`] measures the machine's floor, [`matrix`] runs the whole
-//! comparison and writes `BENCHMARKS.md`.
+//! comparison and writes `BENCHMARKS.md`; [`task_session`] measures stream
+//! tasks writing through `TaskSession`s and committing epochs.
 
 pub mod cli;
 pub mod cpu;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod matrix;
 pub mod runner;
 pub mod target;
+pub mod task_session;
 pub mod workload;
 
 use std::path::{Path, PathBuf};

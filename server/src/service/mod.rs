@@ -1,6 +1,7 @@
 //! The gRPC services of a node and what they share.
 //!
 //! `state` is the client API, `tasks` the task leases and epoch commits,
+//! `streams` the partitioned logs of jobs,
 //! `admin` the operator API, `auth` the grants and tokens, `raft` the receiving side of node-to-node Raft RPCs;
 //! `authz` is where every client request's caller is checked. Each handler turns its request
 //! into a Raft proposal or a read of the state machine and its failures
@@ -16,6 +17,7 @@ pub mod raft;
 mod session;
 pub mod session_expiry;
 pub mod state;
+pub mod streams;
 pub mod tasks;
 mod write_batcher;
 
@@ -195,6 +197,21 @@ impl NodeContext {
         cmd: pb::Command,
     ) -> Result<(u64, pb::CommandResponse), ServiceError> {
         self.proposer.propose_indexed(cmd).await
+    }
+
+    /// Proposes one command and returns the entry's index and what apply
+    /// answered (a refusal is already an `Err`).
+    pub async fn propose_kind(
+        &self,
+        kind: pb::command::Kind,
+    ) -> Result<(u64, pb::command_response::Kind), ServiceError> {
+        let (index, resp) = self
+            .propose_indexed(pb::Command { kind: Some(kind) })
+            .await?;
+        let kind = resp
+            .kind
+            .ok_or_else(|| ServiceError::Unavailable("apply answered nothing".into()))?;
+        Ok((index, kind))
     }
 
     /// Proposes a client write of `principal`, together with writes that

@@ -27,25 +27,6 @@ impl TasksService {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
     }
-
-    /// Proposes `kind` and returns what apply answered.
-    async fn propose(
-        &self,
-        kind: command::Kind,
-    ) -> Result<(u64, command_response::Kind), ServiceError> {
-        let (index, resp) = self
-            .ctx
-            .propose_indexed(pb::Command { kind: Some(kind) })
-            .await?;
-        let kind = resp
-            .kind
-            .ok_or_else(|| ServiceError::Unavailable("apply answered nothing".into()))?;
-        Ok((index, kind))
-    }
-}
-
-fn unexpected(what: &str, got: &command_response::Kind) -> ServiceError {
-    ServiceError::Unavailable(format!("apply answered a {what} with {got:?}"))
 }
 
 fn lease_ref(principal: String, job: String, task: u32, generation: u64) -> Option<pb::LeaseRef> {
@@ -133,7 +114,7 @@ impl Tasks for TasksService {
                 })
                 .collect(),
         });
-        match self.propose(cmd).await? {
+        match self.ctx.propose_kind(cmd).await? {
             (index, command_response::Kind::LeaseGranted(g)) => {
                 Ok(Response::new(pb::AcquireLeaseResponse {
                     generation: g.generation,
@@ -142,7 +123,7 @@ impl Tasks for TasksService {
                     index,
                 }))
             }
-            (_, other) => Err(unexpected("lease", &other).into()),
+            (_, other) => Err(ServiceError::unexpected_answer("lease", &other).into()),
         }
     }
 
@@ -160,14 +141,14 @@ impl Tasks for TasksService {
             seq_from: r.seq_from,
             ops: r.ops.into_iter().map(staged_op).collect(),
         });
-        match self.propose(cmd).await? {
+        match self.ctx.propose_kind(cmd).await? {
             (index, command_response::Kind::StagedThrough(staged_through)) => {
                 Ok(Response::new(pb::StageWritesResponse {
                     staged_through,
                     index,
                 }))
             }
-            (_, other) => Err(unexpected("stage", &other).into()),
+            (_, other) => Err(ServiceError::unexpected_answer("stage", &other).into()),
         }
     }
 
@@ -194,8 +175,9 @@ impl Tasks for TasksService {
                 })
                 .collect(),
             metadata: r.metadata,
+            outputs: super::streams::partition_entries(r.outputs),
         });
-        match self.propose(cmd).await? {
+        match self.ctx.propose_kind(cmd).await? {
             (index, command_response::Kind::EpochCommitted(c)) => {
                 metrics::histogram!("streamshield_epoch_commit_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -204,7 +186,7 @@ impl Tasks for TasksService {
                     already_committed: c.already_committed,
                 }))
             }
-            (_, other) => Err(unexpected("commit", &other).into()),
+            (_, other) => Err(ServiceError::unexpected_answer("commit", &other).into()),
         }
     }
 
@@ -219,11 +201,11 @@ impl Tasks for TasksService {
         let cmd = command::Kind::ReleaseLease(pb::LeaseRelease {
             lease: lease_ref(who.principal, r.job, r.task, r.generation),
         });
-        match self.propose(cmd).await? {
+        match self.ctx.propose_kind(cmd).await? {
             (index, command_response::Kind::LeaseReleased(_)) => {
                 Ok(Response::new(pb::ReleaseLeaseResponse { index }))
             }
-            (_, other) => Err(unexpected("release", &other).into()),
+            (_, other) => Err(ServiceError::unexpected_answer("release", &other).into()),
         }
     }
 

@@ -10,7 +10,9 @@ use crate::rocks::{self, corrupt, io_err};
 pub const CF_DATA: &str = "data";
 pub const CF_STAGED: &str = "staged";
 pub const CF_META: &str = "meta";
-pub const ALL_CFS: &[&str] = &[CF_DATA, CF_STAGED, CF_META];
+/// Committed stream records, by job, stream, partition and offset.
+pub const CF_STREAMS: &str = crate::rocks::STREAMS_CF;
+pub const ALL_CFS: &[&str] = &[CF_DATA, CF_STAGED, CF_META, CF_STREAMS];
 
 pub fn load_job(db: &DB, shard: u32, name: &str) -> std::io::Result<Option<pb::JobInfo>> {
     let cf = rocks::cf(db, CF_META)?;

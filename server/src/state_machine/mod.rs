@@ -67,6 +67,9 @@ pub struct SmShared {
     auth: RwLock<Arc<AuthTable>>,
     /// Of the live store; only the apply path and installs touch it.
     memo: Mutex<ApplyMemo>,
+    /// The applied index of the last chunk that appended stream records
+    /// (or installed a snapshot): subscribers wake on it.
+    appended: tokio::sync::watch::Sender<u64>,
 }
 
 /// The `RaftStateMachine` openraft drives; cheap to clone.
@@ -146,6 +149,7 @@ impl StateMachineStore {
                 jobs: JobCache::default(),
                 auth: RwLock::new(Arc::new(auth)),
                 memo: Mutex::new(ApplyMemo::default()),
+                appended: tokio::sync::watch::Sender::new(applied),
             }),
         })
     }
@@ -171,6 +175,11 @@ impl SmShared {
         let d = snapshot::scratch_dir(&self.snap_root, "incoming");
         fs::create_dir_all(&d)?;
         Ok(d)
+    }
+
+    /// Changes after every applied chunk that appended stream records.
+    pub fn stream_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// Everything up to this index is visible to reads that start now.
@@ -264,6 +273,7 @@ impl SmShared {
         retire(old, gen_dir(&self.sm_root, old_gen));
         snapshot::keep_as_current(&self.snap_root, &files.dir, meta)?;
         self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.appended.send_replace(self.applied_index());
         metrics::counter!("streamshield_snapshots_installed_total").increment(1);
         tracing::info!(last_log_id = ?meta.last_log_id, gen = new_gen, "installed snapshot");
         Ok(())
@@ -357,6 +367,7 @@ fn commit_applied(
     )?;
     let jobs_changed = pending.jobs_changed();
     let auth_changed = pending.auth_changed();
+    let streams_appended = pending.streams_were_appended();
     let db = pending.db();
     pending.write(wo)?;
     // Before anyone hears of the write, so no read after it sees less.
@@ -368,6 +379,9 @@ fn commit_applied(
     }
     shared.applied.store(last.index, Ordering::Release);
     metrics::gauge!("streamshield_applied_index").set(last.index as f64);
+    if streams_appended {
+        shared.appended.send_replace(last.index);
+    }
     for (responder, response) in answers.drain(..) {
         if let Some(r) = responder {
             r.send(response);

@@ -33,6 +33,7 @@ pub struct PendingWrites<'a> {
     entries: usize,
     jobs_changed: bool,
     auth_changed: bool,
+    streams_appended: bool,
     memo: Option<&'a Mutex<ApplyMemo>>,
     /// Per client seen in this chunk: no answer stored or staged has a
     /// `seq` above this.
@@ -53,6 +54,7 @@ impl<'a> PendingWrites<'a> {
             entries: 0,
             jobs_changed: false,
             auth_changed: false,
+            streams_appended: false,
             memo: None,
             seq_bounds: HashMap::new(),
         }
@@ -235,6 +237,16 @@ impl<'a> PendingWrites<'a> {
     /// table of them must be read again once they are written.
     pub fn auth_changed(&self) -> bool {
         self.auth_changed
+    }
+
+    /// Records went into a stream partition: subscribers are woken once
+    /// they are written.
+    pub fn streams_appended(&mut self) {
+        self.streams_appended = true;
+    }
+
+    pub fn streams_were_appended(&self) -> bool {
+        self.streams_appended
     }
 
     /// Counts an applied entry; callers bound a chunk by it.

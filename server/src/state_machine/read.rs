@@ -241,6 +241,146 @@ pub fn tasks(
     Ok(out)
 }
 
+fn stream_of(
+    db: &DB,
+    info: Option<&pb::JobInfo>,
+    shard: u32,
+    job: &str,
+    stream: &str,
+) -> Result<(u32, pb::StreamRecord), ServiceError> {
+    use prost::Message;
+    let info = info.ok_or_else(|| ServiceError::JobNotFound {
+        job: job.to_string(),
+    })?;
+    let cf = rocks::cf(db, CF_META)?;
+    let raw = db
+        .get_pinned_cf(cf, keys::meta::stream(shard, info.job_id, stream))
+        .map_err(io_err)?
+        .ok_or_else(|| ServiceError::StreamNotFound {
+            job: job.to_string(),
+            stream: stream.to_string(),
+        })?;
+    let s = pb::StreamRecord::decode(raw.as_ref()).map_err(|e| corrupt(format!("stream: {e}")))?;
+    Ok((info.job_id, s))
+}
+
+fn partition_state(
+    db: &DB,
+    shard: u32,
+    job_id: u32,
+    stream_id: u32,
+    partition: u32,
+) -> Result<pb::PartitionState, ServiceError> {
+    use prost::Message;
+    let cf = rocks::cf(db, CF_META)?;
+    match db
+        .get_pinned_cf(
+            cf,
+            keys::meta::partition(shard, job_id, stream_id, partition),
+        )
+        .map_err(io_err)?
+    {
+        None => Ok(pb::PartitionState::default()),
+        Some(raw) => Ok(pb::PartitionState::decode(raw.as_ref())
+            .map_err(|e| corrupt(format!("partition: {e}")))?),
+    }
+}
+
+/// A stream with the bounds of each partition.
+pub fn describe_stream(
+    db: &DB,
+    info: Option<&pb::JobInfo>,
+    shard: u32,
+    job: &str,
+    stream: &str,
+) -> Result<pb::StreamInfo, ServiceError> {
+    let (job_id, s) = stream_of(db, info, shard, job, stream)?;
+    let mut partition_info = Vec::with_capacity(s.partitions as usize);
+    for partition in 0..s.partitions {
+        let st = partition_state(db, shard, job_id, s.stream_id, partition)?;
+        partition_info.push(pb::PartitionInfo {
+            partition,
+            start_offset: st.start_offset,
+            end_offset: st.end_offset,
+            bytes: st.bytes,
+        });
+    }
+    Ok(pb::StreamInfo {
+        stream: s.name,
+        partitions: s.partitions,
+        retention_bytes: s.retention_bytes,
+        partition_info,
+        created_index: s.created_index,
+    })
+}
+
+/// Where and how much one read of a partition takes.
+pub struct RecordRange<'a> {
+    pub stream: &'a str,
+    pub partition: u32,
+    pub from_offset: u64,
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+/// Committed records of one partition from `from_offset` (or its start,
+/// if that was trimmed); a page stops before the record that would pass
+/// `max_bytes` (the first always comes). Returns the page and the
+/// partition's state.
+pub fn read_records(
+    db: &DB,
+    info: Option<&pb::JobInfo>,
+    shard: u32,
+    job: &str,
+    r: RecordRange,
+) -> Result<(Vec<pb::RecordAt>, pb::PartitionState), ServiceError> {
+    use prost::Message;
+    let (job_id, s) = stream_of(db, info, shard, job, r.stream)?;
+    if r.partition >= s.partitions {
+        return Err(ServiceError::invalid(
+            "partition",
+            format!(
+                "stream {:?} has partitions 0 to {}",
+                r.stream,
+                s.partitions - 1
+            ),
+        ));
+    }
+    // The bounds first: the records then hold at least up to them.
+    let st = partition_state(db, shard, job_id, s.stream_id, r.partition)?;
+    let from = r.from_offset.max(st.start_offset);
+    let prefix = keys::record_prefix(shard, job_id, s.stream_id, r.partition);
+    let cf = rocks::cf(db, m::CF_STREAMS)?;
+    let start = keys::record_key(shard, job_id, s.stream_id, r.partition, from);
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.starts_with(&prefix) || out.len() >= r.max_records {
+            break;
+        }
+        let offset =
+            keys::offset_of_record(&k).ok_or_else(|| corrupt("a record key without an offset"))?;
+        if offset >= st.end_offset {
+            break;
+        }
+        let rec = pb::StoredRecord::decode(v.as_ref())
+            .map_err(|e| corrupt(format!("stream record: {e}")))?;
+        let size = rec.key.len() + rec.value.len();
+        if !out.is_empty() && bytes + size > r.max_bytes {
+            break;
+        }
+        bytes += size;
+        out.push(pb::RecordAt {
+            offset,
+            key: rec.key,
+            value: rec.value,
+            timestamp_ms: rec.timestamp_ms,
+        });
+    }
+    Ok((out, st))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,10 @@
 //! record, so a commit knows without reading `staged` whether anything is
 //! missing, and names what.
 //!
-//! A commit promotes the epoch's writes into `data` in the same RocksDB
-//! write batch as the checkpoint and the applied index: atomic on every
+//! A commit promotes the epoch's writes into `data`, appends the records
+//! the epoch produced to their stream partitions (`streams.rs`, offsets
+//! assigned then), all in the same RocksDB write batch as the checkpoint
+//! and the applied index: atomic on every
 //! replica, and a crash before that write replays the entry. Its cost is
 //! one read and one write per distinct key of the epoch.
 
@@ -24,6 +26,7 @@ use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
 use super::leases::{self, held};
+use super::streams;
 use super::{error_response, jobs, refusal, At};
 use crate::keys::{self, StagedValue, StoredValue, DEFAULT_SHARD};
 use crate::rocks::corrupt;
@@ -278,6 +281,12 @@ pub fn commit(
             Some(error_detail::Kind::MissingSeqs(pb::MissingSeqs { epoch: c.epoch, missing: gaps })),
         ));
     }
+    // Every output's partition must exist before anything changes.
+    for out in &c.outputs {
+        if let Err(refused) = streams::target(p, &job, &out.stream, out.partition)? {
+            return Ok(refused);
+        }
+    }
     let prefix = keys::staged_prefix(
         DEFAULT_SHARD,
         job.job_id,
@@ -321,6 +330,15 @@ pub fn commit(
             c.epoch + 1,
         ),
     )?;
+    for out in &c.outputs {
+        // Loaded again for each: two outputs to one partition see each
+        // other's offsets through the pending writes.
+        let mut target = match streams::target(p, &job, &out.stream, out.partition)? {
+            Ok(t) => t,
+            Err(_) => return Err(corrupt("an output's partition vanished within its commit")),
+        };
+        streams::append_records(p, at, &job, out.partition, &mut target, &out.records)?;
+    }
     task.staging.retain(|e| e.epoch > c.epoch);
     task.checkpoint = Some(pb::CheckpointRecord {
         epoch: c.epoch,

@@ -8,8 +8,9 @@
 //!
 //! This module dispatches; each concern has its own file: `kv` (client
 //! writes and their deduplication), `jobs` (jobs and state tables),
-//! `leases` (task leases and the generation fence) and `epochs` (staged
-//! writes and epoch commits).
+//! `leases` (task leases and the generation fence), `epochs` (staged
+//! writes and epoch commits) and `streams` (partitioned logs and their
+//! offsets).
 
 mod epochs;
 #[cfg(test)]
@@ -17,6 +18,7 @@ mod fixture;
 mod jobs;
 mod kv;
 mod leases;
+mod streams;
 #[cfg(test)]
 mod task_tests;
 #[cfg(test)]
@@ -107,6 +109,9 @@ pub fn apply_at(
         Some(command::Kind::ReleaseLease(r)) => leases::release(p, r),
         Some(command::Kind::StageWrites(s)) => epochs::stage(p, s),
         Some(command::Kind::CommitEpoch(c)) => epochs::commit(p, at, c),
+        Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
+        Some(command::Kind::Append(a)) => streams::append(p, at, a),
+        Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
         None => Ok(error_response(Code::InvalidArgument, "empty command")),
     }
 }

@@ -80,6 +80,7 @@ fn commit(f: &mut Fixture, l: pb::LeaseRef, epoch: u64, last_seq: u64) -> pb::Co
                 offset: epoch * 10,
             }],
             metadata: format!("m{epoch}").into_bytes(),
+            outputs: Vec::new(),
         })),
     })
 }
@@ -357,4 +358,121 @@ fn a_lease_belongs_to_its_principal_and_sync_writes_carrying_it_are_fenced() {
         1,
         "the fenced write changed nothing"
     );
+}
+
+fn create_stream(
+    f: &mut Fixture,
+    name: &str,
+    partitions: u32,
+    retention_bytes: u64,
+) -> pb::CommandResponse {
+    f.apply(pb::Command {
+        kind: Some(command::Kind::CreateStream(pb::StreamCreate {
+            job: "j".into(),
+            stream: name.into(),
+            partitions,
+            retention_bytes,
+        })),
+    })
+}
+
+fn entries(values: &[&str]) -> Vec<pb::StreamEntry> {
+    values
+        .iter()
+        .map(|v| pb::StreamEntry {
+            key: Vec::new(),
+            value: v.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+fn stream_records(f: &Fixture) -> Vec<(u64, String)> {
+    let cf = rocks::cf(&f.db, crate::state_machine::meta::CF_STREAMS).unwrap();
+    f.db.iterator_cf(cf, IteratorMode::Start)
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            let r = pb::StoredRecord::decode(v.as_ref()).unwrap();
+            (
+                keys::offset_of_record(&k).unwrap(),
+                String::from_utf8(r.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_commit_appends_its_outputs_at_the_next_offsets_and_a_refused_one_appends_nothing() {
+    let mut f = Fixture::new();
+    assert!(matches!(
+        create_stream(&mut f, "out", 1, 0).kind,
+        Some(command_response::Kind::StreamCreated(_))
+    ));
+    assert_eq!(
+        refused(&create_stream(&mut f, "out", 1, 0)).0,
+        Code::AlreadyExists
+    );
+    acquire(&mut f, 0, (0, 4), "");
+    let commit_with = |f: &mut Fixture, epoch: u64, outputs: Vec<pb::PartitionEntries>| {
+        f.apply(pb::Command {
+            kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+                lease: Some(lease(0, 1)),
+                epoch,
+                last_seq: 0,
+                input_offsets: Vec::new(),
+                metadata: Vec::new(),
+                outputs,
+            })),
+        })
+    };
+    let to = |stream: &str, partition: u32, values: &[&str]| pb::PartitionEntries {
+        stream: stream.into(),
+        partition,
+        records: entries(values),
+    };
+    // Two outputs to one partition in one commit: consecutive, no overlap.
+    commit_with(
+        &mut f,
+        1,
+        vec![to("out", 0, &["a", "b"]), to("out", 0, &["c"])],
+    );
+    let r = commit_with(&mut f, 2, vec![to("out", 0, &["d"]), to("nope", 0, &["x"])]);
+    assert_eq!(refused(&r).0, Code::NotFound);
+    assert_eq!(
+        refused(&commit_with(&mut f, 2, vec![to("out", 1, &["x"])])).0,
+        Code::InvalidArgument
+    );
+    commit_with(&mut f, 2, vec![to("out", 0, &["d"])]);
+    let got = stream_records(&f);
+    assert_eq!(
+        got,
+        [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+            .map(|(o, v)| (o, v.to_string()))
+            .to_vec()
+    );
+}
+
+#[test]
+fn appends_in_one_chunk_see_each_others_offsets_and_retention_trims_the_oldest() {
+    let mut f = Fixture::new();
+    create_stream(&mut f, "log", 1, 3);
+    let append = |values: &[&str]| pb::Command {
+        kind: Some(command::Kind::Append(pb::StreamAppend {
+            principal: String::new(),
+            job: "j".into(),
+            stream: "log".into(),
+            partition: 0,
+            records: entries(values),
+            producer_id: 0,
+            producer_seq: 0,
+        })),
+    };
+    let answers = f.apply_chunk(vec![append(&["a", "b"]), append(&["c", "d", "e"])]);
+    let base = |r: &pb::CommandResponse| match &r.kind {
+        Some(command_response::Kind::Appended(a)) => a.base_offset,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((base(&answers[0]), base(&answers[1])), (0, 2));
+    // One byte each, three kept: offsets 2, 3, 4.
+    let got: Vec<u64> = stream_records(&f).into_iter().map(|(o, _)| o).collect();
+    assert_eq!(got, [2, 3, 4]);
 }

@@ -401,7 +401,7 @@ mod fuzz {
             })
     }
 
-    fn command() -> impl Strategy<Value = pb::Command> {
+    fn command() -> BoxedStrategy<pb::Command> {
         prop_oneof![
             write().prop_map(|w| pb::Command {
                 kind: Some(command::Kind::Write(w))
@@ -417,6 +417,7 @@ mod fuzz {
             Just(pb::Command { kind: None }),
             task_command(),
         ]
+        .boxed()
     }
 
     fn small() -> impl Strategy<Value = u64> {
@@ -450,10 +451,33 @@ mod fuzz {
         })
     }
 
+    fn stream_name() -> impl Strategy<Value = String> {
+        prop_oneof![Just("out".to_string()), Just("x".to_string())]
+    }
+
+    fn outputs() -> impl Strategy<Value = pb::PartitionEntries> {
+        (
+            stream_name(),
+            prop_oneof![0u32..3, Just(u32::MAX)],
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..6), 0..4),
+        )
+            .prop_map(|(stream, partition, values)| pb::PartitionEntries {
+                stream,
+                partition,
+                records: values
+                    .into_iter()
+                    .map(|value| pb::StreamEntry {
+                        key: Vec::new(),
+                        value,
+                    })
+                    .collect(),
+            })
+    }
+
     /// Leases, staged writes, commits and releases of three tasks of the
     /// fixture's 4-group job, with generations, epochs and seqs near the
     /// edges.
-    fn task_command() -> impl Strategy<Value = pb::Command> {
+    fn task_command() -> BoxedStrategy<pb::Command> {
         let group = || prop_oneof![0u32..5, Just(u32::MAX)];
         prop_oneof![
             (
@@ -486,19 +510,61 @@ mod fuzz {
                         ops,
                     })),
                 }),
-            (lease(), small(), small()).prop_map(|(lease, epoch, last_seq)| pb::Command {
-                kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
-                    lease,
-                    epoch,
-                    last_seq,
-                    input_offsets: Vec::new(),
-                    metadata: Vec::new(),
+            (
+                lease(),
+                small(),
+                small(),
+                proptest::collection::vec(outputs(), 0..3)
+            )
+                .prop_map(|(lease, epoch, last_seq, outputs)| pb::Command {
+                    kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+                        lease,
+                        epoch,
+                        last_seq,
+                        input_offsets: Vec::new(),
+                        metadata: Vec::new(),
+                        outputs,
+                    })),
+                }),
+            (
+                stream_name(),
+                prop_oneof![Just(0u32), 1u32..3, Just(u32::MAX)],
+                small()
+            )
+                .prop_map(|(stream, partitions, retention_bytes)| pb::Command {
+                    kind: Some(command::Kind::CreateStream(pb::StreamCreate {
+                        job: "j".into(),
+                        stream,
+                        partitions,
+                        retention_bytes,
+                    })),
+                }),
+            (outputs(), small(), small()).prop_map(|(o, producer_id, producer_seq)| pb::Command {
+                kind: Some(command::Kind::Append(pb::StreamAppend {
+                    principal: String::new(),
+                    job: "j".into(),
+                    stream: o.stream,
+                    partition: o.partition,
+                    records: o.records,
+                    producer_id,
+                    producer_seq,
                 })),
+            }),
+            (stream_name(), 0u32..3, small()).prop_map(|(stream, partition, before_offset)| {
+                pb::Command {
+                    kind: Some(command::Kind::TrimStream(pb::StreamTrim {
+                        job: "j".into(),
+                        stream,
+                        partition,
+                        before_offset,
+                    })),
+                }
             }),
             lease().prop_map(|lease| pb::Command {
                 kind: Some(command::Kind::ReleaseLease(pb::LeaseRelease { lease })),
             }),
         ]
+        .boxed()
     }
 
     type Rows = Vec<(Box<[u8]>, Box<[u8]>)>;
@@ -533,7 +599,9 @@ mod fuzz {
                 let is_task = matches!(
                     cmd.kind,
                     Some(command::Kind::AcquireLease(_) | command::Kind::StageWrites(_)
-                        | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_))
+                        | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_)
+                        | command::Kind::CreateStream(_) | command::Kind::Append(_)
+                        | command::Kind::TrimStream(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);

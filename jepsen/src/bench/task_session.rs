@@ -1,0 +1,414 @@
+//! `bench --workload task-session`: stream tasks writing through
+//! `TaskSession`s and committing an epoch every checkpoint interval.
+//!
+//! Each of `tasks` tasks owns an equal share of the job's 128 key groups
+//! and writes random keys of its share as fast as `put` returns (buffered,
+//! shipped in the background), committing every interval. What counts is
+//! committed state updates: the puts of epochs whose commit was
+//! acknowledged inside the measured window. Commit latency is from
+//! `commit` called to acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use streamshield_client::{key_group, pb, Client, TaskSessionConfig, TaskSpec};
+
+/// Key groups of the benchmark's job.
+const KEY_GROUPS: u32 = 128;
+/// Distinct keys each task writes.
+const KEYS_PER_TASK: usize = 10_000;
+const JOB: &str = "bench-tasks";
+
+#[derive(Debug, Clone, Copy)]
+pub struct TaskBenchShape {
+    pub tasks: u32,
+    pub checkpoint_interval: Duration,
+    pub value_size: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub seed: u64,
+}
+
+/// What one run measured; the last line of a run, as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskBenchReport {
+    pub workload: String,
+    pub target: String,
+    pub tasks: u32,
+    pub checkpoint_interval_ms: u64,
+    pub value_size: usize,
+    pub seconds: f64,
+    /// Committed state updates.
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub commits: u64,
+    pub commit_p50_us: u64,
+    pub commit_p99_us: u64,
+    pub commit_max_us: u64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+struct TaskOutcome {
+    committed: u64,
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// `KEYS_PER_TASK` keys whose groups are in `groups`.
+fn keys_in(groups: std::ops::Range<u32>, task: u32) -> Vec<Vec<u8>> {
+    (0u64..)
+        .map(|i| format!("t{task}/{i:010}").into_bytes())
+        .filter(|k| groups.contains(&u32::from(key_group(k, KEY_GROUPS))))
+        .take(KEYS_PER_TASK)
+        .collect()
+}
+
+/// A task of the benchmark's job, its keys and its random source.
+struct BenchTask {
+    session: streamshield_client::TaskSession,
+    keys: Vec<Vec<u8>>,
+    rng: SmallRng,
+}
+
+async fn take_task(
+    client: &Client,
+    task: u32,
+    groups: std::ops::Range<u32>,
+    seed: u64,
+    config: TaskSessionConfig,
+) -> anyhow::Result<BenchTask> {
+    let keys = keys_in(groups.clone(), task);
+    let spec = TaskSpec {
+        job: JOB.into(),
+        task,
+        key_groups: groups,
+        input_partitions: Vec::new(),
+    };
+    let (session, _) = client.acquire(spec, config).await?;
+    Ok(BenchTask {
+        session,
+        keys,
+        rng: SmallRng::seed_from_u64(seed.wrapping_add(u64::from(task))),
+    })
+}
+
+fn new_outcome() -> TaskOutcome {
+    TaskOutcome {
+        committed: 0,
+        hist: Histogram::new_with_bounds(1, 100_000_000, 3).expect("static bounds"),
+        errors: 0,
+        first_error: None,
+    }
+}
+
+async fn one_task(
+    client: Client,
+    task: u32,
+    groups: std::ops::Range<u32>,
+    shape: TaskBenchShape,
+    start_at: Instant,
+) -> anyhow::Result<TaskOutcome> {
+    let BenchTask {
+        session: mut s,
+        keys,
+        mut rng,
+    } = take_task(
+        &client,
+        task,
+        groups,
+        shape.seed,
+        TaskSessionConfig::default(),
+    )
+    .await?;
+    let mut value = vec![0u8; shape.value_size];
+    let measure_from = start_at + shape.warmup;
+    let end = measure_from + shape.measure;
+    let mut out = new_outcome();
+    let mut in_epoch = 0u64;
+    let mut next_commit = Instant::now() + shape.checkpoint_interval;
+    loop {
+        let now = Instant::now();
+        if now >= next_commit || now >= end {
+            let started = Instant::now();
+            match s.commit(Vec::new(), Vec::new()).await {
+                Ok(_) => {
+                    let done = Instant::now();
+                    if started >= measure_from && done <= end {
+                        out.committed += in_epoch;
+                        out.hist
+                            .record(started.elapsed().as_micros().max(1) as u64)
+                            .ok();
+                    }
+                }
+                Err(e) => {
+                    out.errors += 1;
+                    out.first_error.get_or_insert(e.to_string());
+                }
+            }
+            in_epoch = 0;
+            next_commit = started + shape.checkpoint_interval;
+            if Instant::now() >= end {
+                return Ok(out);
+            }
+            continue;
+        }
+        let key = &keys[rng.random_range(0..keys.len())];
+        rng.fill(&mut value[..]);
+        s.put("state", key.clone(), value.clone()).await?;
+        in_epoch += 1;
+        // Let the pipeline's sends and the other tasks run between puts.
+        if in_epoch.is_multiple_of(256) {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs the benchmark against the cluster behind `client`.
+pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskBenchReport> {
+    match client.create_job(JOB, KEY_GROUPS).await {
+        Ok(_) | Err(streamshield_client::ClientError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let tasks = shape.tasks.clamp(1, KEY_GROUPS);
+    let per = KEY_GROUPS / tasks;
+    let start_at = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let end = if t + 1 == tasks {
+                KEY_GROUPS
+            } else {
+                (t + 1) * per
+            };
+            tokio::spawn(one_task(client.clone(), t, t * per..end, shape, start_at))
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
+    let (mut ops, mut errors, mut first_error) = (0, 0, None);
+    for h in handles {
+        let o = h.await??;
+        ops += o.committed;
+        errors += o.errors;
+        hist.add(&o.hist).expect("same bounds");
+        if first_error.is_none() {
+            first_error = o.first_error;
+        }
+    }
+    let secs = shape.measure.as_secs_f64();
+    let q = |p: f64| {
+        if hist.is_empty() {
+            0
+        } else {
+            hist.value_at_quantile(p)
+        }
+    };
+    Ok(TaskBenchReport {
+        workload: "task-session".into(),
+        target: "streamshield".into(),
+        tasks,
+        checkpoint_interval_ms: shape.checkpoint_interval.as_millis() as u64,
+        value_size: shape.value_size,
+        seconds: secs,
+        ops,
+        ops_per_s: ops as f64 / secs,
+        commits: hist.len(),
+        commit_p50_us: q(0.5),
+        commit_p99_us: q(0.99),
+        commit_max_us: if hist.is_empty() { 0 } else { hist.max() },
+        errors,
+        first_error,
+    })
+}
+
+/// A job's lease on every task is released so the next run can take them.
+pub async fn release_all(client: &Client) {
+    if let Ok(list) = client
+        .list_tasks(JOB, streamshield_client::Consistency::Linearizable)
+        .await
+    {
+        for t in list.tasks.iter().filter(|t| !t.released) {
+            let _ = client
+                .release_lease(pb::ReleaseLeaseRequest {
+                    shard: 0,
+                    job: JOB.into(),
+                    task: t.task,
+                    generation: t.generation,
+                })
+                .await;
+        }
+    }
+}
+
+/// What `bench --workload epoch-commit` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeEpochReport {
+    pub workload: String,
+    pub epoch_bytes: u64,
+    pub value_size: usize,
+    pub rounds: u32,
+    /// From `commit` called (every write already staged) to acknowledged.
+    pub commit_p50_us: u64,
+    pub commit_max_us: u64,
+    /// The small tasks' commits while the large ones ran.
+    pub others_tasks: u32,
+    pub others_commit_p50_us: u64,
+    pub others_commit_p99_us: u64,
+    pub others_commit_max_us: u64,
+    pub errors: u64,
+}
+
+/// One task stages `epoch_bytes` of writes and commits them, `rounds`
+/// times, while `others` tasks commit small epochs every interval: how
+/// long a large commit takes, and what it does to everyone else's.
+pub async fn large_epochs(
+    client: &Client,
+    epoch_bytes: u64,
+    rounds: u32,
+    others: u32,
+    shape: TaskBenchShape,
+) -> anyhow::Result<LargeEpochReport> {
+    match client.create_job(JOB, KEY_GROUPS).await {
+        Ok(_) | Err(streamshield_client::ClientError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let others = others.clamp(1, KEY_GROUPS - 1);
+    // Task 0 (the large one) gets half the groups, the others share the rest.
+    let half = KEY_GROUPS / 2;
+    let per = (KEY_GROUPS - half) / others;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut small = Vec::new();
+    for t in 0..others {
+        let start = half + t * per;
+        let end = if t + 1 == others {
+            KEY_GROUPS
+        } else {
+            start + per
+        };
+        let (client, stop) = (client.clone(), stop.clone());
+        small.push(tokio::spawn(async move {
+            let mut shape = shape;
+            shape.warmup = Duration::ZERO;
+            shape.measure = Duration::from_secs(3600);
+            small_until_stopped(client, t + 1, start..end, shape, stop).await
+        }));
+    }
+    let spec = TaskSpec {
+        job: JOB.into(),
+        task: 0,
+        key_groups: 0..half,
+        input_partitions: Vec::new(),
+    };
+    let config = TaskSessionConfig {
+        batch_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let (mut s, _) = client.acquire(spec, config).await?;
+    let mut rng = SmallRng::seed_from_u64(shape.seed);
+    let mut value = vec![0u8; shape.value_size.max(1)];
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
+    let mut errors = 0;
+    let per_epoch = epoch_bytes / value.len() as u64;
+    for _ in 0..rounds.max(1) {
+        // Distinct keys of the task's groups: the commit's work is per key.
+        let mut keys = (0u64..)
+            .map(|j| format!("big/{j:012}").into_bytes())
+            .filter(|k| u32::from(key_group(k, KEY_GROUPS)) < half);
+        for _ in 0..per_epoch {
+            let key = keys.next().expect("endless");
+            rng.fill(&mut value[..]);
+            s.put("state", key, value.clone()).await?;
+        }
+        s.flush().await?;
+        // Staged first, so the commit alone is timed.
+        s.wait_staged().await;
+        let started = Instant::now();
+        match s.commit(Vec::new(), Vec::new()).await {
+            Ok(_) => {
+                hist.record(started.elapsed().as_micros().max(1) as u64)
+                    .ok();
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut others_hist =
+        Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
+    for h in small {
+        let o = h.await??;
+        errors += o.errors;
+        others_hist.add(&o.hist).expect("same bounds");
+    }
+    let q = |h: &Histogram<u64>, p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
+    Ok(LargeEpochReport {
+        workload: "epoch-commit".into(),
+        epoch_bytes,
+        value_size: value.len(),
+        rounds: rounds.max(1),
+        commit_p50_us: q(&hist, 0.5),
+        commit_max_us: if hist.is_empty() { 0 } else { hist.max() },
+        others_tasks: others,
+        others_commit_p50_us: q(&others_hist, 0.5),
+        others_commit_p99_us: q(&others_hist, 0.99),
+        others_commit_max_us: if others_hist.is_empty() {
+            0
+        } else {
+            others_hist.max()
+        },
+        errors,
+    })
+}
+
+/// A small task's loop ([`one_task`]'s) until `stop`.
+async fn small_until_stopped(
+    client: Client,
+    task: u32,
+    groups: std::ops::Range<u32>,
+    shape: TaskBenchShape,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<TaskOutcome> {
+    let BenchTask {
+        session: mut s,
+        keys,
+        mut rng,
+    } = take_task(
+        &client,
+        task,
+        groups,
+        shape.seed,
+        TaskSessionConfig::default(),
+    )
+    .await?;
+    let mut out = new_outcome();
+    let mut value = vec![0u8; shape.value_size.max(1)];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // A modest epoch: 100 updates, then the commit.
+        for _ in 0..100 {
+            rng.fill(&mut value[..]);
+            let key = keys[rng.random_range(0..keys.len())].clone();
+            s.put("state", key, value.clone()).await?;
+        }
+        let started = Instant::now();
+        match s.commit(Vec::new(), Vec::new()).await {
+            Ok(_) => {
+                out.hist
+                    .record(started.elapsed().as_micros().max(1) as u64)
+                    .ok();
+            }
+            Err(_) => out.errors += 1,
+        }
+        tokio::time::sleep(shape.checkpoint_interval).await;
+    }
+    Ok(out)
+}

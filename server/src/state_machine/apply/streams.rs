@@ -1,0 +1,331 @@
+//! Streams: partitioned logs inside a job.
+//!
+//! A stream's record (`keys::meta::stream`) names its partitions and
+//! retention; each partition keeps its bounds (`keys::meta::partition`),
+//! and its records sit in the `streams` column family under
+//! `[shard][job_id][stream_id][partition][offset]`, in offset order. Offsets
+//! are assigned here, in apply, so every replica gives a record the same
+//! one: by `Append` (producers outside jobs, deduplicated per producer id)
+//! and by an epoch commit (`epochs.rs`) for the records a task produced.
+
+use std::io;
+
+use prost::Message;
+use streamshield_proto::v1::{self as pb, command_response};
+use tonic::Code;
+
+use super::{error_response, jobs, At};
+use crate::keys::{self, meta, DEFAULT_SHARD};
+use crate::rocks::corrupt;
+use crate::state_machine::meta::{CF_META, CF_STREAMS};
+use crate::state_machine::pending::PendingWrites;
+
+/// Partitions one stream may have.
+pub const MAX_PARTITIONS: u32 = 4096;
+/// Records one apply drops for retention at most; the rest go with the
+/// next append, so retention never makes one apply long.
+const MAX_TRIMMED_PER_APPLY: u64 = 10_000;
+
+/// Where records go and what a partition holds.
+pub struct Target {
+    pub stream: pb::StreamRecord,
+    pub state: pb::PartitionState,
+}
+
+fn load<M: Message + Default>(
+    p: &mut PendingWrites,
+    key: &[u8],
+    what: &str,
+) -> io::Result<Option<M>> {
+    match p.get(CF_META, key)? {
+        None => Ok(None),
+        Some(raw) => M::decode(raw.as_slice())
+            .map(Some)
+            .map_err(|e| corrupt(format!("{what}: {e}"))),
+    }
+}
+
+pub fn create(
+    p: &mut PendingWrites,
+    at: At,
+    c: &pb::StreamCreate,
+) -> io::Result<pb::CommandResponse> {
+    let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &c.job)? else {
+        return Ok(error_response(
+            Code::NotFound,
+            format!("job {:?} does not exist", c.job),
+        ));
+    };
+    if c.partitions == 0 || c.partitions > MAX_PARTITIONS {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            format!(
+                "partitions must be 1 to {MAX_PARTITIONS}, not {}",
+                c.partitions
+            ),
+        ));
+    }
+    if load::<pb::StreamRecord>(
+        p,
+        &meta::stream(DEFAULT_SHARD, job.job_id, &c.stream),
+        "stream",
+    )?
+    .is_some()
+    {
+        return Ok(error_response(
+            Code::AlreadyExists,
+            format!("stream {:?} of job {:?} already exists", c.stream, c.job),
+        ));
+    }
+    let existing = p.scan_prefix(CF_META, &meta::stream_prefix(DEFAULT_SHARD, job.job_id))?;
+    let mut stream_id = 1;
+    for (_, raw) in existing {
+        let s = pb::StreamRecord::decode(raw.as_slice())
+            .map_err(|e| corrupt(format!("stream: {e}")))?;
+        stream_id = stream_id.max(s.stream_id + 1);
+    }
+    let record = pb::StreamRecord {
+        name: c.stream.clone(),
+        stream_id,
+        partitions: c.partitions,
+        retention_bytes: c.retention_bytes,
+        created_index: at.index,
+    };
+    p.put(
+        CF_META,
+        &meta::stream(DEFAULT_SHARD, job.job_id, &c.stream),
+        record.encode_to_vec(),
+    )?;
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::StreamCreated(record)),
+    })
+}
+
+/// The stream and partition state `partition` of `stream` in `job`, or
+/// the refusal.
+pub fn target(
+    p: &mut PendingWrites,
+    job: &pb::JobInfo,
+    stream: &str,
+    partition: u32,
+) -> io::Result<Result<Target, pb::CommandResponse>> {
+    let Some(s) = load::<pb::StreamRecord>(
+        p,
+        &meta::stream(DEFAULT_SHARD, job.job_id, stream),
+        "stream",
+    )?
+    else {
+        return Ok(Err(error_response(
+            Code::NotFound,
+            format!("stream {stream:?} of job {:?} does not exist", job.job),
+        )));
+    };
+    if partition >= s.partitions {
+        return Ok(Err(error_response(
+            Code::InvalidArgument,
+            format!(
+                "stream {stream:?} has partitions 0 to {}, not {partition}",
+                s.partitions - 1
+            ),
+        )));
+    }
+    let state = load(
+        p,
+        &meta::partition(DEFAULT_SHARD, job.job_id, s.stream_id, partition),
+        "partition",
+    )?
+    .unwrap_or_default();
+    Ok(Ok(Target { stream: s, state }))
+}
+
+/// Appends `records` to the target partition at the entry's time; returns
+/// the first record's offset. Retention drops the oldest records past the
+/// stream's byte limit.
+pub fn append_records(
+    p: &mut PendingWrites,
+    at: At,
+    job: &pb::JobInfo,
+    partition: u32,
+    t: &mut Target,
+    records: &[pb::StreamEntry],
+) -> io::Result<u64> {
+    let job_id = job.job_id;
+    let base = t.state.end_offset;
+    let sid = t.stream.stream_id;
+    for (i, r) in records.iter().enumerate() {
+        let stored = pb::StoredRecord {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            timestamp_ms: at.time_ms,
+        };
+        p.put(
+            CF_STREAMS,
+            &keys::record_key(DEFAULT_SHARD, job_id, sid, partition, base + i as u64),
+            stored.encode_to_vec(),
+        )?;
+        t.state.bytes += (r.key.len() + r.value.len()) as u64;
+    }
+    t.state.end_offset = base + records.len() as u64;
+    metrics::counter!("streamshield_stream_records_appended_total").increment(records.len() as u64);
+    if t.stream.retention_bytes > 0 && t.state.bytes > t.stream.retention_bytes {
+        let mut to = t.state.start_offset;
+        let mut dropped = 0;
+        while t.state.bytes > t.stream.retention_bytes
+            && to < t.state.end_offset
+            && dropped < MAX_TRIMMED_PER_APPLY
+        {
+            let k = keys::record_key(DEFAULT_SHARD, job_id, sid, partition, to);
+            if let Some(raw) = p.get(CF_STREAMS, &k)? {
+                let r = pb::StoredRecord::decode(raw.as_slice())
+                    .map_err(|e| corrupt(format!("stream record: {e}")))?;
+                t.state.bytes = t
+                    .state
+                    .bytes
+                    .saturating_sub((r.key.len() + r.value.len()) as u64);
+            }
+            to += 1;
+            dropped += 1;
+        }
+        trim_to(p, job_id, partition, t, to)?;
+    }
+    p.put(
+        CF_META,
+        &meta::partition(DEFAULT_SHARD, job_id, sid, partition),
+        t.state.encode_to_vec(),
+    )?;
+    p.streams_appended();
+    metrics::gauge!(
+        "streamshield_stream_end_offset",
+        "job" => job.job.clone(),
+        "stream" => t.stream.name.clone(),
+        "partition" => partition.to_string()
+    )
+    .set(t.state.end_offset as f64);
+    Ok(base)
+}
+
+fn trim_to(
+    p: &mut PendingWrites,
+    job_id: u32,
+    partition: u32,
+    t: &mut Target,
+    to: u64,
+) -> io::Result<()> {
+    if to <= t.state.start_offset {
+        return Ok(());
+    }
+    let sid = t.stream.stream_id;
+    p.delete_range(
+        CF_STREAMS,
+        &keys::record_key(DEFAULT_SHARD, job_id, sid, partition, t.state.start_offset),
+        &keys::record_key(DEFAULT_SHARD, job_id, sid, partition, to),
+    )?;
+    t.state.start_offset = to;
+    Ok(())
+}
+
+pub fn append(
+    p: &mut PendingWrites,
+    at: At,
+    a: &pb::StreamAppend,
+) -> io::Result<pb::CommandResponse> {
+    let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &a.job)? else {
+        return Ok(error_response(
+            Code::NotFound,
+            format!("job {:?} does not exist", a.job),
+        ));
+    };
+    let mut t = match target(p, &job, &a.stream, a.partition)? {
+        Ok(t) => t,
+        Err(refused) => return Ok(refused),
+    };
+    let producer_key = meta::producer(
+        DEFAULT_SHARD,
+        job.job_id,
+        t.stream.stream_id,
+        a.partition,
+        a.producer_id,
+    );
+    if a.producer_id != 0 {
+        if let Some(last) = load::<pb::ProducerState>(p, &producer_key, "producer")? {
+            if last.principal != a.principal {
+                return Ok(error_response(
+                    Code::PermissionDenied,
+                    format!(
+                        "producer id {} belongs to another principal; use one of your own",
+                        a.producer_id
+                    ),
+                ));
+            }
+            if a.producer_seq == last.seq {
+                return Ok(appended(last.base_offset, true));
+            }
+            if a.producer_seq < last.seq {
+                return Ok(error_response(
+                    Code::FailedPrecondition,
+                    format!(
+                        "producer {} sent seq {} after {}: seqs of a producer must grow",
+                        a.producer_id, a.producer_seq, last.seq
+                    ),
+                ));
+            }
+        }
+    }
+    let base = append_records(p, at, &job, a.partition, &mut t, &a.records)?;
+    if a.producer_id != 0 {
+        let state = pb::ProducerState {
+            principal: a.principal.clone(),
+            seq: a.producer_seq,
+            base_offset: base,
+        };
+        p.put(CF_META, &producer_key, state.encode_to_vec())?;
+    }
+    Ok(appended(base, false))
+}
+
+fn appended(base_offset: u64, duplicate: bool) -> pb::CommandResponse {
+    pb::CommandResponse {
+        kind: Some(command_response::Kind::Appended(pb::Appended {
+            base_offset,
+            duplicate,
+        })),
+    }
+}
+
+pub fn trim(p: &mut PendingWrites, t: &pb::StreamTrim) -> io::Result<pb::CommandResponse> {
+    let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &t.job)? else {
+        return Ok(error_response(
+            Code::NotFound,
+            format!("job {:?} does not exist", t.job),
+        ));
+    };
+    let mut target = match target(p, &job, &t.stream, t.partition)? {
+        Ok(x) => x,
+        Err(refused) => return Ok(refused),
+    };
+    let to = t.before_offset.min(target.state.end_offset);
+    if to > target.state.start_offset {
+        let sid = target.stream.stream_id;
+        // The bytes of what goes: read before the range deletion.
+        for offset in target.state.start_offset..to {
+            let k = keys::record_key(DEFAULT_SHARD, job.job_id, sid, t.partition, offset);
+            if let Some(raw) = p.get(CF_STREAMS, &k)? {
+                let r = pb::StoredRecord::decode(raw.as_slice())
+                    .map_err(|e| corrupt(format!("stream record: {e}")))?;
+                target.state.bytes = target
+                    .state
+                    .bytes
+                    .saturating_sub((r.key.len() + r.value.len()) as u64);
+            }
+        }
+        trim_to(p, job.job_id, t.partition, &mut target, to)?;
+        p.put(
+            CF_META,
+            &meta::partition(DEFAULT_SHARD, job.job_id, sid, t.partition),
+            target.state.encode_to_vec(),
+        )?;
+    }
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::TrimmedTo(target.state.start_offset)),
+    })
+}
