@@ -29,6 +29,9 @@ pub enum WorkloadFlag {
     /// while `--tasks` others commit small ones: the large commit's
     /// latency and the others' meanwhile.
     EpochCommit,
+    /// One producer appending to a stream, one subscriber following it:
+    /// when each record reaches the subscriber.
+    Subscribe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -228,6 +231,17 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
     if a.workload == WorkloadFlag::TaskSession {
         return task_session_bench(&a, dir.path(), time).await;
     }
+    if a.workload == WorkloadFlag::Subscribe {
+        let clusters = streamshield_only(&a.cluster, dir.path()).await?;
+        let client = &clusters.streamshield.as_ref().expect("started").client;
+        let r = super::subscribe::run(client, time).await?;
+        println!(
+            "{} records: append p50 {} µs p99 {} µs; at the subscriber {} µs p50, {} µs p99 after the append started, {} µs p50, {} µs p99 after its acknowledgement",
+            r.records, r.append_p50_us, r.append_p99_us, r.delivered_p50_us, r.delivered_p99_us, r.after_ack_p50_us, r.after_ack_p99_us
+        );
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(r.errors == 0);
+    }
     if a.workload == WorkloadFlag::EpochCommit {
         let clusters = streamshield_only(&a.cluster, dir.path()).await?;
         let client = &clusters.streamshield.as_ref().expect("started").client;
@@ -241,7 +255,9 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         return Ok(r.errors == 0);
     }
     let kind = match a.workload {
-        WorkloadFlag::TaskSession | WorkloadFlag::EpochCommit => unreachable!("handled above"),
+        WorkloadFlag::TaskSession | WorkloadFlag::EpochCommit | WorkloadFlag::Subscribe => {
+            unreachable!("handled above")
+        }
         WorkloadFlag::SyncPut => WorkloadKind::SyncPut,
         WorkloadFlag::Mixed => WorkloadKind::Mixed,
         WorkloadFlag::Get => WorkloadKind::Get(match a.consistency {

@@ -6,7 +6,8 @@
 //! measures, [`etcd`] starts and reaches the comparison cluster,
 //! [`limits`] measures the machine's floor, [`matrix`] runs the whole
 //! comparison and writes `BENCHMARKS.md`; [`task_session`] measures stream
-//! tasks writing through `TaskSession`s and committing epochs.
+//! tasks writing through `TaskSession`s and committing epochs,
+//! [`subscribe`] how soon a subscriber sees a committed record.
 
 pub mod cli;
 pub mod cpu;
@@ -14,6 +15,7 @@ pub mod etcd;
 pub mod limits;
 pub mod matrix;
 pub mod runner;
+pub mod subscribe;
 pub mod target;
 pub mod task_session;
 pub mod workload;
