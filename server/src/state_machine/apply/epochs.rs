@@ -13,12 +13,12 @@
 //! record, so a commit knows without reading `staged` whether anything is
 //! missing, and names what.
 //!
-//! A commit promotes the epoch's writes into `data`, appends the records
-//! the epoch produced to their stream partitions (`streams.rs`, offsets
-//! assigned then), all in the same RocksDB write batch as the checkpoint
-//! and the applied index: atomic on every
-//! replica, and a crash before that write replays the entry. Its cost is
-//! one read and one write per distinct key of the epoch.
+//! A commit promotes the epoch's writes into `data` and appends the
+//! records the epoch produced to their stream partitions (`streams.rs`,
+//! offsets assigned then), in the same RocksDB write batch as the
+//! checkpoint and the applied index: atomic on every replica, and a crash
+//! before that write replays the entry. Its cost is one read and one write
+//! per distinct key of the epoch.
 
 use std::io;
 

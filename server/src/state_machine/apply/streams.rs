@@ -78,11 +78,17 @@ pub fn create(
         ));
     }
     let existing = p.scan_prefix(CF_META, &meta::stream_prefix(DEFAULT_SHARD, job.job_id))?;
-    let mut stream_id = 1;
+    let mut stream_id = 1u32;
     for (_, raw) in existing {
         let s = pb::StreamRecord::decode(raw.as_slice())
             .map_err(|e| corrupt(format!("stream: {e}")))?;
-        stream_id = stream_id.max(s.stream_id + 1);
+        let Some(next) = s.stream_id.checked_add(1) else {
+            return Ok(error_response(
+                Code::ResourceExhausted,
+                format!("job {:?} has used up its stream ids", c.job),
+            ));
+        };
+        stream_id = stream_id.max(next);
     }
     let record = pb::StreamRecord {
         name: c.stream.clone(),
@@ -151,6 +157,10 @@ pub fn append_records(
 ) -> io::Result<u64> {
     let job_id = job.job_id;
     let base = t.state.end_offset;
+    // Only a damaged store holds a partition this close to the top.
+    let end = base
+        .checked_add(records.len() as u64)
+        .ok_or_else(|| corrupt("a stream partition's offsets pass u64::MAX"))?;
     let sid = t.stream.stream_id;
     for (i, r) in records.iter().enumerate() {
         let stored = pb::StoredRecord {
@@ -163,9 +173,12 @@ pub fn append_records(
             &keys::record_key(DEFAULT_SHARD, job_id, sid, partition, base + i as u64),
             stored.encode_to_vec(),
         )?;
-        t.state.bytes += (r.key.len() + r.value.len()) as u64;
+        t.state.bytes = t
+            .state
+            .bytes
+            .saturating_add((r.key.len() + r.value.len()) as u64);
     }
-    t.state.end_offset = base + records.len() as u64;
+    t.state.end_offset = end;
     metrics::counter!("streamshield_stream_records_appended_total").increment(records.len() as u64);
     if t.stream.retention_bytes > 0 && t.state.bytes > t.stream.retention_bytes {
         let mut to = t.state.start_offset;
@@ -303,7 +316,14 @@ pub fn trim(p: &mut PendingWrites, t: &pb::StreamTrim) -> io::Result<pb::Command
         Ok(x) => x,
         Err(refused) => return Ok(refused),
     };
-    let to = t.before_offset.min(target.state.end_offset);
+    // Bounded per entry, as retention is: a trim far ahead moves the
+    // start by at most that many records and answers where it got to.
+    let to = t.before_offset.min(target.state.end_offset).min(
+        target
+            .state
+            .start_offset
+            .saturating_add(MAX_TRIMMED_PER_APPLY),
+    );
     if to > target.state.start_offset {
         let sid = target.stream.stream_id;
         // The bytes of what goes: read before the range deletion.
