@@ -89,8 +89,9 @@ pub struct TaskSession {
     epoch: u64,
     /// Every op of the open epoch; op `i` has seq `i + 1`.
     held: Vec<pb::Op>,
-    /// The newest uncommitted value per `(state, key)` (`None`: deleted).
-    overlay: HashMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    /// Where in `held` the newest uncommitted write of each `(state, key)`
+    /// is.
+    overlay: HashMap<(String, Vec<u8>), usize>,
     /// Records the open epoch produced, per `(stream, partition)`: they
     /// go out with the commit.
     outputs: Vec<pb::PartitionOutput>,
@@ -210,14 +211,15 @@ impl TaskSession {
         let o = pb::Op {
             state: state.to_string(),
             key: key.clone(),
-            kind: Some(match &value {
-                Some(v) => op::Kind::Put(pb::Put { value: v.clone() }),
+            kind: Some(match value {
+                Some(value) => op::Kind::Put(pb::Put { value }),
                 None => op::Kind::Delete(pb::Delete {}),
             }),
         };
         self.unsent_bytes += op_bytes(&o);
+        self.overlay
+            .insert((state.to_string(), key), self.held.len());
         self.held.push(o);
-        self.overlay.insert((state.to_string(), key), value);
         let now = Instant::now();
         let since = *self.first_unsent_at.get_or_insert(now);
         if self.unsent_bytes >= self.config.batch_bytes
@@ -258,8 +260,11 @@ impl TaskSession {
     /// The task's view of a key: its own uncommitted write if it has one,
     /// else the committed value.
     pub async fn get(&self, state: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        if let Some(v) = self.overlay.get(&(state.to_string(), key.to_vec())) {
-            return Ok(v.clone());
+        if let Some(&i) = self.overlay.get(&(state.to_string(), key.to_vec())) {
+            return Ok(match &self.held[i].kind {
+                Some(op::Kind::Put(p)) => Some(p.value.clone()),
+                _ => None,
+            });
         }
         match self
             .client

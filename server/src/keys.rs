@@ -43,9 +43,9 @@ pub fn user_key(data_key: &[u8]) -> &[u8] {
 
 /// Where the staged writes of one task generation's epoch start, in the
 /// `staged` column family: `[shard][job_id][task:u32][generation:u64]
-/// [epoch:u64]`, then a data key's group, state and user key. Every epoch
-/// of a task is contiguous, so a commit reads one range and a new lease
-/// drops older generations with one range deletion.
+/// [epoch:u64]`, then the first seq of a run of them ([`staged_run_key`]).
+/// Every epoch of a task is contiguous, so a commit reads one range and a
+/// new lease drops older generations with one range deletion.
 pub fn staged_prefix(shard: u32, job_id: u32, task: u32, generation: u64, epoch: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(STAGED_PREFIX_LEN + 32);
     k.extend_from_slice(&shard.to_be_bytes());
@@ -58,62 +58,22 @@ pub fn staged_prefix(shard: u32, job_id: u32, task: u32, generation: u64, epoch:
 
 const STAGED_PREFIX_LEN: usize = 4 + 4 + 4 + 8 + 8;
 
-/// The staged key of data key `data_key` under `prefix` ([`staged_prefix`]).
-pub fn staged_key(prefix: &[u8], data_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + data_key.len());
+/// The key of a run of staged writes whose first seq is `first_seq`,
+/// under `prefix` ([`staged_prefix`]): an epoch's runs sort by seq.
+pub fn staged_run_key(prefix: &[u8], first_seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
     k.extend_from_slice(prefix);
-    k.extend_from_slice(data_key.get(8..).unwrap_or(&[]));
+    k.extend_from_slice(&first_seq.to_be_bytes());
     k
 }
 
-/// The data key a staged key stands for; `None` if it is too short to be
-/// one (the disk handed us garbage).
-pub fn data_key_of_staged(staged: &[u8]) -> Option<Vec<u8>> {
-    if staged.len() < STAGED_PREFIX_LEN + 6 {
-        return None;
-    }
-    let mut k = Vec::with_capacity(staged.len() - 20);
-    k.extend_from_slice(&staged[..8]);
-    k.extend_from_slice(&staged[STAGED_PREFIX_LEN..]);
-    Some(k)
-}
-
-/// A staged write as stored: the seq that wrote it, then a put's value or
-/// nothing for a delete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StagedValue {
-    pub seq: u64,
-    /// `None`: a delete.
-    pub value: Option<Vec<u8>>,
-}
-
-impl StagedValue {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(9 + self.value.as_ref().map_or(0, Vec::len));
-        v.extend_from_slice(&self.seq.to_be_bytes());
-        match &self.value {
-            Some(value) => {
-                v.push(1);
-                v.extend_from_slice(value);
-            }
-            None => v.push(0),
-        }
-        v
-    }
-
-    pub fn decode(raw: &[u8]) -> Result<Self, CorruptValue> {
-        match raw.split_first_chunk::<8>() {
-            Some((seq, [1, value @ ..])) => Ok(Self {
-                seq: u64::from_be_bytes(*seq),
-                value: Some(value.to_vec()),
-            }),
-            Some((seq, [0])) => Ok(Self {
-                seq: u64::from_be_bytes(*seq),
-                value: None,
-            }),
-            _ => Err(CorruptValue { len: raw.len() }),
-        }
-    }
+/// The first seq of a staged run's key; `None` if it holds none (the disk
+/// handed us garbage).
+pub fn first_seq_of_run(key: &[u8]) -> Option<u64> {
+    key.get(STAGED_PREFIX_LEN..)?
+        .try_into()
+        .ok()
+        .map(u64::from_be_bytes)
 }
 
 /// Where the records of one stream partition start, in the `streams`
@@ -353,35 +313,19 @@ mod tests {
     }
 
     #[test]
-    fn a_staged_key_maps_back_to_its_data_key_and_epochs_are_contiguous() {
-        let dk = data_key(0, 3, 17, 2, b"user");
+    fn staged_runs_sort_by_seq_within_an_epoch_and_epochs_are_contiguous() {
         let e1 = staged_prefix(0, 3, 5, 2, 1);
-        let sk = staged_key(&e1, &dk);
-        assert!(sk.starts_with(&e1));
-        assert_eq!(data_key_of_staged(&sk).unwrap(), dk);
-        assert!(data_key_of_staged(&e1).is_none());
+        let (a, b) = (staged_run_key(&e1, 9), staged_run_key(&e1, 300));
+        assert!(a.starts_with(&e1) && a < b);
+        assert_eq!(
+            (first_seq_of_run(&a), first_seq_of_run(&b)),
+            (Some(9), Some(300))
+        );
+        assert_eq!(first_seq_of_run(&e1), None);
         // Epoch 1 of generation 2 sorts before epoch 2, and both before
         // generation 3: one range per epoch, one per older generations.
         let e2 = staged_prefix(0, 3, 5, 2, 2);
-        assert!(sk < e2 && e2 < staged_prefix(0, 3, 5, 3, 0));
-        for v in [
-            StagedValue {
-                seq: 9,
-                value: Some(b"v".to_vec()),
-            },
-            StagedValue {
-                seq: u64::MAX,
-                value: None,
-            },
-        ] {
-            assert_eq!(StagedValue::decode(&v.encode()).unwrap(), v);
-        }
-        assert!(StagedValue::decode(&[0; 8]).is_err());
-        assert!(
-            StagedValue::decode(&[0; 10]).is_err(),
-            "a delete with bytes"
-        );
-        assert!(StagedValue::decode(&[7; 9]).is_err(), "an unknown tag");
+        assert!(b < e2 && e2 < staged_prefix(0, 3, 5, 3, 0));
     }
 
     #[test]

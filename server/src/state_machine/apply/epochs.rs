@@ -1,10 +1,12 @@
 //! Staged writes of a task's epochs, and the commit that makes an epoch
 //! visible.
 //!
-//! A staged write lands in the `staged` column family under its task,
-//! generation and epoch (`keys::staged_prefix`), keyed by its data key, so
-//! a later write of the same key in the epoch replaces it (the higher seq
-//! wins, whatever order re-sent batches arrive in). Nobody reads `staged`
+//! Staged writes land in the `staged` column family under their task,
+//! generation and epoch (`keys::staged_prefix`): one value per run of
+//! consecutive new seqs of a batch (`StagedRun`), so staging a batch costs
+//! one RocksDB write whatever its size. The commit reads the epoch's runs
+//! in seq order, so a later write of a key wins whatever order re-sent
+//! batches arrived in. Nobody reads `staged`
 //! but the commit: other readers see committed data only, and the task
 //! reads its own uncommitted writes from its own buffer (the client holds
 //! them until their epoch commits, to re-send them).
@@ -18,17 +20,18 @@
 //! offsets assigned then), in the same RocksDB write batch as the
 //! checkpoint and the applied index: atomic on every replica, and a crash
 //! before that write replays the entry. Its cost is one read and one write
-//! per distinct key of the epoch.
+//! per distinct key of the epoch, plus decoding its runs.
 
 use std::io;
 
+use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
 use super::leases::{self, held};
 use super::streams;
 use super::{error_response, jobs, refusal, At};
-use crate::keys::{self, StagedValue, StoredValue, DEFAULT_SHARD};
+use crate::keys::{self, StoredValue, DEFAULT_SHARD};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_DATA, CF_STAGED};
 use crate::state_machine::pending::PendingWrites;
@@ -163,9 +166,12 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
         ));
     }
     // Every op is checked before any is staged: a bad one refuses the
-    // whole batch and leaves nothing behind.
+    // whole batch and leaves nothing behind. Seqs staged already are left
+    // out (a re-send), so what is new falls into runs of consecutive seqs,
+    // each stored as one value.
     let mut job_changed = false;
-    let mut staged = Vec::with_capacity(s.ops.len());
+    let mut runs: Vec<(u64, pb::StagedRun)> = Vec::new();
+    let mut bytes = 0usize;
     for (i, o) in s.ops.iter().enumerate() {
         let value = match &o.kind {
             Some(pb::staged_op::Kind::Put(v)) => Some(v),
@@ -180,13 +186,27 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
         if covered(&before, seq) {
             continue;
         }
-        let Some(sid) = jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
-        else {
-            // A delete in a table that never existed deletes nothing.
-            continue;
+        // A delete in a table that never existed deletes nothing, but its
+        // seq is staged like any other.
+        let data_key = jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
+            .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
+            .unwrap_or_default();
+        bytes += data_key.len() + value.map_or(0, Vec::len);
+        let entry = pb::StagedEntry {
+            data_key,
+            value: value.cloned(),
         };
-        let dk = keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key);
-        staged.push((seq, dk, value));
+        match runs.last_mut() {
+            Some((first, run)) if *first + run.entries.len() as u64 == seq => {
+                run.entries.push(entry)
+            }
+            _ => runs.push((
+                seq,
+                pb::StagedRun {
+                    entries: vec![entry],
+                },
+            )),
+        }
     }
     let prefix = keys::staged_prefix(
         DEFAULT_SHARD,
@@ -195,22 +215,14 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
         task.generation,
         s.epoch,
     );
-    for (seq, dk, value) in staged {
-        let sk = keys::staged_key(&prefix, &dk);
-        if let Some(raw) = p.get(CF_STAGED, &sk)? {
-            let there = StagedValue::decode(&raw).map_err(corrupt)?;
-            if there.seq > seq {
-                continue;
-            }
-        }
-        let v = StagedValue {
-            seq,
-            value: value.cloned(),
-        };
-        metrics::counter!("streamshield_staged_bytes_total")
-            .increment((sk.len() + v.value.as_ref().map_or(0, Vec::len)) as u64);
-        p.put(CF_STAGED, &sk, v.encode())?;
+    for (first, run) in runs {
+        p.put(
+            CF_STAGED,
+            &keys::staged_run_key(&prefix, first),
+            run.encode_to_vec(),
+        )?;
     }
+    metrics::counter!("streamshield_staged_bytes_total").increment(bytes as u64);
     if job_changed {
         jobs::store_job(p, DEFAULT_SHARD, &job)?;
     }
@@ -294,16 +306,27 @@ pub fn commit(
         task.generation,
         c.epoch,
     );
-    let mut promoted = 0u64;
-    for (sk, raw) in p.scan_prefix(CF_STAGED, &prefix)? {
-        let v = StagedValue::decode(&raw).map_err(corrupt)?;
-        if v.seq > c.last_seq {
-            // Staged past what the task says its epoch holds: not part of it.
-            continue;
+    // The runs in seq order, each write over the ones before it: the
+    // newest write of each key, then one version per key.
+    let mut newest: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    for (key, raw) in p.scan_prefix(CF_STAGED, &prefix)? {
+        let first = keys::first_seq_of_run(&key)
+            .ok_or_else(|| corrupt("a staged run's key holds no seq"))?;
+        let run = pb::StagedRun::decode(raw.as_slice())
+            .map_err(|e| corrupt(format!("staged run: {e}")))?;
+        for (i, e) in run.entries.into_iter().enumerate() {
+            if first.saturating_add(i as u64) > c.last_seq {
+                // Staged past what the task says its epoch holds.
+                break;
+            }
+            if !e.data_key.is_empty() {
+                newest.insert(e.data_key, e.value);
+            }
         }
-        let dk = keys::data_key_of_staged(&sk)
-            .ok_or_else(|| corrupt("a staged key too short to hold a data key"))?;
-        match v.value {
+    }
+    let promoted = newest.len() as u64;
+    for (dk, value) in newest {
+        match value {
             Some(value) => {
                 let version = p.version(&dk)? + 1;
                 let stored = StoredValue {
@@ -315,7 +338,6 @@ pub fn commit(
             }
             None => p.delete(CF_DATA, &dk)?,
         }
-        promoted += 1;
     }
     // This epoch's writes are in `data` now; earlier epochs of the
     // generation that never committed are dropped with them.
