@@ -73,6 +73,7 @@ impl fmt::Display for Command {
                 "trim_stream(job={}, stream={}, partition={}, before={})",
                 t.job, t.stream, t.partition, t.before_offset
             ),
+            Some(command::Kind::Commands(l)) => write!(f, "commands({})", l.commands.len()),
             None => write!(f, "empty"),
         }
     }

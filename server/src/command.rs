@@ -28,8 +28,9 @@ use streamshield_proto::v1 as pb;
 /// differently (upgrade followers first, the leader last).
 ///
 /// 1: the envelope; 2: writes carry their principal (`OwnedWrites`);
-/// 3: task leases, staged writes and epoch commits, and sync writes
-/// fenced by a lease (`WriteRequest.lease`).
+/// 3: task leases, staged writes and epoch commits, sync writes fenced by
+/// a lease (`WriteRequest.lease`), streams, and command lists (the write
+/// batcher's proposals of several kinds of command).
 pub const FORMAT: u32 = 3;
 
 #[derive(Clone)]

@@ -132,6 +132,19 @@ impl Proposer {
         &self,
         cmd: pb::Command,
     ) -> Result<(u64, pb::CommandResponse), ServiceError> {
+        let (index, resp) = self.propose_answers(cmd).await?;
+        if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
+            return Err(rejected(e));
+        }
+        Ok((index, resp))
+    }
+
+    /// Like [`Proposer::propose_indexed`], with a refusal left in the
+    /// answer (a batch's items are refused one by one).
+    pub async fn propose_answers(
+        &self,
+        cmd: pb::Command,
+    ) -> Result<(u64, pb::CommandResponse), ServiceError> {
         let started = Instant::now();
         let r = tokio::time::timeout(
             PROPOSAL_TIMEOUT,
@@ -142,11 +155,7 @@ impl Proposer {
         .map_err(|e| self.write_error(e))?;
         metrics::counter!("streamshield_proposals_total").increment(1);
         metrics::histogram!("streamshield_commit_seconds").record(started.elapsed().as_secs_f64());
-        let resp = r.data;
-        if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
-            return Err(rejected(e));
-        }
-        Ok((r.log_id.index, resp))
+        Ok((r.log_id.index, r.data))
     }
 }
 
@@ -199,15 +208,17 @@ impl NodeContext {
         self.proposer.propose_indexed(cmd).await
     }
 
-    /// Proposes one command and returns the entry's index and what apply
-    /// answered (a refusal is already an `Err`).
+    /// Proposes one command of a client service, with whatever else is
+    /// waiting (the write batcher), and returns the entry's index and what
+    /// apply answered (a refusal is already an `Err`).
     pub async fn propose_kind(
         &self,
         kind: pb::command::Kind,
     ) -> Result<(u64, pb::command_response::Kind), ServiceError> {
-        let (index, resp) = self
-            .propose_indexed(pb::Command { kind: Some(kind) })
-            .await?;
+        let (index, resp) = self.writes.submit_command(kind).await?;
+        if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
+            return Err(rejected(e));
+        }
         let kind = resp
             .kind
             .ok_or_else(|| ServiceError::Unavailable("apply answered nothing".into()))?;

@@ -112,6 +112,21 @@ pub fn apply_at(
         Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
+        Some(command::Kind::Commands(list)) => {
+            let mut answers = Vec::with_capacity(list.commands.len());
+            for c in &list.commands {
+                answers.push(match c.kind {
+                    // An expiry reads the store itself and must start a
+                    // chunk (`needs_store_in_step`), which it cannot
+                    // inside a list.
+                    Some(command::Kind::Commands(_) | command::Kind::ExpireSessions(_)) => {
+                        error_response(Code::InvalidArgument, "not a command for a command list")
+                    }
+                    _ => apply_at(p, at, c)?,
+                });
+            }
+            Ok(batch(answers))
+        }
         None => Ok(error_response(Code::InvalidArgument, "empty command")),
     }
 }

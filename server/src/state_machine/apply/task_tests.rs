@@ -476,3 +476,62 @@ fn appends_in_one_chunk_see_each_others_offsets_and_retention_trims_the_oldest()
     let got: Vec<u64> = stream_records(&f).into_iter().map(|(o, _)| o).collect();
     assert_eq!(got, [2, 3, 4]);
 }
+
+#[test]
+fn a_command_list_applies_each_in_order_and_refuses_what_cannot_be_listed() {
+    let mut f = Fixture::new();
+    let stage = pb::Command {
+        kind: Some(command::Kind::StageWrites(pb::StageOps {
+            lease: Some(lease(0, 1)),
+            epoch: 1,
+            seq_from: 1,
+            ops: vec![put("a", "listed")],
+        })),
+    };
+    let acquire = pb::Command {
+        kind: Some(command::Kind::AcquireLease(pb::LeaseAcquire {
+            principal: String::new(),
+            job: "j".into(),
+            task: 0,
+            key_group_start: 0,
+            key_group_end: 4,
+            input_partitions: Vec::new(),
+        })),
+    };
+    let commit = pb::Command {
+        kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+            lease: Some(lease(0, 1)),
+            epoch: 1,
+            last_seq: 1,
+            ..Default::default()
+        })),
+    };
+    let nested = pb::Command {
+        kind: Some(command::Kind::Commands(pb::CommandList::default())),
+    };
+    let expire = pb::Command {
+        kind: Some(command::Kind::ExpireSessions(pb::ExpireSessions {
+            idle_ms: 1,
+        })),
+    };
+    let r = f.apply(pb::Command {
+        kind: Some(command::Kind::Commands(pb::CommandList {
+            commands: vec![acquire, stage, commit, nested, expire],
+        })),
+    });
+    let Some(command_response::Kind::Batch(b)) = r.kind else {
+        panic!("{r:?}");
+    };
+    assert_eq!(granted(&b.answers[0]).generation, 1);
+    assert!(matches!(
+        b.answers[1].kind,
+        Some(command_response::Kind::StagedThrough(1))
+    ));
+    assert!(matches!(
+        b.answers[2].kind,
+        Some(command_response::Kind::EpochCommitted(_))
+    ));
+    assert_eq!(refused(&b.answers[3]).0, Code::InvalidArgument);
+    assert_eq!(refused(&b.answers[4]).0, Code::InvalidArgument);
+    assert_eq!(value(&f, "a").as_deref(), Some("listed"));
+}
