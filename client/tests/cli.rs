@@ -125,40 +125,30 @@ fn a_user_session_with_the_cli() {
     // Streams: create, append (a producer's retry appends nothing twice),
     // describe, tail.
     run(&["streams", "create", "myjob", "clicks", "--partitions", "2"]);
-    let first = run_json(&[
-        "streams",
-        "append",
-        "myjob",
-        "clicks",
-        "--partition",
-        "1",
-        "--record-key",
-        "u1",
-        "home",
-        "--producer-id",
-        "9",
-        "--producer-seq",
-        "1",
-    ]);
+    // The same producer id and seq twice: a retry after an unknown outcome.
+    let append_seq_1 = || {
+        run_json(&[
+            "streams",
+            "append",
+            "myjob",
+            "clicks",
+            "--partition",
+            "1",
+            "--record-key",
+            "u1",
+            "home",
+            "--producer-id",
+            "9",
+            "--producer-seq",
+            "1",
+        ])
+    };
+    let first = append_seq_1();
     assert_eq!(
         (first["offset"].as_u64(), first["duplicate"].as_bool()),
         (Some(0), Some(false))
     );
-    let retry = run_json(&[
-        "streams",
-        "append",
-        "myjob",
-        "clicks",
-        "--partition",
-        "1",
-        "--record-key",
-        "u1",
-        "home",
-        "--producer-id",
-        "9",
-        "--producer-seq",
-        "1",
-    ]);
+    let retry = append_seq_1();
     assert_eq!(retry["duplicate"].as_bool(), Some(true));
     run(&[
         "streams",

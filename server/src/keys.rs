@@ -194,9 +194,14 @@ pub mod meta {
         k
     }
 
-    /// Every task record of one job: `t/<shard><job_id>`.
+    /// The dedupe sessions' index by last use (`state_machine::sessions`),
+    /// which an expiry walks by this prefix: no other record may start
+    /// with it.
+    pub const SESSION_TIME_PREFIX: &[u8] = b"t/";
+
+    /// Every task record of one job: `tk/<shard><job_id>`.
     pub fn task_prefix(shard: u32, job_id: u32) -> Vec<u8> {
-        let mut k = b"t/".to_vec();
+        let mut k = b"tk/".to_vec();
         k.extend_from_slice(&shard.to_be_bytes());
         k.extend_from_slice(&job_id.to_be_bytes());
         k
@@ -274,6 +279,36 @@ mod tests {
         assert!(meta::range_has_jobs(b"a", b"z"), "spans the job keys");
         let (d1, d2) = (meta::dedupe(7, 1), meta::dedupe(7, 9));
         assert!(!meta::range_has_jobs(&d1, &d2), "a client's dedupe range");
+    }
+
+    #[test]
+    fn no_kind_of_meta_record_starts_with_another_kinds_prefix() {
+        use super::meta::*;
+        // Each kind with a sample key; walks by prefix (session expiry,
+        // grants, tasks, streams) must meet only their own kind.
+        let kinds: Vec<(&str, Vec<u8>)> = vec![
+            ("m/", APPLIED.to_vec()),
+            ("j/", job(0, "j")),
+            ("a/", grant("p", 1, "j")),
+            ("t/", [SESSION_TIME_PREFIX, &[0u8; 16]].concat()),
+            ("tk/", task(0, 1, 2)),
+            ("st/", stream(0, 1, "s")),
+            ("sp/", partition(0, 1, 2, 3)),
+            ("pr/", producer(0, 1, 2, 3, 4)),
+            ("s/", session(7)),
+            ("d/", dedupe(7, 8)),
+        ];
+        for (prefix, key) in &kinds {
+            assert!(key.starts_with(prefix.as_bytes()), "{prefix}");
+            for (other, _) in &kinds {
+                if other != prefix {
+                    assert!(
+                        !key.starts_with(other.as_bytes()),
+                        "a {prefix} key starts with {other}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

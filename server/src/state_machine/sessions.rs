@@ -94,7 +94,7 @@ fn time_key(last_used_ms: u64, client_id: u64) -> Vec<u8> {
     k
 }
 
-const TIME_PREFIX: &[u8] = b"t/";
+use crate::keys::meta::SESSION_TIME_PREFIX as TIME_PREFIX;
 
 pub fn load(p: &mut PendingWrites, client_id: u64) -> io::Result<Option<Session>> {
     match p.get(CF_META, &meta::session(client_id))? {

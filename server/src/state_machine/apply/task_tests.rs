@@ -535,3 +535,23 @@ fn a_command_list_applies_each_in_order_and_refuses_what_cannot_be_listed() {
     assert_eq!(refused(&b.answers[4]).0, Code::InvalidArgument);
     assert_eq!(value(&f, "a").as_deref(), Some("listed"));
 }
+
+/// Task and stream records share the `meta` column family with the dedupe
+/// sessions' time index, which a session expiry walks by prefix: a task
+/// record under that prefix stopped every replica at the first sweep.
+#[test]
+fn a_session_sweep_walks_past_task_and_stream_records() {
+    let mut f = Fixture::new();
+    granted(&acquire(&mut f, 0, (0, 4), ""));
+    create_stream(&mut f, "out", 2, 0);
+    f.time_ms = 10_000_000;
+    let r = f.apply(pb::Command {
+        kind: Some(command::Kind::ExpireSessions(pb::ExpireSessions {
+            idle_ms: 1,
+        })),
+    });
+    assert!(
+        matches!(r.kind, Some(command_response::Kind::SessionsExpired(0))),
+        "{r:?}"
+    );
+}
