@@ -429,8 +429,9 @@ impl TaskSession {
     }
 
     /// Gives the task up: its key groups and partitions become free for
-    /// other tasks. Uncommitted writes are dropped.
-    pub async fn release(self) -> Result<(), ClientError> {
+    /// other tasks. Uncommitted writes are dropped. A release whose answer
+    /// was lost may be retried.
+    pub async fn release(&self) -> Result<(), ClientError> {
         self.client
             .release_lease(pb::ReleaseLeaseRequest {
                 shard: 0,

@@ -1,0 +1,182 @@
+//! What an operator sees while it handles a record or a timer: the current
+//! key, its state, event time, and where its output goes.
+
+use std::collections::BTreeMap;
+
+use streamshield_client::{pb, TaskSession};
+
+use crate::cache::StateCache;
+use crate::envelope;
+use crate::error::RuntimeError;
+use crate::layout::Layout;
+use crate::operator::DynOperator;
+use crate::time::{Timers, NO_WATERMARK};
+
+/// Where state values live: the task's session (the real thing), or a map
+/// for an operator's unit tests ([`crate::testing::Harness`]).
+pub(crate) enum Backing {
+    Session(Box<TaskSession>),
+    Memory {
+        tables: BTreeMap<(String, Vec<u8>), Vec<u8>>,
+        emitted: Vec<(u32, pb::Record)>,
+    },
+}
+
+/// A stage's output: its stream and how keys pick partitions.
+#[derive(Debug, Clone)]
+pub(crate) struct Output {
+    pub stream: String,
+    pub layout: Layout,
+}
+
+pub struct Context {
+    pub(crate) backing: Backing,
+    cache: StateCache,
+    pub(crate) key: Vec<u8>,
+    pub(crate) timers: Timers,
+    pub(crate) watermark: i64,
+    pub(crate) output: Option<Output>,
+    pub(crate) task: u32,
+    /// Records emitted since the task started.
+    pub(crate) emitted: u64,
+    /// Records and bytes emitted in the open epoch: a commit carries them
+    /// all, within the store's bounds on one entry.
+    pub(crate) epoch_records: usize,
+    pub(crate) epoch_bytes: usize,
+}
+
+impl Context {
+    pub(crate) fn new(
+        backing: Backing,
+        cache_bytes: usize,
+        output: Option<Output>,
+        task: u32,
+    ) -> Self {
+        Self {
+            backing,
+            cache: StateCache::new(cache_bytes),
+            key: Vec::new(),
+            timers: Timers::default(),
+            watermark: NO_WATERMARK,
+            output,
+            task,
+            emitted: 0,
+            epoch_records: 0,
+            epoch_bytes: 0,
+        }
+    }
+
+    /// The key of the record or timer being handled.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The task's event-time watermark: no input older than this is
+    /// expected any more. `i64::MIN` before the first.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// This task's index within its stage.
+    pub fn task(&self) -> u32 {
+        self.task
+    }
+
+    /// Produces a record into the stage's output, in the partition of its
+    /// key. It becomes visible downstream when the task's epoch commits,
+    /// and never if it does not (read-committed). A stage without an
+    /// output drops it.
+    pub fn emit(&mut self, key: impl Into<Vec<u8>>, value: &[u8], event_time: i64) {
+        let Some(out) = &self.output else {
+            return;
+        };
+        let key = key.into();
+        let partition = out.layout.partition_of_key(&key);
+        let record = envelope::data(key, value, event_time);
+        self.emitted += 1;
+        self.epoch_records += 1;
+        self.epoch_bytes += record.key.len() + record.value.len();
+        match &mut self.backing {
+            Backing::Session(s) => s.emit(&out.stream, partition, record.key, record.value),
+            Backing::Memory { emitted, .. } => emitted.push((partition, record)),
+        }
+    }
+
+    /// Calls `on_timer` for the current key once the watermark reaches
+    /// `time`. Registering the same time twice fires once.
+    pub fn register_timer(&mut self, time: i64) {
+        self.timers.register(time, &self.key.clone());
+    }
+
+    pub fn delete_timer(&mut self, time: i64) {
+        self.timers.delete(time, &self.key.clone());
+    }
+
+    /// The current key's value in `table`: the task's own latest write,
+    /// else the committed value.
+    pub(crate) async fn get_raw(&mut self, table: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
+        if let Some(v) = self.cache.get(table, &self.key) {
+            return Ok(v);
+        }
+        let v = match &mut self.backing {
+            Backing::Session(s) => s.get(table, &self.key).await?,
+            Backing::Memory { tables, .. } => {
+                tables.get(&(table.to_string(), self.key.clone())).cloned()
+            }
+        };
+        self.cache.insert(table, &self.key, v.clone());
+        Ok(v)
+    }
+
+    /// Writes (or with `None` deletes) the current key's value in `table`,
+    /// as part of the open epoch.
+    pub(crate) async fn put_raw(
+        &mut self,
+        table: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), RuntimeError> {
+        let key = self.key.clone();
+        match &mut self.backing {
+            Backing::Session(s) => match &value {
+                Some(v) => s.put(table, key.clone(), v.clone()).await?,
+                None => s.delete(table, key.clone()).await?,
+            },
+            Backing::Memory { tables, .. } => {
+                let k = (table.to_string(), key.clone());
+                match &value {
+                    Some(v) => tables.insert(k, v.clone()),
+                    None => tables.remove(&k),
+                };
+            }
+        }
+        self.cache.insert(table, &key, value);
+        Ok(())
+    }
+
+    pub(crate) fn session_mut(&mut self) -> Option<&mut TaskSession> {
+        match &mut self.backing {
+            Backing::Session(s) => Some(s),
+            Backing::Memory { .. } => None,
+        }
+    }
+}
+
+/// Moves the watermark to `to` (never back) and fires every timer due by
+/// then, in time order, each with its key current.
+pub(crate) async fn advance_watermark(
+    op: &mut dyn DynOperator,
+    ctx: &mut Context,
+    to: i64,
+) -> Result<u64, RuntimeError> {
+    if to <= ctx.watermark {
+        return Ok(0);
+    }
+    ctx.watermark = to;
+    let mut fired = 0;
+    while let Some((time, key)) = ctx.timers.pop_due(to) {
+        ctx.key = key;
+        op.on_timer_dyn(ctx, time).await?;
+        fired += 1;
+    }
+    Ok(fired)
+}

@@ -1,0 +1,365 @@
+//! Keyed state, in the spirit of Flink's: handles named once, each call
+//! scoped to the current key of the [`Context`].
+//!
+//! Every kind is one value per key in a state table of the stage's store
+//! job (the table is the handle's name), encoded with serde (JSON). A map
+//! or list is one value holding all its entries: the store places a key by
+//! the hash of the whole stored key, so entries under composite keys would
+//! land in other tasks' key groups. Maps and lists per key should
+//! therefore stay small (kilobytes, not megabytes).
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::Context;
+use crate::error::RuntimeError;
+
+fn encode<T: Serialize>(table: &str, v: &T) -> Result<Vec<u8>, RuntimeError> {
+    serde_json::to_vec(v).map_err(|e| RuntimeError::BadState {
+        state: table.to_string(),
+        why: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(table: &str, raw: &[u8]) -> Result<T, RuntimeError> {
+    serde_json::from_slice(raw).map_err(|e| RuntimeError::BadState {
+        state: table.to_string(),
+        why: e.to_string(),
+    })
+}
+
+async fn load<T: DeserializeOwned>(
+    ctx: &mut Context,
+    table: &str,
+) -> Result<Option<T>, RuntimeError> {
+    match ctx.get_raw(table).await? {
+        Some(raw) => decode(table, &raw).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn store<T: Serialize>(ctx: &mut Context, table: &str, v: &T) -> Result<(), RuntimeError> {
+    let raw = encode(table, v)?;
+    ctx.put_raw(table, Some(raw)).await
+}
+
+/// One value per key.
+pub struct ValueState<T> {
+    name: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ValueState<T> {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _t: PhantomData,
+        }
+    }
+
+    pub async fn get(&self, ctx: &mut Context) -> Result<Option<T>, RuntimeError> {
+        load(ctx, &self.name).await
+    }
+
+    pub async fn set(&self, ctx: &mut Context, value: &T) -> Result<(), RuntimeError> {
+        store(ctx, &self.name, value).await
+    }
+
+    pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        ctx.put_raw(&self.name, None).await
+    }
+}
+
+/// A map per key, ordered by its keys.
+pub struct MapState<K, V> {
+    name: String,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> MapState<K, V>
+where
+    K: Serialize + DeserializeOwned + Ord + Clone,
+    V: Serialize + DeserializeOwned + Clone,
+{
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _t: PhantomData,
+        }
+    }
+
+    /// Every entry, in key order.
+    pub async fn entries(&self, ctx: &mut Context) -> Result<Vec<(K, V)>, RuntimeError> {
+        Ok(load(ctx, &self.name).await?.unwrap_or_default())
+    }
+
+    pub async fn get(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
+        let entries = self.entries(ctx).await?;
+        Ok(entries
+            .binary_search_by(|(e, _)| e.cmp(k))
+            .ok()
+            .map(|i| entries[i].1.clone()))
+    }
+
+    pub async fn put(&self, ctx: &mut Context, k: K, v: V) -> Result<(), RuntimeError> {
+        let mut entries = self.entries(ctx).await?;
+        match entries.binary_search_by(|(e, _)| e.cmp(&k)) {
+            Ok(i) => entries[i].1 = v,
+            Err(i) => entries.insert(i, (k, v)),
+        }
+        store(ctx, &self.name, &entries).await
+    }
+
+    pub async fn remove(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
+        let mut entries = self.entries(ctx).await?;
+        let Ok(i) = entries.binary_search_by(|(e, _)| e.cmp(k)) else {
+            return Ok(None);
+        };
+        let (_, v) = entries.remove(i);
+        if entries.is_empty() {
+            ctx.put_raw(&self.name, None).await?;
+        } else {
+            store(ctx, &self.name, &entries).await?;
+        }
+        Ok(Some(v))
+    }
+
+    pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        ctx.put_raw(&self.name, None).await
+    }
+}
+
+/// A list per key, in the order of its adds.
+pub struct ListState<T> {
+    name: String,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> ListState<T> {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            _t: PhantomData,
+        }
+    }
+
+    pub async fn get(&self, ctx: &mut Context) -> Result<Vec<T>, RuntimeError> {
+        Ok(load(ctx, &self.name).await?.unwrap_or_default())
+    }
+
+    pub async fn add(&self, ctx: &mut Context, v: T) -> Result<(), RuntimeError> {
+        let mut list = self.get(ctx).await?;
+        list.push(v);
+        store(ctx, &self.name, &list).await
+    }
+
+    pub async fn update(&self, ctx: &mut Context, list: &[T]) -> Result<(), RuntimeError> {
+        if list.is_empty() {
+            return self.clear(ctx).await;
+        }
+        store(ctx, &self.name, &list).await
+    }
+
+    pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        ctx.put_raw(&self.name, None).await
+    }
+}
+
+/// One value per key that every add folds into with a reduce function.
+pub struct ReducingState<T> {
+    name: String,
+    reduce: fn(T, T) -> T,
+}
+
+impl<T: Serialize + DeserializeOwned> ReducingState<T> {
+    pub fn new(name: impl Into<String>, reduce: fn(T, T) -> T) -> Self {
+        Self {
+            name: name.into(),
+            reduce,
+        }
+    }
+
+    pub async fn get(&self, ctx: &mut Context) -> Result<Option<T>, RuntimeError> {
+        load(ctx, &self.name).await
+    }
+
+    pub async fn add(&self, ctx: &mut Context, v: T) -> Result<(), RuntimeError> {
+        let next = match load(ctx, &self.name).await? {
+            Some(acc) => (self.reduce)(acc, v),
+            None => v,
+        };
+        store(ctx, &self.name, &next).await
+    }
+
+    pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        ctx.put_raw(&self.name, None).await
+    }
+}
+
+/// How inputs fold into an accumulator and what the accumulator yields
+/// (Flink's `AggregateFunction`).
+pub trait Aggregate: Send + Sync + 'static {
+    type In;
+    type Acc: Serialize + DeserializeOwned + Send;
+    type Out;
+    fn create(&self) -> Self::Acc;
+    fn add(&self, acc: &mut Self::Acc, input: Self::In);
+    fn result(&self, acc: &Self::Acc) -> Self::Out;
+}
+
+/// One accumulator per key.
+pub struct AggregatingState<A: Aggregate> {
+    name: String,
+    agg: A,
+}
+
+impl<A: Aggregate> AggregatingState<A> {
+    pub fn new(name: impl Into<String>, agg: A) -> Self {
+        Self {
+            name: name.into(),
+            agg,
+        }
+    }
+
+    pub async fn get(&self, ctx: &mut Context) -> Result<Option<A::Out>, RuntimeError> {
+        let acc: Option<A::Acc> = load(ctx, &self.name).await?;
+        Ok(acc.map(|a| self.agg.result(&a)))
+    }
+
+    pub async fn add(&self, ctx: &mut Context, input: A::In) -> Result<(), RuntimeError> {
+        let mut acc = match load(ctx, &self.name).await? {
+            Some(a) => a,
+            None => self.agg.create(),
+        };
+        self.agg.add(&mut acc, input);
+        store(ctx, &self.name, &acc).await
+    }
+
+    pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
+        ctx.put_raw(&self.name, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::{Input, Operator};
+    use crate::testing::Harness;
+
+    /// Holds nothing itself; the tests drive the state handles directly.
+    struct Idle;
+    impl Operator for Idle {
+        async fn process(&mut self, _: &mut Context, _: Input) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+    }
+
+    // Every test runs with a cache and without one: the values must come
+    // back the same from the store as from memory.
+    const CACHES: [usize; 2] = [0, 1 << 20];
+
+    #[tokio::test]
+    async fn value_state_is_per_key_and_cleared_by_clear() {
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            let v = ValueState::<u64>::new("v");
+            v.set(h.context_for(b"a"), &1).await.unwrap();
+            v.set(h.context_for(b"b"), &2).await.unwrap();
+            assert_eq!(v.get(h.context_for(b"a")).await.unwrap(), Some(1));
+            assert_eq!(v.get(h.context_for(b"b")).await.unwrap(), Some(2));
+            v.clear(h.context_for(b"a")).await.unwrap();
+            assert_eq!(v.get(h.context_for(b"a")).await.unwrap(), None);
+            assert_eq!(h.stored(), 1, "a cleared value is deleted, not kept empty");
+        }
+    }
+
+    #[tokio::test]
+    async fn map_state_keeps_entries_ordered_and_removes_them() {
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            let m = MapState::<String, i64>::new("m");
+            let ctx = h.context_for(b"k");
+            m.put(ctx, "b".into(), 2).await.unwrap();
+            m.put(ctx, "a".into(), 1).await.unwrap();
+            m.put(ctx, "b".into(), 3).await.unwrap();
+            assert_eq!(
+                m.entries(ctx).await.unwrap(),
+                vec![("a".to_string(), 1), ("b".to_string(), 3)]
+            );
+            assert_eq!(m.get(ctx, &"b".into()).await.unwrap(), Some(3));
+            assert_eq!(m.remove(ctx, &"a".into()).await.unwrap(), Some(1));
+            assert_eq!(m.remove(ctx, &"a".into()).await.unwrap(), None);
+            assert_eq!(m.remove(ctx, &"b".into()).await.unwrap(), Some(3));
+            assert_eq!(h.stored(), 0, "an emptied map leaves nothing stored");
+        }
+    }
+
+    #[tokio::test]
+    async fn list_state_appends_in_order() {
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            let l = ListState::<u32>::new("l");
+            let ctx = h.context_for(b"k");
+            for i in [3, 1, 2] {
+                l.add(ctx, i).await.unwrap();
+            }
+            assert_eq!(l.get(ctx).await.unwrap(), vec![3, 1, 2]);
+            l.update(ctx, &[9]).await.unwrap();
+            assert_eq!(l.get(ctx).await.unwrap(), vec![9]);
+            l.update(ctx, &[]).await.unwrap();
+            assert_eq!(l.get(ctx).await.unwrap(), Vec::<u32>::new());
+            assert_eq!(h.stored(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn reducing_and_aggregating_state_fold_every_add() {
+        struct Mean;
+        impl Aggregate for Mean {
+            type In = f64;
+            type Acc = (f64, u64);
+            type Out = f64;
+            fn create(&self) -> (f64, u64) {
+                (0.0, 0)
+            }
+            fn add(&self, acc: &mut (f64, u64), x: f64) {
+                acc.0 += x;
+                acc.1 += 1;
+            }
+            fn result(&self, acc: &(f64, u64)) -> f64 {
+                acc.0 / acc.1 as f64
+            }
+        }
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            let max = ReducingState::<i64>::new("max", |a, b| a.max(b));
+            let mean = AggregatingState::new("mean", Mean);
+            let ctx = h.context_for(b"k");
+            assert_eq!(max.get(ctx).await.unwrap(), None);
+            for x in [4, -1, 7, 2] {
+                max.add(ctx, x).await.unwrap();
+                mean.add(ctx, x as f64).await.unwrap();
+            }
+            assert_eq!(max.get(ctx).await.unwrap(), Some(7));
+            assert_eq!(mean.get(ctx).await.unwrap(), Some(3.0));
+            mean.clear(ctx).await.unwrap();
+            assert_eq!(mean.get(ctx).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_of_another_type_is_an_error_not_a_panic() {
+        let mut h = Harness::new(Idle, 0);
+        ValueState::<String>::new("v")
+            .set(h.context_for(b"k"), &"text".to_string())
+            .await
+            .unwrap();
+        let err = ValueState::<u64>::new("v")
+            .get(h.context_for(b"k"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::BadState { .. }), "{err}");
+    }
+}

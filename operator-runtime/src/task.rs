@@ -1,0 +1,374 @@
+//! One task's life: take the lease, resume from the committed checkpoint,
+//! then read, process and commit an epoch every checkpoint interval until
+//! told to stop or fenced.
+//!
+//! Input arrives by subscription, one per partition, so a committed record
+//! upstream reaches the task within a millisecond or two. Processing does
+//! not wait for a commit's answer any longer than the commit takes: the
+//! subscriptions keep reading ahead into a bounded queue meanwhile.
+//!
+//! A store outage pauses the task: every call waits and retries (the
+//! worker's client has no deadline to speak of), and an epoch that cannot
+//! commit yet is retried as it stands, never restarted. Only a newer lease
+//! (`Fenced`) or bad data ends a task.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use streamshield_client::{pb, Client, ClientError, TaskSessionConfig, TaskSpec};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checkpoint::{resume, TaskMeta};
+use crate::config::JobConfig;
+use crate::context::{advance_watermark, Backing, Context, Output};
+use crate::envelope::{self, Envelope};
+use crate::error::RuntimeError;
+use crate::job::{JobDef, StreamRef};
+use crate::operator::Input;
+use crate::time::Watermarks;
+
+/// Microseconds since the Unix epoch: comparable across the processes of
+/// one machine (a worker's events against the supervisor's kill time).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What a task reports as it goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TaskEvent {
+    Attached {
+        generation: u64,
+        at_us: u64,
+    },
+    /// The first input record handled since the task attached.
+    FirstRecord {
+        at_us: u64,
+    },
+    Committed {
+        epoch: u64,
+        /// Data records handled since the task attached.
+        records: u64,
+        /// Next offset per input partition. A list, not a map: serde's
+        /// tagged enums lose a map's integer keys.
+        offsets: Vec<(u32, u64)>,
+        watermark: i64,
+        at_us: u64,
+        commit_us: u64,
+    },
+}
+
+/// Reads one partition from `from` on, handing batches to the task; stops
+/// when the task drops its end of the queue.
+async fn read_partition(
+    client: Client,
+    input: StreamRef,
+    partition: u32,
+    mut from: u64,
+    tx: mpsc::Sender<(u32, Vec<pb::RecordAt>)>,
+) {
+    loop {
+        match client
+            .subscribe(&input.job, &input.stream, partition, from)
+            .await
+        {
+            Ok(mut s) => {
+                while let Ok(Some(page)) = s.message().await {
+                    let Some(last) = page.records.last() else {
+                        continue;
+                    };
+                    from = last.offset + 1;
+                    if tx.send((partition, page.records)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, partition, "subscribe failed; retrying"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Aborts the readers when the task ends, however it ends.
+struct Readers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.abort();
+        }
+    }
+}
+
+/// Retries `f` while it fails in a way a store outage explains.
+async fn patiently<T, F, Fut>(what: &str, mut f: F) -> Result<T, RuntimeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+{
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() => {
+                tracing::info!(error = %e, "{what}: the store is unavailable; waiting");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The task's reading position and event-time progress between commits.
+struct Progress {
+    input: String,
+    offsets: BTreeMap<u32, u64>,
+    marks: Watermarks,
+    emitted_watermark: i64,
+    records: u64,
+    dirty: bool,
+}
+
+/// An epoch is committed early once its outputs reach either bound: the
+/// store takes at most 10,000 output records and 4 MiB (`max_batch_bytes`)
+/// in one commit, and one input record may emit more than one.
+const EPOCH_MAX_OUTPUT_RECORDS: usize = 8_000;
+const EPOCH_MAX_OUTPUT_BYTES: usize = 2 << 20;
+
+pub struct TaskArgs<'a> {
+    pub client: &'a Client,
+    pub job: &'a JobDef,
+    pub cfg: &'a JobConfig,
+    pub stage: usize,
+    pub task: u32,
+    /// Commit what is open, release the lease and return.
+    pub stop: oneshot::Receiver<()>,
+    pub events: &'a (dyn Fn(TaskEvent) + Send + Sync),
+}
+
+pub async fn run_task(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
+    let TaskArgs {
+        client,
+        job,
+        cfg,
+        stage,
+        task,
+        mut stop,
+        events,
+    } = args;
+    let def = &job.stages[stage];
+    let store_job = job.store_job(cfg, stage);
+    let layout = cfg.layout();
+    let tasks = cfg.parallelism_of(&def.name);
+    let parts = layout.partitions_of_task(task, tasks);
+    let input = job.input_of(cfg, stage);
+    let label = input.label();
+    let spec = TaskSpec {
+        job: store_job.clone(),
+        task,
+        key_groups: layout.groups_of_task(task, tasks),
+        input_partitions: parts.clone().map(|p| (label.clone(), p)).collect(),
+    };
+    let session_config = TaskSessionConfig::default();
+    let (session, _) = patiently("lease", || async {
+        client
+            .acquire(spec.clone(), session_config.clone())
+            .await
+            .map_err(RuntimeError::from)
+    })
+    .await?;
+    let generation = session.generation();
+    let resumed = patiently("resume", || {
+        resume(client, &store_job, &label, parts.clone(), layout)
+    })
+    .await?;
+    events(TaskEvent::Attached {
+        generation,
+        at_us: now_us(),
+    });
+    tracing::info!(stage = %def.name, task, generation, "attached");
+
+    let output = def.output.clone().map(|stream| Output { stream, layout });
+    let mut ctx = Context::new(
+        Backing::Session(Box::new(session)),
+        cfg.cache_bytes as usize,
+        output,
+        task,
+    );
+    let upstream = job.upstream_tasks(cfg, stage);
+    ctx.timers = resumed.meta.timers;
+    ctx.watermark = resumed.meta.watermarks.current(parts.clone(), upstream);
+    let mut progress = Progress {
+        input: label,
+        offsets: resumed.offsets,
+        marks: resumed.meta.watermarks,
+        emitted_watermark: resumed.meta.emitted_watermark,
+        records: 0,
+        dirty: false,
+    };
+    let mut op = def.operator();
+
+    let (tx, mut rx) = mpsc::channel(256);
+    let _readers = Readers(
+        progress
+            .offsets
+            .iter()
+            .map(|(&p, &from)| {
+                tokio::spawn(read_partition(
+                    client.clone(),
+                    input.clone(),
+                    p,
+                    from,
+                    tx.clone(),
+                ))
+            })
+            .collect(),
+    );
+    drop(tx);
+
+    let mut tick = tokio::time::interval(cfg.checkpoint_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first_record = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => {
+                if progress.dirty {
+                    commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
+                }
+                if let Backing::Session(s) = ctx.backing {
+                    patiently("release", || async {
+                        match s.release().await {
+                            Err(ClientError::StaleLease { .. }) => Ok(()),
+                            other => other.map_err(RuntimeError::from),
+                        }
+                    })
+                    .await?;
+                }
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                if progress.dirty {
+                    commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
+                }
+            }
+            Some((p, records)) = rx.recv() => {
+                for r in records {
+                    if ctx.epoch_records >= EPOCH_MAX_OUTPUT_RECORDS
+                        || ctx.epoch_bytes >= EPOCH_MAX_OUTPUT_BYTES
+                    {
+                        commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
+                    }
+                    let next = progress.offsets.entry(p).or_insert(0);
+                    if r.offset < *next {
+                        continue;
+                    }
+                    *next = r.offset + 1;
+                    progress.dirty = true;
+                    match envelope::decode(r.key, r.value) {
+                        Ok(Envelope::Data { key, value, event_time }) => {
+                            ctx.key.clone_from(&key);
+                            op.process_dyn(&mut ctx, Input { key, value, event_time }).await?;
+                            progress.records += 1;
+                            if first_record {
+                                first_record = false;
+                                events(TaskEvent::FirstRecord { at_us: now_us() });
+                            }
+                        }
+                        Ok(Envelope::Watermark { source, time }) => {
+                            progress.marks.observe(p, source, time);
+                        }
+                        Err(why) => {
+                            return Err(RuntimeError::BadRecord {
+                                stream: progress.input.clone(),
+                                partition: p,
+                                offset: r.offset,
+                                why,
+                            })
+                        }
+                    }
+                }
+                let wm = progress.marks.current(parts.clone(), upstream);
+                advance_watermark(op.as_mut(), &mut ctx, wm).await?;
+            }
+        }
+    }
+}
+
+/// Commits the open epoch: state, input offsets, outputs and the task's
+/// event-time position, with the watermark sent downstream if it moved.
+async fn commit(
+    ctx: &mut Context,
+    progress: &mut Progress,
+    cfg: &JobConfig,
+    stage: &str,
+    events: &(dyn Fn(TaskEvent) + Send + Sync),
+) -> Result<(), RuntimeError> {
+    let started = std::time::Instant::now();
+    let task = ctx.task;
+    let watermark = ctx.watermark;
+    let stream = ctx.output.as_ref().map(|o| o.stream.clone());
+    let timers = ctx.timers.clone();
+    let session = ctx.session_mut().expect("a task runs on its session");
+    if let Some(stream) = &stream {
+        if watermark > progress.emitted_watermark {
+            for p in 0..cfg.partitions {
+                let w = envelope::watermark(task, watermark);
+                session.emit(stream, p, w.key, w.value);
+            }
+            progress.emitted_watermark = watermark;
+        }
+    }
+    let meta = TaskMeta {
+        watermarks: progress.marks.clone(),
+        timers,
+        emitted_watermark: progress.emitted_watermark,
+    };
+    let offsets: Vec<pb::InputOffset> = progress
+        .offsets
+        .iter()
+        .map(|(&partition, &offset)| pb::InputOffset {
+            stream: progress.input.clone(),
+            partition,
+            offset,
+        })
+        .collect();
+    let metadata = meta.encode();
+    let committed = loop {
+        match session.commit(offsets.clone(), metadata.clone()).await {
+            Ok(c) => break c,
+            Err(ClientError::StaleLease { held, current }) => {
+                return Err(RuntimeError::Fenced {
+                    stage: stage.to_string(),
+                    task,
+                    held,
+                    current,
+                })
+            }
+            Err(e) => {
+                let e = RuntimeError::from(e);
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "commit: the store is unavailable; retrying the epoch");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    progress.dirty = false;
+    ctx.epoch_records = 0;
+    ctx.epoch_bytes = 0;
+    events(TaskEvent::Committed {
+        epoch: committed.epoch,
+        records: progress.records,
+        offsets: progress.offsets.iter().map(|(p, o)| (*p, *o)).collect(),
+        watermark,
+        at_us: now_us(),
+        commit_us: started.elapsed().as_micros() as u64,
+    });
+    Ok(())
+}
