@@ -109,7 +109,7 @@ pub async fn run_command(jobs: &[JobDef], cmd: RuntimeCommand) -> Result<i32, Ru
             let cfg: JobConfig =
                 serde_json::from_str(&job_json).map_err(|e| RuntimeError::Config(e.to_string()))?;
             let job = job_named(jobs, &cfg.job)?.clone();
-            Ok(run_worker(job, cfg, endpoints).await)
+            run_worker(job, cfg, endpoints).await
         }
         RuntimeCommand::Status { status_file, json } => {
             let raw = std::fs::read(&status_file)?;

@@ -150,7 +150,23 @@ pub struct TaskArgs<'a> {
     pub events: &'a (dyn Fn(TaskEvent) + Send + Sync),
 }
 
+/// Runs the task until stopped or fenced. A stale lease met anywhere (a
+/// staged batch, a sync write, a commit) ends it as `Fenced`.
 pub async fn run_task(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
+    let stage = args.job.stages[args.stage].name.clone();
+    let task = args.task;
+    run(args).await.map_err(|e| match e {
+        RuntimeError::Store(ClientError::StaleLease { held, current }) => RuntimeError::Fenced {
+            stage,
+            task,
+            held,
+            current,
+        },
+        e => e,
+    })
+}
+
+async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
     let TaskArgs {
         client,
         job,

@@ -41,10 +41,12 @@ pub fn patient_client(endpoints: &[String]) -> Result<Client, RuntimeError> {
     Ok(Client::new(config)?)
 }
 
-/// Runs the worker; returns the process exit code (0 stopped, 1 failed,
-/// 3 fenced).
-pub async fn run_worker(job: JobDef, cfg: JobConfig, endpoints: Vec<String>) -> i32 {
-    match serve(job, cfg, endpoints).await {
+/// Runs the worker and ends the process: 0 stopped, 1 failed, 3 fenced.
+/// It exits rather than returns because the runtime's shutdown would wait
+/// for the blocking read of stdin, which only ends when the supervisor
+/// closes it.
+pub async fn run_worker(job: JobDef, cfg: JobConfig, endpoints: Vec<String>) -> ! {
+    let code = match serve(job, cfg, endpoints).await {
         Ok(code) => code,
         Err(e) => {
             say(&FromWorker::Failed {
@@ -53,7 +55,8 @@ pub async fn run_worker(job: JobDef, cfg: JobConfig, endpoints: Vec<String>) -> 
             });
             1
         }
-    }
+    };
+    std::process::exit(code)
 }
 
 async fn serve(job: JobDef, cfg: JobConfig, endpoints: Vec<String>) -> Result<i32, RuntimeError> {
