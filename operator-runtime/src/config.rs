@@ -51,6 +51,10 @@ pub struct JobConfig {
     pub cache_bytes: u64,
     /// Tasks per stage; a stage not named has 1.
     pub parallelism: BTreeMap<String, u32>,
+    /// State tables a task reads in full (its key groups' part) before it
+    /// handles its first record: what a checkpoint-restore system does on
+    /// every recovery. Only for measuring that baseline; default none.
+    pub restore_tables: Vec<String>,
 }
 
 impl Default for JobConfig {
@@ -66,6 +70,7 @@ impl Default for JobConfig {
             heartbeat_timeout_ms: 300,
             cache_bytes: 64 << 20,
             parallelism: BTreeMap::new(),
+            restore_tables: Vec::new(),
         }
     }
 }

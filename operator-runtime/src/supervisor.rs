@@ -649,7 +649,7 @@ fn log_recovery(r: &Recovery) {
     if let Some(s) = to_first {
         metrics::histogram!("streamshield_runtime_recovery_seconds").record(s / 1000.0);
     }
-    tracing::warn!(
+    tracing::info!(
         stage = %r.stage,
         task = r.task,
         old_pid = r.old_pid,

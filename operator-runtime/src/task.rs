@@ -123,6 +123,39 @@ where
     }
 }
 
+/// Reads every value of `table` in the task's key groups, as a
+/// replacement that restores its state from a checkpoint must before it
+/// handles a record. Returns the bytes read.
+async fn restore(
+    client: &Client,
+    store_job: &str,
+    table: &str,
+    key_groups: u32,
+    own: &std::ops::Range<u32>,
+) -> Result<u64, RuntimeError> {
+    let kvs = patiently("restore", || async {
+        client
+            .scan_all(
+                store_job,
+                table,
+                b"",
+                streamshield_client::Consistency::Linearizable,
+            )
+            .await
+            .map_err(RuntimeError::from)
+    })
+    .await?;
+    Ok(kvs
+        .iter()
+        .filter(|kv| {
+            own.contains(&u32::from(streamshield_client::key_group(
+                &kv.key, key_groups,
+            )))
+        })
+        .map(|kv| kv.value.len() as u64)
+        .sum())
+}
+
 /// The task's reading position and event-time progress between commits.
 struct Progress {
     input: String,
@@ -206,6 +239,14 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         generation,
         at_us: now_us(),
     });
+    for table in &cfg.restore_tables {
+        let bytes = restore(client, &store_job, table, cfg.key_groups, &spec.key_groups).await?;
+        tracing::info!(
+            table,
+            bytes,
+            "downloaded the task's state (restore baseline)"
+        );
+    }
     tracing::info!(stage = %def.name, task, generation, "attached");
 
     let output = def.output.clone().map(|stream| Output { stream, layout });

@@ -32,6 +32,34 @@ pub enum WorkloadFlag {
     /// One producer appending to a stream, one subscriber following it:
     /// when each record reaches the subscriber.
     Subscribe,
+    /// The operator runtime: `--kills` times `kill -9` of a task's worker,
+    /// the time until its replacement handles a record.
+    Reattach,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BaselineFlag {
+    /// The replacement reads all of its task's state before its first
+    /// record, as a checkpoint-restore system does.
+    Restore,
+}
+
+/// `10MB`, `1GB`, `512KB` or bytes (powers of ten).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let upper = s.to_ascii_uppercase();
+    let (n, mult) = [
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(u, m)| upper.strip_suffix(u).map(|n| (n.to_string(), *m)))
+    .unwrap_or((upper.clone(), 1));
+    n.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not like 10MB or 1GB"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +147,24 @@ pub struct BenchArgs {
     /// epoch.
     #[arg(long, default_value_t = 1 << 20)]
     pub epoch_bytes: u64,
+    /// For `--workload reattach`: the killed task's state, e.g. 10MB.
+    #[arg(long, default_value = "10MB", value_parser = parse_size)]
+    pub state_size: u64,
+    /// For `--workload reattach`: worker kills.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
+    /// For `--workload reattach`: no warm standby; a worker starts after
+    /// each death.
+    #[arg(long)]
+    pub no_standby: bool,
+    /// For `--workload reattach`: measure the restore-from-checkpoint
+    /// baseline instead.
+    #[arg(long, value_enum)]
+    pub baseline: Option<BaselineFlag>,
+    /// For `--workload reattach`: state-cluster leader kills after the
+    /// worker kills, for the tasks' commit stall.
+    #[arg(long, default_value_t = 0)]
+    pub leader_kills: u32,
     #[command(flatten)]
     pub load: LoadArgs,
     #[command(flatten)]
@@ -242,6 +288,31 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(r.errors == 0);
     }
+    if a.workload == WorkloadFlag::Reattach {
+        let o = super::reattach::ReattachOptions {
+            state_bytes: a.state_size,
+            kills: a.kills,
+            standby: !a.no_standby && a.baseline.is_none(),
+            restore: a.baseline == Some(BaselineFlag::Restore),
+            leader_kills: a.leader_kills,
+            server_bin: streamshield_client::local::find_server_binary()
+                .ok_or_else(|| anyhow::anyhow!("streamshield-server not found"))?,
+            server_args: a.cluster.server_args.clone(),
+        };
+        let r = super::reattach::run(dir.path(), &o).await?;
+        println!(
+            "reattach ({}, {} MB of task state, {} kills): first record min {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first commit p50 {:.1} ms, p99 {:.1} ms; exactly-once {}; {:.0} records/s end to end",
+            r.mode, r.state_bytes / 1_000_000, r.kills, r.min_ms, r.p50_ms, r.p99_ms, r.max_ms, r.first_commit_p50_ms, r.first_commit_p99_ms, r.exactly_once, r.records_per_s
+        );
+        if r.leader_kills > 0 {
+            println!(
+                "{} leader kills: commits stalled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                r.leader_kills, r.stall_p50_ms, r.stall_p99_ms, r.stall_max_ms
+            );
+        }
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(r.exactly_once);
+    }
     if a.workload == WorkloadFlag::EpochCommit {
         let clusters = streamshield_only(&a.cluster, dir.path()).await?;
         let client = &clusters.streamshield.as_ref().expect("started").client;
@@ -255,7 +326,10 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         return Ok(r.errors == 0);
     }
     let kind = match a.workload {
-        WorkloadFlag::TaskSession | WorkloadFlag::EpochCommit | WorkloadFlag::Subscribe => {
+        WorkloadFlag::TaskSession
+        | WorkloadFlag::EpochCommit
+        | WorkloadFlag::Subscribe
+        | WorkloadFlag::Reattach => {
             unreachable!("handled above")
         }
         WorkloadFlag::SyncPut => WorkloadKind::SyncPut,

@@ -7,13 +7,15 @@
 //! [`limits`] measures the machine's floor, [`matrix`] runs the whole
 //! comparison and writes `BENCHMARKS.md`; [`task_session`] measures stream
 //! tasks writing through `TaskSession`s and committing epochs,
-//! [`subscribe`] how soon a subscriber sees a committed record.
+//! [`subscribe`] how soon a subscriber sees a committed record, [`reattach`]
+//! how soon the operator runtime has a killed task working again.
 
 pub mod cli;
 pub mod cpu;
 pub mod etcd;
 pub mod limits;
 pub mod matrix;
+pub mod reattach;
 pub mod runner;
 pub mod subscribe;
 pub mod target;
