@@ -30,10 +30,12 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-# Starts a local 3-node cluster, writes, kills the leader, reads everything
-# back, restarts the node, stops.
+# The product's story: a local 3-node state cluster, the windowed job
+# with 4 tasks and a warm standby, a worker kill and a leader kill, each
+# recovery's timings, the result checked against the ground truth (exit 1
+# unless exact), and demo-timeline.png.
 demo: build
-	$(CARGO) run --release -q -p streamshield-client --bin streamshield -- local demo
+	$(CARGO) run --release -q -p streamshield-runtime --bin streamshield-runtime -- demo
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,6 +2,9 @@
 //! `status`), writes their generated input (`generate`) and checks their
 //! result against the ground truth (`verify`).
 
+mod demo;
+mod timeline;
+
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -44,6 +47,13 @@ enum Command {
     /// Compares an example's result with its ground truth; exits 1 unless
     /// exactly equal.
     Verify(Data),
+    /// A local cluster, the windowed job, a worker kill and a leader kill,
+    /// checked against the ground truth; draws the timeline (what `make
+    /// demo` runs).
+    Demo {
+        #[arg(long, default_value = "demo-timeline.png")]
+        picture: std::path::PathBuf,
+    },
 }
 
 async fn generate(d: &Data) -> anyhow::Result<()> {
@@ -99,6 +109,7 @@ async fn main() -> ExitCode {
             .await
             .map_err(anyhow::Error::from),
         Command::Generate(d) => generate(&d).await.map(|()| 0),
+        Command::Demo { picture } => demo::run(&picture).await.map(|exact| i32::from(!exact)),
         Command::Verify(d) => verify(&d).await.map(|v| {
             println!("{}", serde_json::to_string(&v).expect("serializes"));
             if v.exact() {

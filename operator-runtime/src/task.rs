@@ -290,6 +290,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
     let mut tick = tokio::time::interval(cfg.checkpoint_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first_record = true;
+    let mut committed_since_attach = false;
     loop {
         tokio::select! {
             biased;
@@ -311,6 +312,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
             _ = tick.tick() => {
                 if progress.dirty {
                     commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
+                    committed_since_attach = true;
                 }
             }
             Some((p, records)) = rx.recv() => {
@@ -351,6 +353,14 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
                 }
                 let wm = progress.marks.current(parts.clone(), upstream);
                 advance_watermark(op.as_mut(), &mut ctx, wm).await?;
+                // A task that just took over commits its first input at
+                // once: until then its progress since the last checkpoint
+                // is not safe anywhere.
+                if !first_record && !committed_since_attach {
+                    commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
+                    committed_since_attach = true;
+                    tick.reset();
+                }
             }
         }
     }

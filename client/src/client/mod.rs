@@ -20,6 +20,8 @@ use crate::session::SessionSlot;
 use crate::transport::{Bearer, Transport};
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// The longest pause between two attempts of one call (plus jitter).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 mod admin;
 mod config;
@@ -337,7 +339,10 @@ impl Client {
             let pause = (backoff + Duration::from_millis(jitter))
                 .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            // Capped low: on loopback or a LAN an attempt costs little, and
+            // a task waits on a leader election through these pauses (the
+            // reattach bench's `--leader-kills` measures the stall).
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -292,7 +292,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         let o = super::reattach::ReattachOptions {
             state_bytes: a.state_size,
             kills: a.kills,
-            standby: !a.no_standby && a.baseline.is_none(),
+            standby: !a.no_standby,
             restore: a.baseline == Some(BaselineFlag::Restore),
             leader_kills: a.leader_kills,
             server_bin: streamshield_client::local::find_server_binary()

@@ -402,12 +402,11 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
     Ok(ReattachReport {
         workload: "reattach".into(),
         state_bytes: o.state_bytes,
-        mode: if o.restore {
-            "restore".into()
-        } else if o.standby {
-            "standby".into()
-        } else {
-            "cold".into()
+        mode: match (o.restore, o.standby) {
+            (true, true) => "restore".into(),
+            (true, false) => "restore-cold".into(),
+            (false, true) => "standby".into(),
+            (false, false) => "cold".into(),
         },
         kills: o.kills,
         min_ms: pct(&mut first_record, 0.0),
