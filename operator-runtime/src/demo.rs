@@ -33,6 +33,19 @@ fn secs(t0: u64, t: u64) -> f64 {
     t.saturating_sub(t0) as f64 / 1e6
 }
 
+/// Each task's first commit after `t_us`, if it has made one.
+fn first_commits_after(commits: &Commits, t_us: u64) -> Vec<Option<u64>> {
+    let c = commits.lock().expect("commits");
+    (0..TASKS)
+        .map(|t| {
+            c.iter()
+                .filter(|(task, at, _)| *task == t && *at > t_us)
+                .map(|(_, at, _)| *at)
+                .min()
+        })
+        .collect()
+}
+
 /// Commits per task after `from_us`, until `to_us`.
 fn commits_between(commits: &Commits, from_us: u64, to_us: u64) -> Vec<usize> {
     let c = commits.lock().expect("commits");
@@ -207,16 +220,7 @@ pub async fn run(picture: &Path) -> anyhow::Result<bool> {
             let (new_leader, _) = client.wait_for_leader().await?;
             let elected = now_us();
             let resumed = loop {
-                let c = commits.lock().expect("commits");
-                let firsts: Vec<Option<u64>> = (0..TASKS)
-                    .map(|t| {
-                        c.iter()
-                            .filter(|(task, at, _)| *task == t && *at > killed)
-                            .map(|(_, at, _)| *at)
-                            .min()
-                    })
-                    .collect();
-                drop(c);
+                let firsts = first_commits_after(&commits, killed);
                 if firsts.iter().all(Option::is_some) {
                     break firsts.into_iter().flatten().max().unwrap_or(killed);
                 }
