@@ -62,8 +62,9 @@ soak: build
 	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- soak --minutes 60
 
 # Benchmarks side by side with etcd (a 3-member cluster of Debian's
-# etcd-server, started with free ports) and the machine's floor; writes
-# BENCHMARKS.md. About 10 minutes.
+# etcd-server, started with free ports) and the machine's floor, and the
+# operator runtime's reattach (warm standby and the restore baseline);
+# writes BENCHMARKS.md. About 15 minutes.
 bench: build
 	$(CARGO) run --release -q -p streamshield-jepsen --bin streamshield-jepsen -- matrix --out BENCHMARKS.md
 

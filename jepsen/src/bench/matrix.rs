@@ -11,6 +11,7 @@ use serde::Serialize;
 use streamshield_client::Consistency;
 
 use super::limits::Limits;
+use super::reattach::{self, ReattachOptions, ReattachReport};
 use super::runner::{Report, RunShape};
 use super::target::TargetKind;
 use super::task_session::{self, TaskBenchReport, TaskBenchShape};
@@ -96,7 +97,14 @@ pub struct MatrixResult {
     /// Stream tasks through `TaskSession`s ([`TASK_SESSION_TASKS`] tasks,
     /// a commit every [`TASK_SESSION_INTERVAL`]): the median run.
     pub task_session: Option<TaskBenchReport>,
+    /// The operator runtime's takeovers ([`REATTACH_KILLS`] kills of a
+    /// task holding [`REATTACH_STATE_BYTES`]): a warm standby, then the
+    /// restore-from-checkpoint baseline.
+    pub reattach: Vec<ReattachReport>,
 }
+
+pub const REATTACH_KILLS: u32 = 20;
+pub const REATTACH_STATE_BYTES: u64 = 10_000_000;
 
 /// The task-session row's shape.
 pub const TASK_SESSION_TASKS: u32 = 8;
@@ -140,6 +148,23 @@ fn judge_tasks(rows: &[Row], t: &TaskBenchReport) -> Vec<Goal> {
             met: t.commit_p99_us < 50_000,
         },
     ]
+}
+
+fn judge_reattach(runs: &[ReattachReport]) -> Vec<Goal> {
+    runs.iter()
+        .filter(|r| r.mode == "standby")
+        .map(|r| Goal {
+            text: format!(
+                "reattach with a warm standby ({} MB of task state): p99 < 20 ms, exactly-once",
+                r.state_bytes / 1_000_000
+            ),
+            measured: format!(
+                "p50 {:.1} ms, p99 {:.1} ms, exactly-once {}",
+                r.p50_ms, r.p99_ms, r.exactly_once
+            ),
+            met: r.p99_ms < 20.0 && r.exactly_once,
+        })
+        .collect()
 }
 
 /// The goals, judged on the medians.
@@ -235,7 +260,7 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut all = Vec::new();
     let mut floors = vec![first_floor];
-    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2 + 1);
+    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2 + 3);
     progress.step("task sessions");
     let task_session = match &clusters.streamshield {
         Some(t) => {
@@ -263,6 +288,35 @@ pub async fn run(
             "task-session: {} tasks, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
             t.tasks, t.ops_per_s, t.commit_p50_us, t.commit_p99_us
         ));
+    }
+    let mut reattach_runs = Vec::new();
+    if let Some(server_bin) = &spec.server_bin {
+        for restore in [false, true] {
+            progress.step(if restore {
+                "reattach, restore baseline"
+            } else {
+                "reattach, warm standby"
+            });
+            let o = ReattachOptions {
+                state_bytes: REATTACH_STATE_BYTES,
+                kills: REATTACH_KILLS,
+                standby: true,
+                restore,
+                leader_kills: 0,
+                server_bin: server_bin.clone(),
+                server_args: spec.server_args.clone(),
+            };
+            let dir = tempfile::Builder::new()
+                .prefix("reattach-")
+                .tempdir_in(floor_dir)?;
+            let r = reattach::run(dir.path(), &o).await?;
+            progress.done();
+            progress.println(format!(
+                "reattach ({}): first record p50 {:.1} ms, p99 {:.1} ms; exactly-once {}",
+                r.mode, r.p50_ms, r.p99_ms, r.exactly_once
+            ));
+            reattach_runs.push(r);
+        }
     }
     progress.println(table_header());
     for (i, &(kind, clients, ours)) in ROWS.iter().enumerate() {
@@ -322,6 +376,7 @@ pub async fn run(
     if let Some(t) = &task_session {
         goals.extend(judge_tasks(&rows, t));
     }
+    goals.extend(judge_reattach(&reattach_runs));
     Ok(MatrixResult {
         workload: "matrix",
         limits,
@@ -330,6 +385,7 @@ pub async fn run(
         goals,
         runs: all,
         task_session,
+        reattach: reattach_runs,
     })
 }
 
@@ -493,6 +549,26 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
             "\n## Task sessions\n\n{} tasks write random keys of their own key groups through `TaskSession`s ({} B values) and commit an epoch every {} ms, on the StreamShield cluster above before its rows; committed updates are the writes of epochs whose commit was acknowledged in the window (`streamshield-jepsen bench --workload task-session`). Median of {} runs: **{:.0} committed updates/s**, commit p50 {} µs, p99 {} µs, max {} µs ({} commits, {} errors).",
             t.tasks, t.value_size, t.checkpoint_interval_ms, opts.rounds, t.ops_per_s, t.commit_p50_us, t.commit_p99_us, t.commit_max_us, t.commits, t.errors
         );
+    }
+    if !m.reattach.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Reattach\n\n`kill -9` of the worker of a task holding {} MB of state, {} times, in the operator runtime's `keyed-count` job (`streamshield-jepsen bench --workload reattach --state-size 10MB --kills {} [--baseline restore]`): from the kill to the replacement's first handled record.\n\n| mode | min | p50 | p99 | max | first commit p50 | exactly-once |\n|---|---|---|---|---|---|---|",
+            REATTACH_STATE_BYTES / 1_000_000, REATTACH_KILLS, REATTACH_KILLS
+        );
+        for r in &m.reattach {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+                r.mode,
+                r.min_ms,
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                r.first_commit_p50_ms,
+                r.exactly_once
+            );
+        }
     }
     let _ = writeln!(s, "\n## Goals\n");
     s.push_str(&goals_list(m));
