@@ -37,8 +37,9 @@ pub enum RuntimeCommand {
         #[arg(long, value_delimiter = ',')]
         endpoints: Vec<String>,
     },
-    /// Shows each task: worker pid, generation, epoch, records, lag,
-    /// restarts and its last recovery.
+    /// Shows each task: worker pid, generation, epoch, records handled by
+    /// its worker, lag (input records not committed yet), last commit,
+    /// restarts and its last recovery (death to first record).
     Status {
         /// A running job's status file.
         #[arg(long)]
@@ -132,13 +133,14 @@ pub fn render_status(s: &JobStatus) -> String {
         s.job, s.workers, s.standbys, s.supervisor_pid
     );
     out += &format!(
-        "{:<10} {:>4} {:>8} {:>5} {:>8} {:>10} {:>14} {:>8} {:>14}\n",
+        "{:<10} {:>4} {:>8} {:>5} {:>8} {:>10} {:>8} {:>14} {:>8} {:>14}\n",
         "STAGE",
         "TASK",
         "PID",
         "GEN",
         "EPOCH",
         "RECORDS",
+        "LAG",
         "LAST COMMIT",
         "RESTARTS",
         "LAST RECOVERY"
@@ -157,13 +159,14 @@ pub fn render_status(s: &JobStatus) -> String {
                 .map(|f| format!("{:.1} ms", f.saturating_sub(r.detected_us) as f64 / 1e3))
         });
         out += &format!(
-            "{:<10} {:>4} {:>8} {:>5} {:>8} {:>10} {:>14} {:>8} {:>14}\n",
+            "{:<10} {:>4} {:>8} {:>5} {:>8} {:>10} {:>8} {:>14} {:>8} {:>14}\n",
             t.stage,
             t.task,
             t.pid.map_or("-".into(), |p| p.to_string()),
             t.generation,
             t.epoch,
             t.records,
+            t.lag.map_or("-".into(), |l| l.to_string()),
             ago,
             t.restarts,
             rec.unwrap_or_else(|| "-".into())

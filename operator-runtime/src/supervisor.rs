@@ -104,6 +104,9 @@ pub struct TaskStatus {
     pub last_commit_us: u64,
     pub restarts: u32,
     pub last_recovery: Option<Recovery>,
+    /// Input records committed upstream that the task has not committed
+    /// yet (sampled every second; `None` before the first sample).
+    pub lag: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -212,7 +215,18 @@ impl Supervisor {
             state.spawn_worker()?;
         }
         let (requests, req_rx) = mpsc::channel(16);
-        let run = tokio::spawn(state.run(msg_rx, req_rx));
+        let (ends_tx, ends_rx) = mpsc::channel(16);
+        let inputs: Vec<(String, crate::job::StreamRef)> = job
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), job.input_of(&state.cfg.job, i)))
+            .collect();
+        let poller = tokio::spawn(poll_input_ends(client, inputs, ends_tx));
+        let run = tokio::spawn(async move {
+            state.run(msg_rx, req_rx, ends_rx).await;
+            poller.abort();
+        });
         Ok(Self {
             requests,
             events,
@@ -247,6 +261,27 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         if let Some(run) = &self.run {
             run.abort();
+        }
+    }
+}
+
+/// End offset per partition of each stage's input, every second: what a
+/// task's lag is measured against.
+async fn poll_input_ends(
+    client: Client,
+    inputs: Vec<(String, crate::job::StreamRef)>,
+    tx: mpsc::Sender<(String, Vec<u64>)>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for (stage, input) in &inputs {
+            if let Ok(info) = client.describe_stream(&input.job, &input.stream).await {
+                let ends = info.partition_info.iter().map(|p| p.end_offset).collect();
+                if tx.send((stage.clone(), ends)).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -498,6 +533,10 @@ impl State {
                 commit_us,
             } => {
                 t.epoch = epoch;
+                // `records` counts from the worker's attach.
+                let new = records.saturating_sub(if records >= t.records { t.records } else { 0 });
+                metrics::counter!("streamshield_runtime_records_total", "stage" => id.0.clone())
+                    .increment(new);
                 t.records = records;
                 t.offsets = offsets.into_iter().collect();
                 t.watermark = Some(watermark);
@@ -571,10 +610,29 @@ impl State {
         }
     }
 
+    /// Each task's lag against its stage's input ends, as a gauge too.
+    fn on_input_ends(&mut self, stage: &str, ends: &[u64]) {
+        let layout = self.cfg.job.layout();
+        let n = self.cfg.job.parallelism_of(stage);
+        for t in self.tasks.values_mut().filter(|t| t.stage == stage) {
+            let lag: u64 = layout
+                .partitions_of_task(t.task, n)
+                .map(|p| {
+                    let end = ends.get(p as usize).copied().unwrap_or(0);
+                    end.saturating_sub(t.offsets.get(&p).copied().unwrap_or(0))
+                })
+                .sum();
+            t.lag = Some(lag);
+            metrics::gauge!("streamshield_runtime_lag_records", "stage" => stage.to_string(), "task" => t.task.to_string())
+                .set(lag as f64);
+        }
+    }
+
     async fn run(
         mut self,
         mut msgs: mpsc::UnboundedReceiver<(u64, WorkerMsg)>,
         mut requests: mpsc::Receiver<Request>,
+        mut ends: mpsc::Receiver<(String, Vec<u64>)>,
     ) {
         let mut beat = tokio::time::interval(self.cfg.job.heartbeat_interval());
         let mut status = tokio::time::interval(Duration::from_millis(250));
@@ -607,6 +665,7 @@ impl State {
                     }
                     None => break,
                 },
+                Some((stage, e)) = ends.recv() => self.on_input_ends(&stage, &e),
                 _ = beat.tick() => {
                     self.check_heartbeats();
                     self.assign().await;

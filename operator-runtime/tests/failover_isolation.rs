@@ -81,5 +81,20 @@ async fn others_keep_committing_while_a_hung_task_is_replaced() {
     let status = sup.status().await.expect("status");
     let restarts: Vec<u32> = status.tasks.iter().map(|t| t.restarts).collect();
     assert_eq!(restarts, vec![1, 0, 0, 0], "only the hung task restarted");
+    // The status's lag is sampled every second: once all input is
+    // committed, every task's reaches 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = sup.status().await.expect("status");
+        if status.tasks.iter().all(|t| t.lag == Some(0)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never reached 0: {:?}",
+            status.tasks.iter().map(|t| t.lag).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     sup.stop().await;
 }
