@@ -165,6 +165,10 @@ pub struct BenchArgs {
     /// worker kills, for the tasks' commit stall.
     #[arg(long, default_value_t = 0)]
     pub leader_kills: u32,
+    /// For `--workload reattach`: after the kills, stop the job and start
+    /// it with this many tasks (it runs with 2); reports how long.
+    #[arg(long)]
+    pub rescale_to: Option<u32>,
     #[command(flatten)]
     pub load: LoadArgs,
     #[command(flatten)]
@@ -295,6 +299,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
             standby: !a.no_standby,
             restore: a.baseline == Some(BaselineFlag::Restore),
             leader_kills: a.leader_kills,
+            rescale_to: a.rescale_to,
             server_bin: streamshield_client::local::find_server_binary()
                 .ok_or_else(|| anyhow::anyhow!("streamshield-server not found"))?,
             server_args: a.cluster.server_args.clone(),
@@ -304,6 +309,9 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
             "reattach ({}, {} MB of task state, {} kills): first record min {:.1} ms, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; first commit p50 {:.1} ms, p99 {:.1} ms; exactly-once {}; {:.0} records/s end to end",
             r.mode, r.state_bytes / 1_000_000, r.kills, r.min_ms, r.p50_ms, r.p99_ms, r.max_ms, r.first_commit_p50_ms, r.first_commit_p99_ms, r.exactly_once, r.records_per_s
         );
+        if let (Some(ms), Some(to)) = (r.rescale_ms, r.rescale_to) {
+            println!("rescale from 2 to {to} tasks: {ms:.0} ms from the stop to every task committing new input");
+        }
         if r.leader_kills > 0 {
             println!(
                 "{} leader kills: commits stalled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",

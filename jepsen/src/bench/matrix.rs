@@ -303,6 +303,7 @@ pub async fn run(
                 standby: true,
                 restore,
                 leader_kills: 0,
+                rescale_to: None,
                 server_bin: server_bin.clone(),
                 server_args: spec.server_args.clone(),
             };

@@ -43,6 +43,9 @@ pub struct ReattachOptions {
     pub standby: bool,
     pub restore: bool,
     pub leader_kills: u32,
+    /// After the kills: stop the job at a committed epoch and start it with
+    /// this many tasks.
+    pub rescale_to: Option<u32>,
     pub server_bin: PathBuf,
     pub server_args: Vec<String>,
 }
@@ -69,6 +72,12 @@ pub struct ReattachReport {
     pub stall_p50_ms: f64,
     pub stall_p99_ms: f64,
     pub stall_max_ms: f64,
+    /// From the stop of the job to every task of the new parallelism
+    /// having committed new input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescale_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rescale_to: Option<u32>,
 }
 
 /// Nearest-rank percentile of `xs` (sorted here).
@@ -356,6 +365,42 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 
+    let mut rescale_ms = None;
+    let sup = match o.rescale_to {
+        None => sup,
+        Some(to) => {
+            let stopped_at = Instant::now();
+            sup.stop().await;
+            let mut cfg = cfg.clone();
+            cfg.parallelism = [("count".to_string(), to)].into_iter().collect();
+            let sup = Supervisor::start(
+                &job,
+                SupervisorConfig {
+                    job: cfg,
+                    endpoints: endpoints.clone(),
+                    worker_command: vec![runtime_binary()?.display().to_string()],
+                    status_file: None,
+                },
+            )
+            .await?;
+            let mut events = sup.subscribe();
+            let mut working = std::collections::BTreeSet::new();
+            while working.len() < to as usize {
+                let task = wait_for(&mut events, Duration::from_secs(120), |e| match e {
+                    SupervisorEvent::Committed { task, records, .. } if *records > 0 => Some(*task),
+                    _ => None,
+                })
+                .await
+                .context("the rescaled job did not commit")?;
+                working.insert(task);
+            }
+            let ms = stopped_at.elapsed().as_secs_f64() * 1e3;
+            eprintln!("rescaled from 2 to {to} tasks: every task committing new input {ms:.0} ms after the stop began");
+            rescale_ms = Some(ms);
+            sup
+        }
+    };
+
     // A burst: the job's end-to-end throughput.
     stop.store(true, Ordering::Relaxed);
     producer.await??;
@@ -421,5 +466,7 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         stall_p50_ms: pct(&mut stalls, 0.5),
         stall_p99_ms: pct(&mut stalls, 0.99),
         stall_max_ms: pct(&mut stalls, 1.0),
+        rescale_ms,
+        rescale_to: o.rescale_to,
     })
 }
