@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use streamshield_runtime::examples::wordcount;
 use streamshield_runtime::source::append_all;
 
-use common::{config, settled, source, Cluster};
+use common::{config, source, word_counts, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_beyond_one_commit_is_cut_into_epochs_and_stays_exact() {
@@ -32,12 +30,7 @@ async fn a_backlog_beyond_one_commit_is_cut_into_epochs_and_stays_exact() {
     .await
     .expect("write the input");
     let sup = c.supervise(&job, cfg.clone()).await;
-    let v = settled(Duration::from_secs(120), || async {
-        wordcount::verify(&c.client, &job, &cfg, lines, seed)
-            .await
-            .expect("read the result")
-    })
-    .await;
+    let v = word_counts(&c, &job, &cfg, lines, seed).await;
     assert!(v.exact(), "{v:?}");
     let status = sup.status().await.expect("status");
     assert!(

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use streamshield_runtime::examples::wordcount;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, settled, signal, source, Cluster};
+use common::{config, feed, signal, source, word_counts, Cluster};
 
 const KILLS: u32 = 12;
 
@@ -72,12 +72,7 @@ async fn word_counts_are_exact_after_a_dozen_worker_kills() {
     }
     feeder.await.expect("feeder");
 
-    let v = settled(Duration::from_secs(180), || async {
-        wordcount::verify(&c.client, &job, &cfg, lines, seed)
-            .await
-            .expect("read the result")
-    })
-    .await;
+    let v = word_counts(&c, &job, &cfg, lines, seed).await;
     assert!(v.exact(), "after kills of {killed:?}: {v:?}");
     assert!(v.expected > 50_000, "the job counted real input: {v:?}");
     let status = sup.status().await.expect("status");

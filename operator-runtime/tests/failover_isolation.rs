@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, settled, signal, source, Cluster};
+use common::{config, feed, signal, source, window_sums, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn others_keep_committing_while_a_hung_task_is_replaced() {
@@ -71,12 +71,7 @@ async fn others_keep_committing_while_a_hung_task_is_replaced() {
     }
 
     feeder.await.expect("feeder");
-    let v = settled(Duration::from_secs(180), || async {
-        window_sum::verify(&c.client, &job, &cfg, n, users, seed)
-            .await
-            .expect("read the result")
-    })
-    .await;
+    let v = window_sums(&c, &job, &cfg, n, users, seed).await;
     assert!(v.exact(), "{v:?}");
     let status = sup.status().await.expect("status");
     let restarts: Vec<u32> = status.tasks.iter().map(|t| t.restarts).collect();

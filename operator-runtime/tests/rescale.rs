@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::{JobDef, Supervisor, SupervisorEvent};
 
-use common::{config, feed, settled, source, Cluster};
+use common::{config, feed, source, window_sums, Cluster};
 
 /// Waits until the job's tasks together commit `records` new input.
 async fn run_for(sup: &Supervisor, records: u64) {
@@ -69,12 +69,7 @@ async fn a_rescale_from_4_to_2_to_6_tasks_keeps_the_result_exact() {
     phase(&c, &job, 2, 3_000).await;
     let sup = c.supervise(&job, cfg.clone()).await;
     feeder.await.expect("feeder");
-    let v = settled(Duration::from_secs(180), || async {
-        window_sum::verify(&c.client, &job, &cfg, n, users, seed)
-            .await
-            .expect("read the result")
-    })
-    .await;
+    let v = window_sums(&c, &job, &cfg, n, users, seed).await;
     assert!(v.exact(), "{v:?}");
     let tasks = c
         .client

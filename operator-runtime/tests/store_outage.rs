@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, settled, source, Cluster};
+use common::{config, feed, source, window_sums, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_kill_and_a_lost_quorum_restart_no_task() {
@@ -56,12 +56,7 @@ async fn a_leader_kill_and_a_lost_quorum_restart_no_task() {
     feeder
         .await
         .expect("the input is written once a quorum is back");
-    let v = settled(Duration::from_secs(180), || async {
-        window_sum::verify(&c.client, &job, &cfg, n, users, seed)
-            .await
-            .expect("read the result")
-    })
-    .await;
+    let v = window_sums(&c, &job, &cfg, n, users, seed).await;
     assert!(v.exact(), "{v:?}");
     let status = sup.status().await.expect("status");
     assert!(

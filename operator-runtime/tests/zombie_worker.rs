@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use common::{config, feed, settled, signal, source, Cluster, RUNTIME_BIN};
+use common::{config, feed, signal, source, window_sums, Cluster, RUNTIME_BIN};
 
 /// A worker started by hand, without a supervisor that could kill it.
 /// Its output is read all the time (a worker whose stdout fills up
@@ -133,12 +133,7 @@ async fn a_resumed_zombie_is_fenced_and_changes_nothing() {
     .await;
     b.until(committed_with_records).await;
     feeder.await.unwrap();
-    let v = settled(Duration::from_secs(120), || async {
-        window_sum::verify(&c.client, &job, &cfg, n, users, seed)
-            .await
-            .unwrap()
-    })
-    .await;
+    let v = window_sums(&c, &job, &cfg, n, users, seed).await;
     assert!(v.exact(), "the replacement alone: {v:?}");
 
     signal(a.pid(), libc::SIGCONT);

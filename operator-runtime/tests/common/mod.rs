@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use streamshield_client::local::{find_server_binary, LocalCluster};
 use streamshield_client::{pb, Client, ClientConfig};
+use streamshield_runtime::examples::{window_sum, wordcount};
 use streamshield_runtime::source::{append_all, Verdict};
 use streamshield_runtime::{JobConfig, JobDef, StreamRef, Supervisor, SupervisorConfig};
 use tempfile::TempDir;
@@ -159,4 +160,39 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe {
         libc::kill(pid as i32, sig);
     }
+}
+
+/// Waits until the windowed-sum result is complete (up to 180 s) and
+/// returns how it compares with the truth.
+pub async fn window_sums(
+    c: &Cluster,
+    job: &JobDef,
+    cfg: &JobConfig,
+    n: u64,
+    users: u32,
+    seed: u64,
+) -> Verdict {
+    settled(Duration::from_secs(180), || async {
+        window_sum::verify(&c.client, job, cfg, n, users, seed)
+            .await
+            .expect("read the result")
+    })
+    .await
+}
+
+/// Waits until the word count's result is complete (up to 180 s) and
+/// returns how it compares with the truth.
+pub async fn word_counts(
+    c: &Cluster,
+    job: &JobDef,
+    cfg: &JobConfig,
+    lines: u64,
+    seed: u64,
+) -> Verdict {
+    settled(Duration::from_secs(180), || async {
+        wordcount::verify(&c.client, job, cfg, lines, seed)
+            .await
+            .expect("read the result")
+    })
+    .await
 }
