@@ -71,17 +71,20 @@ pub fn free_port() -> io::Result<u16> {
 /// Where the server binary is: `$STREAMSHIELD_SERVER_BIN`, else next to
 /// the running executable (or its parent, for test binaries in `deps/`).
 pub fn find_server_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var(SERVER_BIN_ENV) {
+    find_binary("streamshield-server", SERVER_BIN_ENV)
+}
+
+/// Where one of the workspace's binaries is: `$env`, else next to the
+/// running executable (or its parent, for test binaries in `deps/`).
+pub fn find_binary(name: &str, env: &str) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(env) {
         return Some(PathBuf::from(p));
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [
-        dir.join("streamshield-server"),
-        dir.parent()?.join("streamshield-server"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 /// Whether `pid` is a running process. A zombie (exited, not yet reaped

@@ -121,9 +121,7 @@ pub fn resume_from(
                 out.meta.timers.register(*time, key);
             }
         }
-        if t.checkpoint.is_some() {
-            out.meta.emitted_watermark = out.meta.emitted_watermark.max(meta.emitted_watermark);
-        }
+        out.meta.emitted_watermark = out.meta.emitted_watermark.max(meta.emitted_watermark);
     }
     Ok(out)
 }

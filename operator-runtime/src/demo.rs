@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use streamshield_client::local::{find_server_binary, LocalCluster};
 use streamshield_client::{Client, ClientConfig};
 use streamshield_runtime::examples::window_sum;
-use streamshield_runtime::source::append_all;
+use streamshield_runtime::source::append_in_steps;
 use streamshield_runtime::task::now_us;
 use streamshield_runtime::{JobConfig, Supervisor, SupervisorConfig, SupervisorEvent};
 
@@ -131,17 +131,9 @@ pub async fn run(picture: &Path) -> anyhow::Result<bool> {
     let to = job.input_of(&cfg, 0);
     let feeder = {
         let client = client.clone();
-        tokio::spawn(async move {
-            for step in 1..=FEED_STEPS {
-                let prefix = input
-                    .iter()
-                    .map(|p| p[..p.len() * step / FEED_STEPS].to_vec())
-                    .collect();
-                append_all(&client, &to, prefix).await?;
-                tokio::time::sleep(FEED_EVERY).await;
-            }
-            anyhow::Ok(())
-        })
+        tokio::spawn(
+            async move { append_in_steps(&client, &to, &input, FEED_STEPS, FEED_EVERY).await },
+        )
     };
 
     let mut marks = Vec::new();

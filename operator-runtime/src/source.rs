@@ -45,6 +45,27 @@ pub async fn append_all(
     Ok(written)
 }
 
+/// Appends `per_partition` in `steps` growing prefixes, `every` apart, as
+/// input that keeps arriving (the demo's and the tests' feed).
+pub async fn append_in_steps(
+    client: &Client,
+    to: &StreamRef,
+    per_partition: &[Vec<pb::Record>],
+    steps: usize,
+    every: std::time::Duration,
+) -> Result<(), RuntimeError> {
+    let steps = steps.max(1);
+    for step in 1..=steps {
+        let prefix = per_partition
+            .iter()
+            .map(|p| p[..p.len() * step / steps].to_vec())
+            .collect();
+        append_all(client, to, prefix).await?;
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
+}
+
 /// One data record of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataRecord {

@@ -90,11 +90,12 @@ async fn serve(job: JobDef, cfg: JobConfig, endpoints: Vec<String>) -> Result<i3
     let (stop_tx, stop) = oneshot::channel();
     // Stop on `Stop`, and when the supervisor is gone (stdin closed).
     tokio::spawn(async move {
-        loop {
-            match lines.next_line().await {
-                Ok(Some(line)) if line.contains("\"stop\"") => break,
-                Ok(Some(_)) => continue,
-                _ => break,
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<ToWorker>(&line) {
+                Ok(ToWorker::Stop) => break,
+                // A second assignment is ignored: a worker runs one task.
+                Ok(ToWorker::Assign { .. }) => {}
+                Err(e) => tracing::warn!(line, error = %e, "not a supervisor message"),
             }
         }
         let _ = stop_tx.send(());

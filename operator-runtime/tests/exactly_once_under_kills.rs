@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use streamshield_runtime::examples::wordcount;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, signal, source, word_counts, Cluster};
+use common::{config, signal, word_counts, Cluster};
 
 const KILLS: u32 = 12;
 
@@ -27,13 +27,7 @@ async fn word_counts_are_exact_after_a_dozen_worker_kills() {
     let (lines, seed) = (24_000, 17);
     let sup = c.supervise(&job, cfg.clone()).await;
     let mut events = sup.subscribe();
-    let feeder = tokio::spawn(feed(
-        c.client.clone(),
-        source(&job, &cfg),
-        wordcount::input(&cfg, lines, seed),
-        60,
-        Duration::from_millis(250),
-    ));
+    let feeder = c.feeding(&job, &cfg, wordcount::input(&cfg, lines, seed), 60, 250);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let mut killed = Vec::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, signal, source, window_sums, Cluster};
+use common::{config, signal, window_sums, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn others_keep_committing_while_a_hung_task_is_replaced() {
@@ -22,13 +22,7 @@ async fn others_keep_committing_while_a_hung_task_is_replaced() {
     let (n, users, seed) = (30_000, 200, 41);
     let sup = c.supervise(&job, cfg.clone()).await;
     let mut events = sup.subscribe();
-    let feeder = tokio::spawn(feed(
-        c.client.clone(),
-        source(&job, &cfg),
-        window_sum::input(&cfg, n, users, seed),
-        40,
-        Duration::from_millis(250),
-    ));
+    let feeder = c.feeding(&job, &cfg, window_sum::input(&cfg, n, users, seed), 40, 250);
 
     let mut records: BTreeMap<u32, u64> = BTreeMap::new();
     while records.len() < 4 || records.values().any(|r| *r == 0) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::{JobDef, Supervisor, SupervisorEvent};
 
-use common::{config, feed, source, window_sums, Cluster};
+use common::{config, window_sums, Cluster};
 
 /// Waits until the job's tasks together commit `records` new input.
 async fn run_for(sup: &Supervisor, records: u64) {
@@ -57,13 +57,7 @@ async fn a_rescale_from_4_to_2_to_6_tasks_keeps_the_result_exact() {
     let cfg = config(window_sum::NAME, "ws-rescale", &[("window", 6)], 0);
     let (n, users, seed) = (30_000, 300, 53);
     job.setup(&c.client, &cfg).await.expect("setup");
-    let feeder = tokio::spawn(feed(
-        c.client.clone(),
-        source(&job, &cfg),
-        window_sum::input(&cfg, n, users, seed),
-        30,
-        Duration::from_millis(300),
-    ));
+    let feeder = c.feeding(&job, &cfg, window_sum::input(&cfg, n, users, seed), 30, 300);
 
     phase(&c, &job, 4, 3_000).await;
     phase(&c, &job, 2, 3_000).await;

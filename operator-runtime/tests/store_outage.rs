@@ -10,7 +10,7 @@ use std::time::Duration;
 use streamshield_runtime::examples::window_sum;
 use streamshield_runtime::SupervisorEvent;
 
-use common::{config, feed, source, window_sums, Cluster};
+use common::{config, window_sums, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_kill_and_a_lost_quorum_restart_no_task() {
@@ -20,13 +20,7 @@ async fn a_leader_kill_and_a_lost_quorum_restart_no_task() {
     let (n, users, seed) = (30_000, 200, 31);
     let sup = c.supervise(&job, cfg.clone()).await;
     let mut events = sup.subscribe();
-    let feeder = tokio::spawn(feed(
-        c.client.clone(),
-        source(&job, &cfg),
-        window_sum::input(&cfg, n, users, seed),
-        40,
-        Duration::from_millis(250),
-    ));
+    let feeder = c.feeding(&job, &cfg, window_sum::input(&cfg, n, users, seed), 40, 250);
 
     // Every task commits before the faults begin.
     let mut committed = std::collections::BTreeSet::new();

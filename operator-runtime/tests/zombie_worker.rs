@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use common::{config, feed, signal, source, window_sums, Cluster, RUNTIME_BIN};
+use common::{config, signal, window_sums, Cluster, RUNTIME_BIN};
 
 /// A worker started by hand, without a supervisor that could kill it.
 /// Its output is read all the time (a worker whose stdout fills up
@@ -108,13 +108,7 @@ async fn a_resumed_zombie_is_fenced_and_changes_nothing() {
 
     let mut a = Worker::start(&cfg, &c.endpoints).await;
     a.assign("window", 0).await;
-    let feeder = tokio::spawn(feed(
-        c.client.clone(),
-        source(&job, &cfg),
-        input,
-        20,
-        Duration::from_millis(200),
-    ));
+    let feeder = c.feeding(&job, &cfg, input, 20, 200);
     a.until(committed_with_records).await;
     // Frozen mid-stream: it holds an open epoch it has not committed.
     signal(a.pid(), libc::SIGSTOP);

@@ -93,18 +93,10 @@ fn pct(xs: &mut [f64], p: f64) -> f64 {
 /// Where the runtime's binary is: `$STREAMSHIELD_RUNTIME_BIN`, else next
 /// to this program.
 fn runtime_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("STREAMSHIELD_RUNTIME_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory")?;
-    [
-        dir.join("streamshield-runtime"),
-        dir.join("../streamshield-runtime"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .context("streamshield-runtime not found next to this program (cargo build --workspace --bins)")
+    streamshield_client::local::find_binary("streamshield-runtime", "STREAMSHIELD_RUNTIME_BIN")
+        .context(
+            "streamshield-runtime not found next to this program (cargo build --workspace --bins)",
+        )
 }
 
 /// Writes `bytes` of values into table `ballast` of task 0's key groups,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use streamshield_client::local::{find_server_binary, LocalCluster};
 use streamshield_client::{pb, Client, ClientConfig};
 use streamshield_runtime::examples::{window_sum, wordcount};
-use streamshield_runtime::source::{append_all, Verdict};
+use streamshield_runtime::source::{append_in_steps, Verdict};
 use streamshield_runtime::{JobConfig, JobDef, StreamRef, Supervisor, SupervisorConfig};
 use tempfile::TempDir;
 
@@ -78,6 +78,25 @@ impl Cluster {
             .0
     }
 
+    /// Appends `input` to the job's source in `steps` growing prefixes,
+    /// `every_ms` apart, in the background, so that the job has work
+    /// throughout a test.
+    pub fn feeding(
+        &self,
+        job: &JobDef,
+        cfg: &JobConfig,
+        input: Vec<Vec<pb::Record>>,
+        steps: usize,
+        every_ms: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let (client, to) = (self.client.clone(), source(job, cfg));
+        tokio::spawn(async move {
+            append_in_steps(&client, &to, &input, steps, Duration::from_millis(every_ms))
+                .await
+                .expect("append input")
+        })
+    }
+
     pub async fn supervise(&self, job: &JobDef, cfg: JobConfig) -> Supervisor {
         Supervisor::start(
             job,
@@ -114,27 +133,6 @@ pub fn source(job: &JobDef, cfg: &JobConfig) -> StreamRef {
     StreamRef {
         job: job.store_job(cfg, 0),
         stream: job.source.clone(),
-    }
-}
-
-/// Appends `input` in `steps` growing prefixes, `every` apart, so that the
-/// job has work throughout a test.
-pub async fn feed(
-    client: Client,
-    to: StreamRef,
-    input: Vec<Vec<pb::Record>>,
-    steps: usize,
-    every: Duration,
-) {
-    for step in 1..=steps {
-        let prefix = input
-            .iter()
-            .map(|p| p[..p.len() * step / steps].to_vec())
-            .collect();
-        append_all(&client, &to, prefix)
-            .await
-            .expect("append input");
-        tokio::time::sleep(every).await;
     }
 }
 
