@@ -14,7 +14,7 @@ pub enum ClientError {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
     #[error("not found: {0}")]
-    NotFound(String),
+    NotFound(Missing),
     #[error("already exists: {0}")]
     AlreadyExists(String),
     #[error("invalid argument: {0}")]
@@ -55,6 +55,48 @@ pub enum ClientError {
     Server { code: Code, message: String },
 }
 
+/// What a NOT_FOUND could not find.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    #[error("job {job:?} does not exist")]
+    Job { job: String },
+    #[error("state table {state:?} does not exist in job {job:?}")]
+    State { job: String, state: String },
+    #[error("stream {stream:?} does not exist in job {job:?}")]
+    Stream { job: String, stream: String },
+    #[error("task {task} of job {job:?} holds no lease")]
+    Task { job: String, task: u32 },
+    #[error("shard {shard} is not served by this cluster")]
+    Shard { shard: u32 },
+    /// A NOT_FOUND without a detail this client knows (a node of another
+    /// version, or something between client and node): its message.
+    #[error("{0}")]
+    Unspecified(String),
+}
+
+impl Missing {
+    fn from_detail(d: pb::NotFound, message: String) -> Self {
+        use pb::not_found::Kind;
+        match Kind::try_from(d.kind) {
+            Ok(Kind::Job) => Self::Job { job: d.job },
+            Ok(Kind::State) => Self::State {
+                job: d.job,
+                state: d.name,
+            },
+            Ok(Kind::Stream) => Self::Stream {
+                job: d.job,
+                stream: d.name,
+            },
+            Ok(Kind::Task) => Self::Task {
+                job: d.job,
+                task: d.task,
+            },
+            Ok(Kind::Shard) => Self::Shard { shard: d.shard },
+            Ok(Kind::Unspecified) | Err(_) => Self::Unspecified(message),
+        }
+    }
+}
+
 fn describe(kv: &Option<pb::KeyValue>) -> String {
     match kv {
         None => "absent".to_string(),
@@ -84,11 +126,14 @@ impl ClientError {
                         missing: g.missing.iter().map(|r| (r.first, r.last)).collect(),
                     }
                 }
+                Some(pb::error_detail::Kind::NotFound(d)) if s.code() == Code::NotFound => {
+                    return Self::NotFound(Missing::from_detail(d, m))
+                }
                 _ => {}
             }
         }
         match s.code() {
-            Code::NotFound => Self::NotFound(m),
+            Code::NotFound => Self::NotFound(Missing::Unspecified(m)),
             Code::AlreadyExists => Self::AlreadyExists(m),
             Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument(m),
             // The server's message starts so (`SESSION_EXPIRED` in the

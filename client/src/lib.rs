@@ -34,7 +34,7 @@ pub use batch::WriteBatch;
 pub use client::{
     Client, ClientConfig, ClientTls, Consistency, Producer, ScanOptions, ScanPage, WriteResult,
 };
-pub use error::ClientError;
+pub use error::{ClientError, Missing};
 pub use streamshield_proto::key_group;
 pub use streamshield_proto::v1 as pb;
 pub use task_session::{Committed, TaskSession, TaskSessionConfig, TaskSpec};

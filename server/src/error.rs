@@ -48,6 +48,8 @@ pub enum ServiceError {
     StateNotFound { job: String, state: String },
     #[error("stream {stream:?} does not exist in job {job:?}")]
     StreamNotFound { job: String, stream: String },
+    #[error("task {task} of job {job:?} holds no lease; acquire it first")]
+    TaskNotFound { job: String, task: u32 },
     #[error("shard {shard} is not served by this cluster (it serves shard 0)")]
     UnknownShard { shard: u32 },
     #[error("invalid {field}: {reason}")]
@@ -163,7 +165,10 @@ impl ServiceError {
                 missing: missing.clone(),
                 message: message.clone(),
             },
-            other => Self::Unavailable(other.to_string()),
+            other => other
+                .not_found()
+                .and_then(Self::from_not_found)
+                .unwrap_or_else(|| Self::Unavailable(other.to_string())),
         }
     }
 
@@ -173,6 +178,7 @@ impl ServiceError {
             Self::JobNotFound { .. }
             | Self::StateNotFound { .. }
             | Self::StreamNotFound { .. }
+            | Self::TaskNotFound { .. }
             | Self::UnknownShard { .. } => Code::NotFound,
             Self::InvalidArgument { .. } | Self::TooLarge { .. } => Code::InvalidArgument,
             Self::Membership(_) | Self::StaleLease { .. } | Self::MissingSeqs { .. } => {
@@ -193,6 +199,61 @@ impl ServiceError {
                 | PeerRefusal::NotTheSender { .. } => Code::PermissionDenied,
             },
         }
+    }
+}
+
+impl ServiceError {
+    /// The typed detail of a NOT_FOUND: what was not found.
+    pub fn not_found(&self) -> Option<pb::NotFound> {
+        use pb::not_found::Kind;
+        let d = |kind: Kind, job: &str| pb::NotFound {
+            kind: kind as i32,
+            job: job.to_string(),
+            ..Default::default()
+        };
+        Some(match self {
+            Self::JobNotFound { job } => d(Kind::Job, job),
+            Self::StateNotFound { job, state } => pb::NotFound {
+                name: state.clone(),
+                ..d(Kind::State, job)
+            },
+            Self::StreamNotFound { job, stream } => pb::NotFound {
+                name: stream.clone(),
+                ..d(Kind::Stream, job)
+            },
+            Self::TaskNotFound { job, task } => pb::NotFound {
+                task: *task,
+                ..d(Kind::Task, job)
+            },
+            Self::UnknownShard { shard } => pb::NotFound {
+                shard: *shard,
+                ..d(Kind::Shard, "")
+            },
+            _ => return None,
+        })
+    }
+
+    /// The error a NOT_FOUND detail stands for (`None` for a kind this
+    /// build does not know).
+    fn from_not_found(d: pb::NotFound) -> Option<Self> {
+        use pb::not_found::Kind;
+        Some(match Kind::try_from(d.kind).ok()? {
+            Kind::Job => Self::JobNotFound { job: d.job },
+            Kind::State => Self::StateNotFound {
+                job: d.job,
+                state: d.name,
+            },
+            Kind::Stream => Self::StreamNotFound {
+                job: d.job,
+                stream: d.name,
+            },
+            Kind::Task => Self::TaskNotFound {
+                job: d.job,
+                task: d.task,
+            },
+            Kind::Shard => Self::UnknownShard { shard: d.shard },
+            Kind::Unspecified => return None,
+        })
     }
 }
 
@@ -230,7 +291,10 @@ impl From<ServiceError> for Status {
                     retry_after_ms,
                 }))
             }
-            _ => Status::new(code, message),
+            e => match e.not_found() {
+                Some(d) => with(pb::error_detail::Kind::NotFound(d)),
+                None => Status::new(code, message),
+            },
         }
     }
 }
@@ -270,6 +334,12 @@ pub fn rejected(e: &pb::CommandError) -> ServiceError {
             missing: m.missing,
             message,
         },
+        Some(pb::error_detail::Kind::NotFound(d)) => {
+            ServiceError::from_not_found(d).unwrap_or(ServiceError::Rejected {
+                code: Code::from_i32(e.code),
+                message,
+            })
+        }
         _ => ServiceError::Rejected {
             code: Code::from_i32(e.code),
             message,

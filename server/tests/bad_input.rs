@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use streamshield_client::{ClientError, Consistency};
+use streamshield_client::{ClientError, Consistency, Missing};
 use streamshield_proto::v1::{
     self as pb, admin_client::AdminClient, raft_client::RaftClient, state_client::StateClient,
 };
@@ -39,49 +39,49 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     let mut raft = RaftClient::new(ch.clone());
     let applied_before = t.status(leader).await.unwrap().last_applied;
 
-    // Unknown names.
-    expect_code(
+    // Unknown names: NOT_FOUND with a detail saying what is missing, as a
+    // client of any language decodes it from `errors.proto`.
+    let job = |job: &str| Missing::Job { job: job.into() };
+    expect_missing(
         "put to unknown job",
         state
             .write(write("nope", vec![put("s", b"k", vec![1])]))
             .await,
-        Code::NotFound,
-    )
-    .await;
+        job("nope"),
+    );
     let get = |job: &str, st: &str, key: &[u8]| pb::GetRequest {
         job: job.into(),
         state: st.into(),
         key: key.to_vec(),
         ..Default::default()
     };
-    expect_code(
+    expect_missing(
         "get unknown job",
         state.get(get("nope", "s", b"k")).await,
-        Code::NotFound,
-    )
-    .await;
-    expect_code(
+        job("nope"),
+    );
+    expect_missing(
         "get unknown state",
         state.get(get("good", "nope", b"k")).await,
-        Code::NotFound,
-    )
-    .await;
-    expect_code(
+        Missing::State {
+            job: "good".into(),
+            state: "nope".into(),
+        },
+    );
+    expect_missing(
         "describe unknown job",
         admin
             .describe_job(pb::DescribeJobRequest { job: "nope".into() })
             .await,
-        Code::NotFound,
-    )
-    .await;
+        job("nope"),
+    );
     let mut other_shard = get("good", "s", b"k1");
     other_shard.shard = 7;
-    expect_code(
+    expect_missing(
         "unknown shard",
         state.get(other_shard).await,
-        Code::NotFound,
-    )
-    .await;
+        Missing::Shard { shard: 7 },
+    );
 
     // Empty and malformed names and keys.
     expect_code(
@@ -322,7 +322,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     for missing in ["nope", "huge"] {
         let r = client.describe_job(missing).await;
         assert!(
-            matches!(r, Err(ClientError::NotFound(_))),
+            matches!(&r, Err(ClientError::NotFound(Missing::Job { job })) if job == missing),
             "{missing}: {r:?}"
         );
     }
@@ -396,4 +396,22 @@ async fn seqs_at_the_top_of_the_range_apply_and_the_cluster_lives() {
         .expect("get")
         .expect("k");
     assert_eq!((kv.value.as_slice(), kv.version), (&b"b"[..], 2));
+}
+
+/// A NOT_FOUND whose detail names exactly `want`.
+fn expect_missing<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<tonic::Response<T>, tonic::Status>,
+    want: Missing,
+) {
+    match r {
+        Ok(v) => panic!("{what}: expected NOT_FOUND, got OK {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), Code::NotFound, "{what}: {}", s.message());
+            match ClientError::from_status(&s) {
+                ClientError::NotFound(m) => assert_eq!(m, want, "{what}"),
+                e => panic!("{what}: {e:?}"),
+            }
+        }
+    }
 }

@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use streamshield_client::{pb, Client, ClientError, Consistency, TaskSessionConfig, TaskSpec};
+use streamshield_client::{
+    pb, Client, ClientError, Consistency, Missing, TaskSessionConfig, TaskSpec,
+};
 use tonic::Code;
 
 fn spec(job: &str, groups: std::ops::Range<u32>) -> TaskSpec {
@@ -305,10 +307,16 @@ async fn bad_task_input_gets_a_precise_status_and_changes_nothing() {
     );
     let mut unknown_job = acquire(1, 4, 8);
     unknown_job.job = "nope".into();
-    assert_eq!(code(c.acquire_lease(unknown_job).await), Code::NotFound);
     assert_eq!(
-        code(c.stage_writes(stage(7, 1, 1, 1, 1)).await),
-        Code::NotFound,
+        missing(c.acquire_lease(unknown_job).await),
+        Missing::Job { job: "nope".into() }
+    );
+    assert_eq!(
+        missing(c.stage_writes(stage(7, 1, 1, 1, 1)).await),
+        Missing::Task {
+            job: "strict".into(),
+            task: 7
+        },
         "unknown task"
     );
     assert_eq!(
@@ -405,6 +413,14 @@ async fn bad_task_input_gets_a_precise_status_and_changes_nothing() {
 
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
     r.unwrap_err().code()
+}
+
+/// What a call that must fail with NOT_FOUND says is missing.
+fn missing<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Missing {
+    match r.unwrap_err() {
+        ClientError::NotFound(m) => m,
+        e => panic!("expected NOT_FOUND, got {e:?}"),
+    }
 }
 
 /// The `i`-th key (in a fixed order) whose group, of `groups`, is in `range`.

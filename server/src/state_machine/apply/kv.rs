@@ -7,7 +7,8 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, condition, op};
 use tonic::Code;
 
-use super::{error_response, jobs, leases, At};
+use super::{error_response, jobs, leases, not_found, At};
+use crate::error::ServiceError;
 use crate::keys::{self, meta, StoredValue};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_DATA, CF_META};
@@ -150,10 +151,7 @@ fn write_outcome(
 ) -> io::Result<pb::CommandResponse> {
     let shard = w.shard;
     let Some(mut job) = jobs::load_job(p, shard, &w.job)? else {
-        return Ok(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", w.job),
-        ));
+        return Ok(not_found(ServiceError::JobNotFound { job: w.job.clone() }));
     };
     // Nothing is staged before every op is known to be well formed, so a
     // bad op can never leave half a request behind.

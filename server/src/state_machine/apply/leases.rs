@@ -14,7 +14,8 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
-use super::{error_response, jobs, refusal, At};
+use super::{error_response, jobs, not_found, refusal, At};
+use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_META, CF_STAGED};
@@ -79,10 +80,7 @@ pub fn acquire(
     a: &pb::LeaseAcquire,
 ) -> io::Result<pb::CommandResponse> {
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &a.job)? else {
-        return Ok(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", a.job),
-        ));
+        return Ok(not_found(ServiceError::JobNotFound { job: a.job.clone() }));
     };
     let range = (a.key_group_start, a.key_group_end);
     if range.0 >= range.1 || range.1 > job.key_groups {
@@ -168,10 +166,9 @@ pub fn held(
     lease: &pb::LeaseRef,
 ) -> io::Result<Checked<(pb::JobInfo, pb::TaskRecord)>> {
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &lease.job)? else {
-        return Ok(Err(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", lease.job),
-        )));
+        return Ok(Err(not_found(ServiceError::JobNotFound {
+            job: lease.job.clone(),
+        })));
     };
     let task = match check(
         p,
@@ -194,13 +191,10 @@ fn check(
     generation: u64,
 ) -> io::Result<Checked<pb::TaskRecord>> {
     let Some(record) = load_task(p, job.job_id, task)? else {
-        return Ok(Err(error_response(
-            Code::NotFound,
-            format!(
-                "task {task} of job {:?} holds no lease; acquire it first",
-                job.job
-            ),
-        )));
+        return Ok(Err(not_found(ServiceError::TaskNotFound {
+            job: job.job.clone(),
+            task,
+        })));
     };
     if generation != record.generation {
         let why = if generation > record.generation {

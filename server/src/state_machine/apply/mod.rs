@@ -38,6 +38,15 @@ pub fn error_response(code: Code, message: impl Into<String>) -> pb::CommandResp
     refusal(code, message, None)
 }
 
+/// A NOT_FOUND refusal whose detail says what was not found.
+pub fn not_found(what: crate::error::ServiceError) -> pb::CommandResponse {
+    refusal(
+        Code::NotFound,
+        what.to_string(),
+        what.not_found().map(pb::error_detail::Kind::NotFound),
+    )
+}
+
 /// A refusal with a typed detail the client acts on.
 pub fn refusal(
     code: Code,

@@ -14,7 +14,8 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response};
 use tonic::Code;
 
-use super::{error_response, jobs, At};
+use super::{error_response, jobs, not_found, At};
+use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_META, CF_STREAMS};
@@ -51,10 +52,7 @@ pub fn create(
     c: &pb::StreamCreate,
 ) -> io::Result<pb::CommandResponse> {
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &c.job)? else {
-        return Ok(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", c.job),
-        ));
+        return Ok(not_found(ServiceError::JobNotFound { job: c.job.clone() }));
     };
     if c.partitions == 0 || c.partitions > MAX_PARTITIONS {
         return Ok(error_response(
@@ -121,10 +119,10 @@ pub fn target(
         "stream",
     )?
     else {
-        return Ok(Err(error_response(
-            Code::NotFound,
-            format!("stream {stream:?} of job {:?} does not exist", job.job),
-        )));
+        return Ok(Err(not_found(ServiceError::StreamNotFound {
+            job: job.job.clone(),
+            stream: stream.to_string(),
+        })));
     };
     if partition >= s.partitions {
         return Ok(Err(error_response(
@@ -243,10 +241,7 @@ pub fn append(
     a: &pb::StreamAppend,
 ) -> io::Result<pb::CommandResponse> {
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &a.job)? else {
-        return Ok(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", a.job),
-        ));
+        return Ok(not_found(ServiceError::JobNotFound { job: a.job.clone() }));
     };
     let mut t = match target(p, &job, &a.stream, a.partition)? {
         Ok(t) => t,
@@ -307,10 +302,7 @@ fn appended(base_offset: u64, duplicate: bool) -> pb::CommandResponse {
 
 pub fn trim(p: &mut PendingWrites, t: &pb::StreamTrim) -> io::Result<pb::CommandResponse> {
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &t.job)? else {
-        return Ok(error_response(
-            Code::NotFound,
-            format!("job {:?} does not exist", t.job),
-        ));
+        return Ok(not_found(ServiceError::JobNotFound { job: t.job.clone() }));
     };
     let mut target = match target(p, &job, &t.stream, t.partition)? {
         Ok(x) => x,
