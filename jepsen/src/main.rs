@@ -99,7 +99,7 @@ fn print(o: &Outcome) {
 
 fn line(o: &Outcome) -> String {
     format!(
-        "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  seed {}  {}",
+        "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  elections {:>3}  seed {}  {}",
         o.workload,
         o.nemesis,
         o.verdict.name(),
@@ -108,6 +108,7 @@ fn line(o: &Outcome) -> String {
         o.counts.fail,
         o.counts.info,
         o.nemesis_events,
+        o.elections,
         o.seed,
         o.dir.join("index.html").display()
     )
@@ -236,8 +237,8 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
             let bin = server_bin()?;
             let mut tally: std::collections::BTreeMap<&str, u64> = Default::default();
             let mut table = vec![
-                "| workload | nemesis | result | operations | ok | fail | info | nemesis events | seed |".to_string(),
-                "|---|---|---|---|---|---|---|---|---|".to_string(),
+                "| workload | nemesis | result | operations | ok | fail | info | nemesis events | elections | seed |".to_string(),
+                "|---|---|---|---|---|---|---|---|---|---|".to_string(),
             ];
             let mut progress = Progress::new(runs);
             for i in 0..runs as usize {
@@ -265,7 +266,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                 progress.println(line(&o));
                 *tally.entry(o.verdict.name()).or_default() += 1;
                 table.push(format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     o.workload,
                     o.nemesis,
                     match o.verdict {
@@ -277,6 +278,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
                     o.counts.fail,
                     o.counts.info,
                     o.nemesis_events,
+                    o.elections,
                     o.seed
                 ));
             }

@@ -164,7 +164,13 @@ async fn apply(
             lab.lock().await.pause(victim, true);
             tokio::time::sleep(hold).await;
             lab.lock().await.pause(victim, false);
-            format!("SIGSTOP node {victim} for {hold:?}")
+            // Whether it led tells a needed election from a spurious one.
+            let role = if Some(victim) == leader {
+                " (the leader)"
+            } else {
+                ""
+            };
+            format!("SIGSTOP node {victim}{role} for {hold:?}")
         }
         Fault::Partition => {
             let mut shuffled = ids.clone();

@@ -53,6 +53,10 @@ pub struct Outcome {
     pub operations: usize,
     pub counts: Counts,
     pub nemesis_events: usize,
+    /// Terms begun during the run (the highest term any node reports at
+    /// the end, less the one after setup): each is an election, won or
+    /// not. Under `latency` alone every one of them is spurious.
+    pub elections: u64,
     pub checker: Value,
     pub command: String,
     pub dir: PathBuf,
@@ -82,16 +86,12 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
     let dir = o.store.join(&name).join(timestamp());
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let cluster_dir = dir.join("cluster");
-    let args: Vec<String> = [
-        "--heartbeat-ms=100",
-        "--election-timeout-min-ms=500",
-        "--election-timeout-max-ms=1000",
-        "--snapshot-every=2000",
-        "--logs-kept-after-snapshot=500",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Raft timing stays at the defaults: the sweep is what shows they
+    // elect no leader spuriously (the `elections` of a latency run).
+    let args: Vec<String> = ["--snapshot-every=2000", "--logs-kept-after-snapshot=500"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let lab = Lab::start(&cluster_dir, o.nodes, &o.server_bin, &args).await?;
     let setup_client = lab.client(Duration::from_secs(30))?;
     setup_client
@@ -102,6 +102,7 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
         .setup(&setup_client)
         .await
         .context("workload setup")?;
+    let first_term = highest_term(&setup_client).await;
 
     let lab = Arc::new(Mutex::new(lab));
     let started = Instant::now();
@@ -148,6 +149,7 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
         .wait_for_leader()
         .await
         .context("no leader after healing")?;
+    let elections = highest_term(&final_client).await.saturating_sub(first_term);
     o.workload.finish(&final_client, &rec, u64::MAX / 2).await;
     lab.lock().await.stop();
 
@@ -166,6 +168,7 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
             .count(),
         counts: counts(&history),
         nemesis_events: events.len(),
+        elections,
         checker,
         command: o.command.clone(),
         dir: dir.clone(),
@@ -178,9 +181,22 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// The highest term any reachable node reports.
+async fn highest_term(client: &streamshield_client::Client) -> u64 {
+    client
+        .cluster_status()
+        .await
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .map(|s| s.term)
+        .max()
+        .unwrap_or(0)
+}
+
 pub fn summary_line(o: &Outcome) -> Value {
     json!({
         "workload": o.workload, "nemesis": o.nemesis, "verdict": o.verdict,
-        "operations": o.operations, "nemesis_events": o.nemesis_events, "seed": o.seed,
+        "operations": o.operations, "nemesis_events": o.nemesis_events,
+        "elections": o.elections, "seed": o.seed,
     })
 }

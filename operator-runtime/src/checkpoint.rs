@@ -3,11 +3,12 @@
 //!
 //! A commit carries the task's input offsets (one per partition it reads)
 //! and, as the checkpoint's metadata, its event-time position: the
-//! watermarks its partitions declared and its pending timers. A task
-//! resumes each partition from the newest checkpoint (by commit index)
-//! that names it, whichever task committed it: after a rescale, a
-//! partition's last reader had another index, and its timers are those of
-//! the keys of that partition.
+//! watermarks its partitions declared. A task resumes each partition from
+//! the newest checkpoint (by commit index) that names it, whichever task
+//! committed it: after a rescale, a partition's last reader had another
+//! index. Pending timers are keyed state of their own (`time.rs`,
+//! [`crate::time::TIMERS_TABLE`]); metadata written before they were
+//! carried them, and those still count, by the keys of each partition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -23,6 +24,9 @@ use crate::time::{Timers, Watermarks, NO_WATERMARK};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskMeta {
     pub watermarks: Watermarks,
+    /// Only in metadata written before timers were stored by key: read,
+    /// never written.
+    #[serde(default, skip_serializing)]
     pub timers: Timers,
     /// The watermark this task last sent downstream.
     #[serde(default = "no_watermark")]
@@ -143,7 +147,14 @@ mod tests {
                         offset: *o,
                     })
                     .collect(),
-                metadata: meta.encode(),
+                // With its timers, as metadata was written before timers
+                // were stored by key.
+                metadata: serde_json::to_vec(&serde_json::json!({
+                    "watermarks": meta.watermarks,
+                    "timers": meta.timers,
+                    "emitted_watermark": meta.emitted_watermark,
+                }))
+                .unwrap(),
                 committed_index: index,
                 committed_at_ms: 0,
             }),
@@ -180,9 +191,17 @@ mod tests {
         assert_eq!(
             timers,
             vec![(7, key_in(1))],
-            "partition 1's timers from the newest reader only"
+            "partition 1's timers (of metadata that carried them) from the newest reader only"
         );
         assert_eq!(r.meta.watermarks.current([1], 1), 20);
+    }
+
+    #[test]
+    fn metadata_no_longer_carries_timers() {
+        let mut meta = TaskMeta::default();
+        meta.timers.register(7, b"k");
+        let decoded = TaskMeta::decode(0, &meta.encode()).unwrap();
+        assert!(decoded.timers.is_empty());
     }
 
     #[test]

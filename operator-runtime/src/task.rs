@@ -26,7 +26,7 @@ use crate::envelope::{self, Envelope};
 use crate::error::RuntimeError;
 use crate::job::{JobDef, StreamRef};
 use crate::operator::Input;
-use crate::time::Watermarks;
+use crate::time::{Timers, Watermarks, TIMERS_TABLE};
 
 /// Microseconds since the Unix epoch: comparable across the processes of
 /// one machine (a worker's events against the supervisor's kill time).
@@ -156,6 +156,44 @@ async fn restore(
         .sum())
 }
 
+/// The pending timers of the task's key groups, as the last commit of
+/// each key's owner left them. A table never written holds none.
+async fn load_timers(
+    client: &Client,
+    store_job: &str,
+    key_groups: u32,
+    own: &std::ops::Range<u32>,
+) -> Result<Timers, RuntimeError> {
+    let kvs = match client
+        .scan_all(
+            store_job,
+            TIMERS_TABLE,
+            b"",
+            streamshield_client::Consistency::Linearizable,
+        )
+        .await
+    {
+        Ok(kvs) => kvs,
+        Err(ClientError::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut timers = Timers::default();
+    for kv in kvs {
+        if !own.contains(&u32::from(streamshield_client::key_group(
+            &kv.key, key_groups,
+        ))) {
+            continue;
+        }
+        let times: Vec<i64> =
+            serde_json::from_slice(&kv.value).map_err(|e| RuntimeError::BadState {
+                state: TIMERS_TABLE.to_string(),
+                why: e.to_string(),
+            })?;
+        timers.load(&kv.key, times);
+    }
+    Ok(timers)
+}
+
 /// The task's reading position and event-time progress between commits.
 struct Progress {
     input: String,
@@ -164,6 +202,8 @@ struct Progress {
     emitted_watermark: i64,
     records: u64,
     dirty: bool,
+    /// When this worker last committed; `None` until its first commit.
+    committed_at: Option<std::time::Instant>,
 }
 
 /// An epoch is committed early once its outputs reach either bound: the
@@ -257,7 +297,16 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         task,
     );
     let upstream = job.upstream_tasks(cfg, stage);
-    ctx.timers = resumed.meta.timers;
+    let mut timers = patiently("timers", || {
+        load_timers(client, &store_job, cfg.key_groups, &spec.key_groups)
+    })
+    .await?;
+    // Timers of metadata written before they were stored by key: stored
+    // at the first commit.
+    for (time, key) in resumed.meta.timers.iter() {
+        timers.register(*time, key);
+    }
+    ctx.timers = timers;
     ctx.watermark = resumed.meta.watermarks.current(parts.clone(), upstream);
     let mut progress = Progress {
         input: label,
@@ -266,6 +315,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         emitted_watermark: resumed.meta.emitted_watermark,
         records: 0,
         dirty: false,
+        committed_at: None,
     };
     let mut op = def.operator();
 
@@ -290,7 +340,6 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
     let mut tick = tokio::time::interval(cfg.checkpoint_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first_record = true;
-    let mut committed_since_attach = false;
     loop {
         tokio::select! {
             biased;
@@ -312,10 +361,10 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
             _ = tick.tick() => {
                 if progress.dirty {
                     commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
-                    committed_since_attach = true;
                 }
             }
             Some((p, records)) = rx.recv() => {
+                tracing::debug!(partition = p, records = records.len(), "input batch");
                 for r in records {
                     if ctx.epoch_records >= EPOCH_MAX_OUTPUT_RECORDS
                         || ctx.epoch_bytes >= EPOCH_MAX_OUTPUT_BYTES
@@ -353,12 +402,16 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
                 }
                 let wm = progress.marks.current(parts.clone(), upstream);
                 advance_watermark(op.as_mut(), &mut ctx, wm).await?;
-                // A task that just took over commits its first input at
-                // once: until then its progress since the last checkpoint
-                // is not safe anywhere.
-                if !first_record && !committed_since_attach {
+                // An epoch whose interval has already run out commits as
+                // soon as it holds input, not at the next tick: the first
+                // input of a task that just took over (its progress is safe
+                // nowhere until then), and the first after a store outage
+                // or an idle spell, when downstream has waited longest.
+                let overdue = progress
+                    .committed_at
+                    .is_none_or(|at| at.elapsed() >= cfg.checkpoint_interval());
+                if progress.dirty && overdue {
                     commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
-                    committed_since_attach = true;
                     tick.reset();
                 }
             }
@@ -379,7 +432,7 @@ async fn commit(
     let task = ctx.task;
     let watermark = ctx.watermark;
     let stream = ctx.output.as_ref().map(|o| o.stream.clone());
-    let timers = ctx.timers.clone();
+    let timer_changes = ctx.timers.take_changes();
     let session = ctx.session_mut().expect("a task runs on its session");
     if let Some(stream) = &stream {
         if watermark > progress.emitted_watermark {
@@ -390,9 +443,17 @@ async fn commit(
             progress.emitted_watermark = watermark;
         }
     }
+    for (key, times) in timer_changes {
+        if times.is_empty() {
+            session.delete(TIMERS_TABLE, key).await?;
+        } else {
+            let value = serde_json::to_vec(&times).expect("numbers serialize");
+            session.put(TIMERS_TABLE, key, value).await?;
+        }
+    }
     let meta = TaskMeta {
         watermarks: progress.marks.clone(),
-        timers,
+        timers: Timers::default(),
         emitted_watermark: progress.emitted_watermark,
     };
     let offsets: Vec<pb::InputOffset> = progress
@@ -405,6 +466,7 @@ async fn commit(
         })
         .collect();
     let metadata = meta.encode();
+    tracing::debug!(records = progress.records, "commit");
     let committed = loop {
         match session.commit(offsets.clone(), metadata.clone()).await {
             Ok(c) => break c,
@@ -427,6 +489,7 @@ async fn commit(
         }
     };
     progress.dirty = false;
+    progress.committed_at = Some(std::time::Instant::now());
     ctx.epoch_records = 0;
     ctx.epoch_bytes = 0;
     events(TaskEvent::Committed {

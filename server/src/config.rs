@@ -94,9 +94,15 @@ impl Keepalive {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftTuning {
-    /// Leader heartbeat period. Default 100 ms.
+    /// Leader heartbeat period. Default 50 ms.
     pub heartbeat_ms: u64,
-    /// A follower campaigns after a random timeout in [min, max]. Default 500..1000 ms.
+    /// A follower campaigns after a random timeout in [min, max], counted
+    /// from the end of its leader's lease, which openraft sets to `max`
+    /// after each heartbeat: a follower tolerates a silence of `max + min`
+    /// and campaigns at most `2 × max` after the last heartbeat. Default
+    /// 100..150 ms: a leader kill stalls writes about 300 ms, and the lab's
+    /// `latency` nemesis (20-150 ms a link) starts no election (README,
+    /// "Raft timing").
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many applied entries. Default 20,000.
@@ -196,9 +202,9 @@ impl Default for ServerConfig {
 impl Default for RaftTuning {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 100,
+            election_timeout_max_ms: 150,
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,

@@ -278,3 +278,60 @@ async fn a_subscriber_sees_exactly_the_committed_outputs_once_across_a_leader_ki
         "the refused commit changed nothing"
     );
 }
+
+/// A subscriber that stops reading holds up only its own subscription:
+/// the client's other calls to the same node still get their answers.
+/// (Over one HTTP/2 connection, the unread stream would fill the
+/// connection's flow-control window and stall every answer behind it: a
+/// stream task that subscribed to a backlog and then read its state
+/// waited for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_that_stops_reading_holds_up_no_other_call() {
+    const PARTITIONS: u32 = 4;
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    c.create_job("backlog", 4).await.expect("job");
+    c.create_stream("backlog", "in", PARTITIONS, 0)
+        .await
+        .expect("stream");
+    // 4 MiB a partition: each unread subscription can take a whole stream
+    // window, and together they exceed the connection's.
+    let value = "x".repeat(1 << 10);
+    for p in 0..PARTITIONS {
+        for _ in 0..16 {
+            let records = (0..256).map(|_| record(&value)).collect();
+            c.append("backlog", "in", p, records, None)
+                .await
+                .expect("append");
+        }
+    }
+    let mut unread = Vec::new();
+    for p in 0..PARTITIONS {
+        unread.push(c.subscribe("backlog", "in", p, 0).await.expect("subscribe"));
+    }
+    // The node pushes pages until the windows are full, while the client
+    // goes on with other calls for a second.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    let mut round = 0u32;
+    while std::time::Instant::now() < until {
+        round += 1;
+        let value = format!("v{round}");
+        c.put("backlog", "s", "k", value.as_str())
+            .await
+            .expect("put");
+        let got = tokio::time::timeout(
+            Duration::from_secs(20),
+            c.get(
+                "backlog",
+                "s",
+                "k",
+                streamshield_client::Consistency::Linearizable,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: no answer while a subscription goes unread"))
+        .expect("get");
+        assert_eq!(got.map(|kv| kv.value), Some(value.into_bytes()));
+    }
+    drop(unread);
+}

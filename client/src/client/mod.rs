@@ -20,8 +20,12 @@ use crate::session::SessionSlot;
 use crate::transport::{Bearer, Transport};
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// The longest pause between two attempts of one call (plus jitter).
-const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between two attempts of one call (plus up to half
+/// again of jitter). Short, as etcd's client keeps it (25 ms): a failed
+/// attempt on loopback or a LAN costs a node little, and after a leader
+/// dies every task waits out the election in these pauses, so a long one
+/// adds straight to the stall (`bench --workload reattach --leader-kills`).
+const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
 mod admin;
 mod config;
@@ -37,6 +41,10 @@ pub use streams::Producer;
 /// to it.
 struct Conn {
     channel: Transport,
+    /// Where `channel` goes, to open connections of their own for
+    /// subscriptions ([`Conn::dedicated`]).
+    endpoint: Endpoint,
+    bearer: Bearer,
     writes: Mutex<Option<Coalescer<Writes>>>,
     gets: Mutex<Option<Coalescer<Gets>>>,
     /// Shared by both coalescers: one stream to the node.
@@ -45,6 +53,16 @@ struct Conn {
 }
 
 impl Conn {
+    /// A new connection to the same node, for a long-lived server stream
+    /// whose reader sets its pace. HTTP/2 flow control has a window per
+    /// connection as well as per stream: a subscription whose consumer
+    /// stops reading (its task is busy with what it already has) fills the
+    /// connection's window, and the answers of every other call on that
+    /// connection, the task's own reads among them, can no longer arrive.
+    fn dedicated(&self) -> Transport {
+        InterceptedService::new(self.endpoint.connect_lazy(), self.bearer.clone())
+    }
+
     /// Starts the coalescer on first use, and again if the runtime that
     /// ran it has shut down.
     fn coalescer<K: CallKind>(&self, slot: &Mutex<Option<Coalescer<K>>>) -> Coalescer<K> {
@@ -251,14 +269,15 @@ impl Client {
                 )
                 .map_err(|e| bad(e.to_string()))?;
         }
-        let ch = endpoint
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.inner.config.attempt_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
         let bearer = Bearer::new(self.inner.config.token.as_deref()).map_err(bad)?;
         let conn = Arc::new(Conn {
-            channel: InterceptedService::new(ch, bearer),
+            channel: InterceptedService::new(endpoint.connect_lazy(), bearer.clone()),
+            endpoint,
+            bearer,
             writes: Mutex::new(None),
             gets: Mutex::new(None),
             session: Arc::new(SessionSlot::default()),
@@ -335,13 +354,11 @@ impl Client {
                 }
                 _ => self.set_leader(None),
             }
+            tracing::debug!(node = %addr, code = ?status.code(), message = status.message(), attempts, "retrying");
             let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
             let pause = (backoff + Duration::from_millis(jitter))
                 .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            // Capped low: on loopback or a LAN an attempt costs little, and
-            // a task waits on a leader election through these pauses (the
-            // reattach bench's `--leader-kills` measures the stall).
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -362,6 +379,27 @@ impl Client {
     {
         self.with_retries(route, |conn| {
             let fut = call(client(conn.channel.clone()), req.clone());
+            async move { fut.await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// [`Self::call`] for a call that opens a server stream: each attempt
+    /// on a connection of its own ([`Conn::dedicated`]).
+    pub(crate) async fn call_streaming<C, Req, Resp, F, Fut>(
+        &self,
+        route: Route,
+        client: fn(Transport) -> C,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(C, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        self.with_retries(route, |conn| {
+            let fut = call(client(conn.dedicated()), req.clone());
             async move { fut.await.map(|r| r.into_inner()) }
         })
         .await

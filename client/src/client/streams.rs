@@ -156,7 +156,7 @@ impl Client {
             partition,
             from_offset,
         };
-        self.streams(Route::Leader, req, |mut c, r| async move {
+        self.call_streaming(Route::Leader, streams_client, req, |mut c, r| async move {
             c.subscribe(r).await
         })
         .await

@@ -313,10 +313,7 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
             println!("rescale from 2 to {to} tasks: {ms:.0} ms from the stop to every task committing new input");
         }
         if r.leader_kills > 0 {
-            println!(
-                "{} leader kills: commits stalled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-                r.leader_kills, r.stall_p50_ms, r.stall_p99_ms, r.stall_max_ms
-            );
+            println!("{} leader kills: {}", r.leader_kills, r.stall_summary());
         }
         println!("{}", serde_json::to_string(&r)?);
         return Ok(r.exactly_once);

@@ -99,11 +99,13 @@ pub struct MatrixResult {
     pub task_session: Option<TaskBenchReport>,
     /// The operator runtime's takeovers ([`REATTACH_KILLS`] kills of a
     /// task holding [`REATTACH_STATE_BYTES`]): a warm standby, then the
-    /// restore-from-checkpoint baseline.
+    /// restore-from-checkpoint baseline; the standby run then kills the
+    /// state cluster's leader [`REATTACH_LEADER_KILLS`] times.
     pub reattach: Vec<ReattachReport>,
 }
 
 pub const REATTACH_KILLS: u32 = 20;
+pub const REATTACH_LEADER_KILLS: u32 = 10;
 pub const REATTACH_STATE_BYTES: u64 = 10_000_000;
 
 /// The task-session row's shape.
@@ -164,6 +166,17 @@ fn judge_reattach(runs: &[ReattachReport]) -> Vec<Goal> {
             ),
             met: r.p99_ms < 20.0 && r.exactly_once,
         })
+        .chain(runs.iter().filter(|r| r.leader_kills > 0).map(|r| Goal {
+            text: format!(
+                "a state-cluster leader kill stalls the tasks' commits < 500 ms at p99 ({} kills)",
+                r.leader_kills
+            ),
+            measured: format!(
+                "p50 {:.0} ms, p99 {:.0} ms (a new leader after p50 {:.0} ms, p99 {:.0} ms)",
+                r.stall_p50_ms, r.stall_p99_ms, r.election_p50_ms, r.election_p99_ms
+            ),
+            met: r.stall_p99_ms < 500.0,
+        }))
         .collect()
 }
 
@@ -302,7 +315,7 @@ pub async fn run(
                 kills: REATTACH_KILLS,
                 standby: true,
                 restore,
-                leader_kills: 0,
+                leader_kills: if restore { 0 } else { REATTACH_LEADER_KILLS },
                 rescale_to: None,
                 server_bin: server_bin.clone(),
                 server_args: spec.server_args.clone(),
@@ -557,6 +570,8 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
             "\n## Reattach\n\n`kill -9` of the worker of a task holding {} MB of state, {} times, in the operator runtime's `keyed-count` job (`streamshield-jepsen bench --workload reattach --state-size 10MB --kills {} [--baseline restore]`): from the kill to the replacement's first handled record.\n\n| mode | min | p50 | p99 | max | first commit p50 | exactly-once |\n|---|---|---|---|---|---|---|",
             REATTACH_STATE_BYTES / 1_000_000, REATTACH_KILLS, REATTACH_KILLS
         );
+        let stalled: Vec<&ReattachReport> =
+            m.reattach.iter().filter(|r| r.leader_kills > 0).collect();
         for r in &m.reattach {
             let _ = writeln!(
                 s,
@@ -568,6 +583,15 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
                 r.max_ms,
                 r.first_commit_p50_ms,
                 r.exactly_once
+            );
+        }
+        for r in stalled {
+            let _ = writeln!(
+                s,
+                "\nThen {} `kill -9`s of the state cluster's leader, each once every node had applied what was committed (`--leader-kills {}`), stalls from the kill until both tasks had committed again: {}.",
+                r.leader_kills,
+                r.leader_kills,
+                r.stall_summary()
             );
         }
     }

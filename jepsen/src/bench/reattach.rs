@@ -72,6 +72,10 @@ pub struct ReattachReport {
     pub stall_p50_ms: f64,
     pub stall_p99_ms: f64,
     pub stall_max_ms: f64,
+    /// Leader kill to a node reporting itself leader of a newer term: the
+    /// store's share of the stall.
+    pub election_p50_ms: f64,
+    pub election_p99_ms: f64,
     /// From the stop of the job to every task of the new parallelism
     /// having committed new input.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -192,6 +196,61 @@ async fn produce(
     Ok(())
 }
 
+/// Waits until every node has applied what was committed when it was
+/// called; how long that took, in ms. A follower still applying a backlog
+/// (the ballast of a large state) must finish it before it can serve as
+/// leader, which would count as stall of the election's making.
+async fn applied_everywhere(client: &Client) -> f64 {
+    let started = Instant::now();
+    let statuses = client.cluster_status().await;
+    let committed = statuses
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .map(|s| s.committed_index)
+        .max()
+        .unwrap_or(0);
+    loop {
+        let lagging = client
+            .cluster_status()
+            .await
+            .into_iter()
+            .any(|(_, r)| r.map_or(true, |s| s.last_applied < committed));
+        if !lagging || started.elapsed() > Duration::from_secs(60) {
+            return started.elapsed().as_secs_f64() * 1e3;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl ReattachReport {
+    /// The leader kills' figures, in words.
+    pub fn stall_summary(&self) -> String {
+        format!(
+            "commits stalled p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; a new leader after p50 {:.0} ms, p99 {:.0} ms",
+            self.stall_p50_ms,
+            self.stall_p99_ms,
+            self.stall_max_ms,
+            self.election_p50_ms,
+            self.election_p99_ms
+        )
+    }
+}
+
+/// Polls the surviving nodes until one of them is leader in place of
+/// `old`; the time (µs, as `now_us`) it was first seen.
+async fn new_leader_at(client: Client, old: u64) -> u64 {
+    loop {
+        for (_, r) in client.cluster_status().await {
+            if let Ok(s) = r {
+                if s.role == pb::Role::Leader as i32 && s.id != old {
+                    return now_us();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Waits for `want`, skipping other events.
 async fn wait_for<T>(
     events: &mut broadcast::Receiver<SupervisorEvent>,
@@ -307,8 +366,11 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         first_record.push(ms(r.first_record_us));
         first_commit.push(ms(r.first_commit_us));
         eprintln!(
-            "kill {}: first record {:.1} ms, first commit {:.1} ms ({})",
+            "kill {}: death seen {:.1} ms, assigned {:.1} ms, lease held {:.1} ms, first record {:.1} ms, first commit {:.1} ms ({})",
             k + 1,
+            ms(Some(r.detected_us)),
+            ms(Some(r.assigned_us)),
+            ms(r.attached_us),
             ms(r.first_record_us),
             ms(r.first_commit_us),
             if r.cold { "new worker" } else { "standby" }
@@ -317,8 +379,10 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
     }
 
     let mut stalls = Vec::new();
+    let mut elections = Vec::new();
     for k in 0..o.leader_kills {
         let (leader, _) = client.wait_for_leader().await?;
+        let behind = applied_everywhere(&client).await;
         // Both tasks commit steadily before the kill.
         let settled = now_us();
         for task in 0..2 {
@@ -334,6 +398,7 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         }
         let killed_at = now_us();
         cluster.kill(leader)?;
+        let elected = tokio::spawn(new_leader_at(client.clone(), leader));
         let mut resumed = [None, None];
         while resumed.iter().any(Option::is_none) {
             let (task, at) = wait_for(&mut events, Duration::from_secs(60), |e| match e {
@@ -347,8 +412,10 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         }
         let stall = resumed.iter().flatten().max().copied().unwrap_or(killed_at) - killed_at;
         stalls.push(stall as f64 / 1e3);
+        let election = elected.await?.saturating_sub(killed_at) as f64 / 1e3;
+        elections.push(election);
         eprintln!(
-            "leader kill {}: commits resumed after {:.1} ms",
+            "leader kill {}: a new leader after {election:.1} ms, commits resumed after {:.1} ms (the followers were {behind:.0} ms behind in applying)",
             k + 1,
             stall as f64 / 1e3
         );
@@ -458,6 +525,8 @@ pub async fn run(dir: &Path, o: &ReattachOptions) -> anyhow::Result<ReattachRepo
         stall_p50_ms: pct(&mut stalls, 0.5),
         stall_p99_ms: pct(&mut stalls, 0.99),
         stall_max_ms: pct(&mut stalls, 1.0),
+        election_p50_ms: pct(&mut elections, 0.5),
+        election_p99_ms: pct(&mut elections, 0.99),
         rescale_ms,
         rescale_to: o.rescale_to,
     })
