@@ -271,7 +271,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
     })
     .await?;
     let generation = session.generation();
-    let resumed = patiently("resume", || {
+    let mut resumed = patiently("resume", || {
         resume(client, &store_job, &label, parts.clone(), layout)
     })
     .await?;
@@ -297,16 +297,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         task,
     );
     let upstream = job.upstream_tasks(cfg, stage);
-    let mut timers = patiently("timers", || {
-        load_timers(client, &store_job, cfg.key_groups, &spec.key_groups)
-    })
-    .await?;
-    // Timers of metadata written before they were stored by key: stored
-    // at the first commit.
-    for (time, key) in resumed.meta.timers.iter() {
-        timers.register(*time, key);
-    }
-    ctx.timers = timers;
+    let legacy_timers = std::mem::take(&mut resumed.meta.timers);
     ctx.watermark = resumed.meta.watermarks.current(parts.clone(), upstream);
     let mut progress = Progress {
         input: label,
@@ -336,6 +327,19 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
             .collect(),
     );
     drop(tx);
+    // Loaded while the subscriptions open, before the first record: an
+    // operator may set or delete a timer of any key, and what the commit
+    // writes for a key must start from what is stored.
+    let mut timers = patiently("timers", || {
+        load_timers(client, &store_job, cfg.key_groups, &spec.key_groups)
+    })
+    .await?;
+    // Timers of metadata written before they were stored by key: stored
+    // at the first commit.
+    for (time, key) in legacy_timers.iter() {
+        timers.register(*time, key);
+    }
+    ctx.timers = timers;
 
     let mut tick = tokio::time::interval(cfg.checkpoint_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
