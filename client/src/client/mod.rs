@@ -377,11 +377,8 @@ impl Client {
         F: Fn(C, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.with_retries(route, |conn| {
-            let fut = call(client(conn.channel.clone()), req.clone());
-            async move { fut.await.map(|r| r.into_inner()) }
-        })
-        .await
+        self.call_over(route, |c| c.channel.clone(), client, req, call)
+            .await
     }
 
     /// [`Self::call`] for a call that opens a server stream: each attempt
@@ -398,8 +395,25 @@ impl Client {
         F: Fn(C, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
+        self.call_over(route, Conn::dedicated, client, req, call)
+            .await
+    }
+
+    async fn call_over<C, Req, Resp, F, Fut>(
+        &self,
+        route: Route,
+        transport: fn(&Conn) -> Transport,
+        client: fn(Transport) -> C,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, ClientError>
+    where
+        Req: Clone,
+        F: Fn(C, Req) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
         self.with_retries(route, |conn| {
-            let fut = call(client(conn.dedicated()), req.clone());
+            let fut = call(client(transport(&conn)), req.clone());
             async move { fut.await.map(|r| r.into_inner()) }
         })
         .await
