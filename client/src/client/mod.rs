@@ -381,24 +381,8 @@ impl Client {
             .await
     }
 
-    /// [`Self::call`] for a call that opens a server stream: each attempt
-    /// on a connection of its own ([`Conn::dedicated`]).
-    pub(crate) async fn call_streaming<C, Req, Resp, F, Fut>(
-        &self,
-        route: Route,
-        client: fn(Transport) -> C,
-        req: Req,
-        call: F,
-    ) -> Result<Resp, ClientError>
-    where
-        Req: Clone,
-        F: Fn(C, Req) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-    {
-        self.call_over(route, Conn::dedicated, client, req, call)
-            .await
-    }
-
+    /// [`Self::call`] on the connection `transport` picks: a call that
+    /// opens a server stream passes [`Conn::dedicated`].
     async fn call_over<C, Req, Resp, F, Fut>(
         &self,
         route: Route,

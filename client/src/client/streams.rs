@@ -5,7 +5,7 @@ use std::future::Future;
 use streamshield_proto::v1::{self as pb, streams_client::StreamsClient};
 use tonic::Status;
 
-use super::{Client, Route, MAX_MESSAGE_BYTES};
+use super::{Client, Conn, Route, MAX_MESSAGE_BYTES};
 use crate::error::ClientError;
 use crate::transport::Transport;
 use crate::Consistency;
@@ -156,9 +156,14 @@ impl Client {
             partition,
             from_offset,
         };
-        self.call_streaming(Route::Leader, streams_client, req, |mut c, r| async move {
-            c.subscribe(r).await
-        })
+        // A connection of its own: see `Conn::dedicated`.
+        self.call_over(
+            Route::Leader,
+            Conn::dedicated,
+            streams_client,
+            req,
+            |mut c, r| async move { c.subscribe(r).await },
+        )
         .await
     }
 
