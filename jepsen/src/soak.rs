@@ -193,6 +193,7 @@ async fn worker(client: Client, seed: u64, until: Instant, counters: Arc<Counter
                 start_after: key,
                 limit: 50,
                 consistency: Consistency::Linearizable,
+                key_groups: None,
             };
             client.scan(JOB, "s", opts).await.is_ok()
         } else {

@@ -161,14 +161,14 @@ async fn restore(
 async fn load_timers(
     client: &Client,
     store_job: &str,
-    key_groups: u32,
     own: &std::ops::Range<u32>,
 ) -> Result<Timers, RuntimeError> {
     let kvs = match client
-        .scan_all(
+        .scan_key_groups(
             store_job,
             TIMERS_TABLE,
             b"",
+            Some(own.clone()),
             streamshield_client::Consistency::Linearizable,
         )
         .await
@@ -179,11 +179,6 @@ async fn load_timers(
     };
     let mut timers = Timers::default();
     for kv in kvs {
-        if !own.contains(&u32::from(streamshield_client::key_group(
-            &kv.key, key_groups,
-        ))) {
-            continue;
-        }
         let times: Vec<i64> =
             serde_json::from_slice(&kv.value).map_err(|e| RuntimeError::BadState {
                 state: TIMERS_TABLE.to_string(),
@@ -330,10 +325,16 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
     // Loaded while the subscriptions open, before the first record: an
     // operator may set or delete a timer of any key, and what the commit
     // writes for a key must start from what is stored.
+    let loading = std::time::Instant::now();
     let mut timers = patiently("timers", || {
-        load_timers(client, &store_job, cfg.key_groups, &spec.key_groups)
+        load_timers(client, &store_job, &spec.key_groups)
     })
     .await?;
+    tracing::info!(
+        timers = timers.len(),
+        ms = loading.elapsed().as_secs_f64() * 1e3,
+        "loaded the pending timers"
+    );
     // Timers of metadata written before they were stored by key: stored
     // at the first commit.
     for (time, key) in legacy_timers.iter() {

@@ -207,6 +207,7 @@ pub async fn scan(args: &Args, s: &ScanArgs) -> anyhow::Result<ExitCode> {
         } else {
             Consistency::Linearizable
         },
+        key_groups: None,
     };
     let page = client.scan(&s.job, &s.state, opts).await?;
     emit(

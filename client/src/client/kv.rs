@@ -41,6 +41,8 @@ pub struct ScanOptions {
     pub start_after: Vec<u8>,
     pub limit: u32,
     pub consistency: Consistency,
+    /// Only these key groups (a task's own); `None` for all.
+    pub key_groups: Option<std::ops::Range<u32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +218,8 @@ impl Client {
             start_after: opts.start_after,
             limit: opts.limit,
             consistency: opts.consistency.to_pb(),
+            key_group_start: opts.key_groups.as_ref().map_or(0, |r| r.start),
+            key_group_end: opts.key_groups.as_ref().map_or(0, |r| r.end),
         };
         let route = if opts.consistency == Consistency::Stale {
             Route::Any
@@ -248,6 +252,19 @@ impl Client {
         prefix: &[u8],
         consistency: Consistency,
     ) -> Result<Vec<pb::KeyValue>, ClientError> {
+        self.scan_key_groups(job, state, prefix, None, consistency)
+            .await
+    }
+
+    /// [`Self::scan_all`] over key groups `key_groups` only (all: `None`).
+    pub async fn scan_key_groups(
+        &self,
+        job: &str,
+        state: &str,
+        prefix: &[u8],
+        key_groups: Option<std::ops::Range<u32>>,
+        consistency: Consistency,
+    ) -> Result<Vec<pb::KeyValue>, ClientError> {
         let mut out: Vec<pb::KeyValue> = Vec::new();
         loop {
             let opts = ScanOptions {
@@ -255,6 +272,7 @@ impl Client {
                 start_after: out.last().map(|kv| kv.key.clone()).unwrap_or_default(),
                 limit: 1000,
                 consistency,
+                key_groups: key_groups.clone(),
             };
             let page = self.scan(job, state, opts).await?;
             out.extend(page.kvs);

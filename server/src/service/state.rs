@@ -174,6 +174,7 @@ impl State for StateService {
                 start_after: &r.start_after,
                 limit,
                 max_bytes,
+                key_groups: (r.key_group_start, r.key_group_end),
             };
             read::scan(&db, info.as_deref(), r.shard, &r.job, &r.state, page)
         })

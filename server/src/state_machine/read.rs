@@ -68,6 +68,8 @@ pub struct Page<'a> {
     /// Keys and values the page carries at most; the first item always
     /// comes, however large.
     pub max_bytes: usize,
+    /// Key groups `[start, end)` only; `(0, 0)` for all of them.
+    pub key_groups: (u32, u32),
 }
 
 /// Up to `limit` keys with `prefix`, greater than `start_after`, in key
@@ -93,8 +95,22 @@ pub fn scan(
         start_after,
         limit,
         max_bytes,
+        key_groups,
     } = page;
     let (info, sid) = resolve(info, job, state)?;
+    let groups = match key_groups {
+        (0, 0) => 0..info.key_groups,
+        (start, end) if start < end && end <= info.key_groups => start..end,
+        (start, end) => {
+            return Err(ServiceError::invalid(
+                "key_group_start/key_group_end",
+                format!(
+                    "[{start}, {end}) is not a range within the job's {} key groups",
+                    info.key_groups
+                ),
+            ))
+        }
+    };
     let cf = rocks::cf(db, CF_DATA)?;
     let snap = db.snapshot();
     let applied = match snap
@@ -107,7 +123,7 @@ pub fn scan(
             .map_err(|e| corrupt(format!("applied: {e}")))?,
     };
     let mut found = Candidates::new(limit.max(1), max_bytes);
-    for group in 0..info.key_groups as u16 {
+    for group in groups.start as u16..groups.end as u16 {
         let base = keys::group_prefix(shard, info.job_id, group, sid);
         let mut seek = base.clone();
         seek.extend_from_slice(if start_after >= prefix {
