@@ -123,6 +123,25 @@ where
     }
 }
 
+/// Every value of `table` in the key groups `own`, read by the store
+/// itself group by group (a scan by key-group range).
+async fn scan_own(
+    client: &Client,
+    store_job: &str,
+    table: &str,
+    own: &std::ops::Range<u32>,
+) -> Result<Vec<pb::KeyValue>, ClientError> {
+    client
+        .scan_key_groups(
+            store_job,
+            table,
+            b"",
+            Some(own.clone()),
+            streamshield_client::Consistency::Linearizable,
+        )
+        .await
+}
+
 /// Reads every value of `table` in the task's key groups, as a
 /// replacement that restores its state from a checkpoint must before it
 /// handles a record. Returns the bytes read.
@@ -130,30 +149,15 @@ async fn restore(
     client: &Client,
     store_job: &str,
     table: &str,
-    key_groups: u32,
     own: &std::ops::Range<u32>,
 ) -> Result<u64, RuntimeError> {
     let kvs = patiently("restore", || async {
-        client
-            .scan_all(
-                store_job,
-                table,
-                b"",
-                streamshield_client::Consistency::Linearizable,
-            )
+        scan_own(client, store_job, table, own)
             .await
             .map_err(RuntimeError::from)
     })
     .await?;
-    Ok(kvs
-        .iter()
-        .filter(|kv| {
-            own.contains(&u32::from(streamshield_client::key_group(
-                &kv.key, key_groups,
-            )))
-        })
-        .map(|kv| kv.value.len() as u64)
-        .sum())
+    Ok(kvs.iter().map(|kv| kv.value.len() as u64).sum())
 }
 
 /// The pending timers of the task's key groups, as the last commit of
@@ -163,16 +167,7 @@ async fn load_timers(
     store_job: &str,
     own: &std::ops::Range<u32>,
 ) -> Result<Timers, RuntimeError> {
-    let kvs = match client
-        .scan_key_groups(
-            store_job,
-            TIMERS_TABLE,
-            b"",
-            Some(own.clone()),
-            streamshield_client::Consistency::Linearizable,
-        )
-        .await
-    {
+    let kvs = match scan_own(client, store_job, TIMERS_TABLE, own).await {
         Ok(kvs) => kvs,
         Err(ClientError::NotFound(_)) => Vec::new(),
         Err(e) => return Err(e.into()),
@@ -275,7 +270,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         at_us: now_us(),
     });
     for table in &cfg.restore_tables {
-        let bytes = restore(client, &store_job, table, cfg.key_groups, &spec.key_groups).await?;
+        let bytes = restore(client, &store_job, table, &spec.key_groups).await?;
         tracing::info!(
             table,
             bytes,
