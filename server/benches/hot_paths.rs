@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the pure hot paths of a write: key encoding, log
-//! entry encode/decode, and the state machine applying 1,000 ops.
+//! entry encode/decode, the state machine applying 1,000 ops, and one
+//! task's epoch (staged batches, then the commit) as every replica applies
+//! it.
 //! `cargo bench -p streamshield-server --bench hot_paths`
 
 use std::hint::black_box;
@@ -135,5 +137,99 @@ fn state_machine_apply(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, key_encoding, entry_codec, state_machine_apply);
+/// One task's epoch as every replica applies it: 10,000 puts of 64 B to
+/// 8,000 distinct keys, staged in batches of 100 (what a session's 2 ms
+/// linger sends at ~50,000 puts/s), then the commit that promotes them.
+fn epoch_apply(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = StateMachineStore::open(dir.path()).unwrap();
+    let shared = sm.shared();
+    let setup = [
+        pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "bench".into(),
+                key_groups: 128,
+            })),
+        },
+        pb::Command {
+            kind: Some(command::Kind::AcquireLease(pb::LeaseAcquire {
+                principal: String::new(),
+                job: "bench".into(),
+                task: 0,
+                key_group_start: 0,
+                key_group_end: 128,
+                input_partitions: Vec::new(),
+            })),
+        },
+    ];
+    apply_chunk(&shared, 1, &setup).unwrap();
+    let lease = pb::LeaseRef {
+        principal: String::new(),
+        job: "bench".into(),
+        task: 0,
+        generation: 1,
+    };
+    let value = vec![0x5au8; 64];
+    let (mut index, mut epoch) = (2u64, 0u64);
+    let mut g = c.benchmark_group("epoch apply, 10,000 puts of 64 B");
+    g.throughput(Throughput::Elements(10_000));
+    g.sample_size(20);
+    g.bench_function("staged in 100 batches, then committed", |b| {
+        b.iter_batched(
+            || {
+                epoch += 1;
+                let mut cmds: Vec<pb::Command> = (0..100u64)
+                    .map(|batch| pb::Command {
+                        kind: Some(command::Kind::StageWrites(pb::StageOps {
+                            lease: Some(lease.clone()),
+                            epoch,
+                            seq_from: batch * 100 + 1,
+                            ops: (0..100u64)
+                                .map(|i| pb::StagedOp {
+                                    state: "counts".into(),
+                                    key: format!("user-{:08}", (batch * 100 + i) * 7919 % 8_000)
+                                        .into_bytes(),
+                                    kind: Some(pb::staged_op::Kind::Put(value.clone())),
+                                })
+                                .collect(),
+                        })),
+                    })
+                    .collect();
+                cmds.push(pb::Command {
+                    kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+                        lease: Some(lease.clone()),
+                        epoch,
+                        last_seq: 10_000,
+                        ..Default::default()
+                    })),
+                });
+                cmds
+            },
+            |cmds| {
+                let first = index + 1;
+                index += cmds.len() as u64;
+                let out = apply_chunk(&shared, first, &cmds).unwrap();
+                assert!(
+                    matches!(
+                        out.last().and_then(|r| r.kind.as_ref()),
+                        Some(pb::command_response::Kind::EpochCommitted(_))
+                    ),
+                    "{:?}",
+                    out.last()
+                );
+                black_box(out)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    key_encoding,
+    entry_codec,
+    state_machine_apply,
+    epoch_apply
+);
 criterion_main!(benches);

@@ -116,10 +116,16 @@ pub struct CorruptValue {
 
 impl StoredValue {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16 + self.value.len());
-        v.extend_from_slice(&self.version.to_be_bytes());
-        v.extend_from_slice(&self.mod_index.to_be_bytes());
-        v.extend_from_slice(&self.value);
+        Self::encode_parts(self.version, self.mod_index, &self.value)
+    }
+
+    /// What [`StoredValue::encode`] makes of these parts, without a
+    /// `StoredValue` holding a copy of `value` first.
+    pub fn encode_parts(version: u64, mod_index: u64, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + value.len());
+        v.extend_from_slice(&version.to_be_bytes());
+        v.extend_from_slice(&mod_index.to_be_bytes());
+        v.extend_from_slice(value);
         v
     }
 

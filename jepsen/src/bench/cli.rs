@@ -419,8 +419,8 @@ async fn task_session_bench(
         let r = task_session::run(client, shape).await?;
         task_session::release_all(client).await;
         println!(
-            "task-session: {} tasks, {:.0} committed updates/s, commit p50 {} µs p99 {} µs ({} commits, {} errors)",
-            r.tasks, r.ops_per_s, r.commit_p50_us, r.commit_p99_us, r.commits, r.errors
+            "task-session: {} tasks, {:.0} committed updates/s, commit p50 {} µs p99 {} µs, of which waiting for staged batches p50 {} µs p99 {} µs ({} commits, {} errors)",
+            r.tasks, r.ops_per_s, r.commit_p50_us, r.commit_p99_us, r.staged_wait_p50_us, r.staged_wait_p99_us, r.commits, r.errors
         );
         if let Some(e) = &r.first_error {
             eprintln!("task-session: first error: {e}");

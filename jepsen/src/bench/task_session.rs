@@ -49,6 +49,10 @@ pub struct TaskBenchReport {
     pub commit_p50_us: u64,
     pub commit_p99_us: u64,
     pub commit_max_us: u64,
+    /// The part of a commit spent waiting for the epoch's last staged
+    /// batches to be answered, before the commit entry was proposed.
+    pub staged_wait_p50_us: u64,
+    pub staged_wait_p99_us: u64,
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -57,6 +61,7 @@ pub struct TaskBenchReport {
 struct TaskOutcome {
     committed: u64,
     hist: Histogram<u64>,
+    staged_wait: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -103,6 +108,7 @@ fn new_outcome() -> TaskOutcome {
     TaskOutcome {
         committed: 0,
         hist: Histogram::new_with_bounds(1, 100_000_000, 3).expect("static bounds"),
+        staged_wait: Histogram::new_with_bounds(1, 100_000_000, 3).expect("static bounds"),
         errors: 0,
         first_error: None,
     }
@@ -137,13 +143,26 @@ async fn one_task(
         let now = Instant::now();
         if now >= next_commit || now >= end {
             let started = Instant::now();
-            match s.commit(Vec::new(), Vec::new()).await {
-                Ok(_) => {
+            // `commit` does the same flush and wait first; done here, the
+            // two parts of its latency are told apart.
+            let committed = async {
+                s.flush().await?;
+                s.wait_staged().await;
+                let waited = started.elapsed();
+                s.commit(Vec::new(), Vec::new()).await?;
+                Ok::<_, streamshield_client::ClientError>(waited)
+            }
+            .await;
+            match committed {
+                Ok(waited) => {
                     let done = Instant::now();
                     if started >= measure_from && done <= end {
                         out.committed += in_epoch;
                         out.hist
                             .record(started.elapsed().as_micros().max(1) as u64)
+                            .ok();
+                        out.staged_wait
+                            .record(waited.as_micros().max(1) as u64)
                             .ok();
                     }
                 }
@@ -190,24 +209,20 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
         })
         .collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
+    let mut staged_wait = hist.clone();
     let (mut ops, mut errors, mut first_error) = (0, 0, None);
     for h in handles {
         let o = h.await??;
         ops += o.committed;
         errors += o.errors;
         hist.add(&o.hist).expect("same bounds");
+        staged_wait.add(&o.staged_wait).expect("same bounds");
         if first_error.is_none() {
             first_error = o.first_error;
         }
     }
     let secs = shape.measure.as_secs_f64();
-    let q = |p: f64| {
-        if hist.is_empty() {
-            0
-        } else {
-            hist.value_at_quantile(p)
-        }
-    };
+    let q = |p: f64| quantile(&hist, p);
     Ok(TaskBenchReport {
         workload: "task-session".into(),
         target: "streamshield".into(),
@@ -221,9 +236,19 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
         commit_p50_us: q(0.5),
         commit_p99_us: q(0.99),
         commit_max_us: if hist.is_empty() { 0 } else { hist.max() },
+        staged_wait_p50_us: quantile(&staged_wait, 0.5),
+        staged_wait_p99_us: quantile(&staged_wait, 0.99),
         errors,
         first_error,
     })
+}
+
+fn quantile(h: &Histogram<u64>, p: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(p)
+    }
 }
 
 /// A job's lease on every task is released so the next run can take them.
@@ -344,13 +369,7 @@ pub async fn large_epochs(
         errors += o.errors;
         others_hist.add(&o.hist).expect("same bounds");
     }
-    let q = |h: &Histogram<u64>, p: f64| {
-        if h.is_empty() {
-            0
-        } else {
-            h.value_at_quantile(p)
-        }
-    };
+    let q = quantile;
     Ok(LargeEpochReport {
         workload: "epoch-commit".into(),
         epoch_bytes,

@@ -24,7 +24,7 @@
 //! starts with an empty one. Nothing but speed depends on a hit: every
 //! miss reads RocksDB.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 /// Entries kept per map before it starts over (each ~100 bytes).
 pub const MAX_ENTRIES: usize = 1 << 18;

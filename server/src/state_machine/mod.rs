@@ -369,7 +369,9 @@ fn commit_applied(
     let auth_changed = pending.auth_changed();
     let streams_appended = pending.streams_were_appended();
     let db = pending.db();
+    let started = Instant::now();
     pending.write(wo)?;
+    metrics::histogram!("streamshield_apply_write_seconds").record(started.elapsed().as_secs_f64());
     // Before anyone hears of the write, so no read after it sees less.
     if jobs_changed {
         shared.jobs.invalidate();
@@ -438,6 +440,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut last = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let started = Instant::now();
             let index = entry.log_id.index;
             let response = match &entry.payload {
                 EntryPayload::Blank => none_response(),
@@ -468,6 +471,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             pending.entry_done();
+            metrics::histogram!("streamshield_apply_entry_seconds")
+                .record(started.elapsed().as_secs_f64());
             last = Some(entry.log_id);
             answers.push((responder, response));
             if pending.entries() >= MAX_ENTRIES_PER_WRITE {

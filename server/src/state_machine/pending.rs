@@ -8,28 +8,82 @@
 //! are fetched once per chunk, not once per write; with an [`ApplyMemo`] it
 //! answers version and dedupe lookups without the store, and teaches the
 //! memo what the chunk left behind once the chunk is written.
+//!
+//! Writes of data keys wait in the overlay and join the batch when it is
+//! written, sorted by key and once per key: RocksDB's memtable inserts a
+//! run of ascending keys from where the previous insert went, and an epoch
+//! commit writes thousands of data keys at once.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::sync::Mutex;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::memo::ApplyMemo;
-use super::meta::{CF_DATA, CF_META};
+use super::meta::{CF_DATA, CF_META, CF_STAGED};
 use crate::keys::{meta, StoredValue};
 use crate::rocks::{self, corrupt, io_err};
 
-type Slot = (&'static str, Vec<u8>);
+/// What a chunk knows of one column family.
+#[derive(Default)]
+struct Known {
+    /// Latest known value per key: written in this chunk, or read from the
+    /// store (`None` = absent or deleted).
+    values: HashMap<Vec<u8>, Cached>,
+    /// Range deletions staged in this chunk: `[from, to)`.
+    deleted_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Cached {
+    value: Option<Vec<u8>>,
+    /// Written in this chunk, not only read. In `data` such writes join the
+    /// batch when it is written, once per key and in key order
+    /// ([`PendingWrites::write`]).
+    written: bool,
+}
+
+impl Cached {
+    fn read(value: Option<Vec<u8>>) -> Self {
+        Self {
+            value,
+            written: false,
+        }
+    }
+
+    fn written(value: Option<Vec<u8>>) -> Self {
+        Self {
+            value,
+            written: true,
+        }
+    }
+}
+
+impl Known {
+    fn in_deleted_range(&self, key: &[u8]) -> bool {
+        self.deleted_ranges
+            .iter()
+            .any(|(from, to)| key >= from.as_slice() && key < to.as_slice())
+    }
+}
+
+/// The slot of a column family in [`PendingWrites::known`]. Kept per
+/// family so that a range deletion or a prefix scan of one (every epoch
+/// commit does both in `staged`) walks only that family's keys, not every
+/// value the chunk touched.
+fn slot(cf: &str) -> usize {
+    match cf {
+        CF_DATA => 0,
+        CF_STAGED => 1,
+        CF_META => 2,
+        _ => 3,
+    }
+}
 
 pub struct PendingWrites<'a> {
     db: &'a DB,
     batch: WriteBatch,
-    /// Latest known value per key: written in this chunk, or read from the
-    /// store (`None` = absent or deleted).
-    known: HashMap<Slot, Option<Vec<u8>>>,
-    /// Range deletions staged in this chunk: `[from, to)` per column family.
-    deleted_ranges: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
+    known: [Known; 4],
     entries: usize,
     jobs_changed: bool,
     auth_changed: bool,
@@ -49,8 +103,7 @@ impl<'a> PendingWrites<'a> {
         Self {
             db,
             batch: WriteBatch::default(),
-            known: HashMap::new(),
-            deleted_ranges: Vec::new(),
+            known: Default::default(),
             entries: 0,
             jobs_changed: false,
             auth_changed: false,
@@ -77,19 +130,14 @@ impl<'a> PendingWrites<'a> {
         self.memo.map(|m| m.lock().expect("apply memo lock"))
     }
 
-    fn in_deleted_range(&self, cf: &'static str, key: &[u8]) -> bool {
-        self.deleted_ranges
-            .iter()
-            .any(|(c, from, to)| *c == cf && key >= from.as_slice() && key < to.as_slice())
-    }
-
     /// The version of data key `key` as the entries applied so far left it
     /// (0: absent).
     pub fn version(&mut self, key: &[u8]) -> io::Result<u64> {
-        if let Some(v) = self.known.get(&(CF_DATA, key.to_vec())) {
-            return version_of(v.as_deref());
+        let data = &self.known[slot(CF_DATA)];
+        if let Some(v) = data.values.get(key) {
+            return version_of(v.value.as_deref());
         }
-        if !self.in_deleted_range(CF_DATA, key) {
+        if !data.in_deleted_range(key) {
             if let Some(v) = self.memo().and_then(|m| m.version(key)) {
                 return Ok(v);
             }
@@ -150,11 +198,11 @@ impl<'a> PendingWrites<'a> {
 
     /// The value of `key` as the entries applied so far left it.
     pub fn get(&mut self, cf: &'static str, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let slot = (cf, key.to_vec());
-        if let Some(v) = self.known.get(&slot) {
-            return Ok(v.clone());
+        let known = &self.known[slot(cf)];
+        if let Some(v) = known.values.get(key) {
+            return Ok(v.value.clone());
         }
-        let v = if self.in_deleted_range(cf, key) {
+        let v = if known.in_deleted_range(key) {
             None
         } else {
             let handle = rocks::cf(self.db, cf)?;
@@ -163,7 +211,9 @@ impl<'a> PendingWrites<'a> {
                 .map_err(io_err)?
                 .map(|p| p.to_vec())
         };
-        self.known.insert(slot, v.clone());
+        self.known[slot(cf)]
+            .values
+            .insert(key.to_vec(), Cached::read(v.clone()));
         Ok(v)
     }
 
@@ -177,6 +227,7 @@ impl<'a> PendingWrites<'a> {
         prefix: &[u8],
     ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let handle = rocks::cf(self.db, cf)?;
+        let known = &self.known[slot(cf)];
         let mut found = std::collections::BTreeMap::new();
         let it = self
             .db
@@ -186,13 +237,13 @@ impl<'a> PendingWrites<'a> {
             if !k.starts_with(prefix) {
                 break;
             }
-            if !self.in_deleted_range(cf, &k) {
+            if !known.in_deleted_range(&k) {
                 found.insert(k.to_vec(), v.to_vec());
             }
         }
-        for ((c, k), v) in &self.known {
-            if *c == cf && k.starts_with(prefix) {
-                match v {
+        for (k, v) in &known.values {
+            if k.starts_with(prefix) {
+                match &v.value {
                     Some(v) => found.insert(k.clone(), v.clone()),
                     None => found.remove(k),
                 };
@@ -202,18 +253,44 @@ impl<'a> PendingWrites<'a> {
     }
 
     pub fn put(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
+        if cf == CF_DATA {
+            return self.write_data(key, Some(value));
+        }
         self.batch.put_cf(rocks::cf(self.db, cf)?, key, &value);
         self.jobs_changed |= cf == CF_META && meta::is_job(key);
         self.auth_changed |= cf == CF_META && meta::is_auth(key);
-        self.known.insert((cf, key.to_vec()), Some(value));
+        self.known[slot(cf)]
+            .values
+            .insert(key.to_vec(), Cached::written(Some(value)));
         Ok(())
     }
 
     pub fn delete(&mut self, cf: &'static str, key: &[u8]) -> io::Result<()> {
+        if cf == CF_DATA {
+            return self.write_data(key, None);
+        }
         self.batch.delete_cf(rocks::cf(self.db, cf)?, key);
         self.jobs_changed |= cf == CF_META && meta::is_job(key);
         self.auth_changed |= cf == CF_META && meta::is_auth(key);
-        self.known.insert((cf, key.to_vec()), None);
+        self.known[slot(cf)]
+            .values
+            .insert(key.to_vec(), Cached::written(None));
+        Ok(())
+    }
+
+    /// A write of a data key, held until the chunk is written. A chunk of
+    /// epoch commits writes thousands of data keys; RocksDB's memtable
+    /// inserts ascending keys from where the previous insert went, and a
+    /// key written twice in the chunk is inserted once
+    /// (`cargo bench -p streamshield-server --bench hot_paths -- "epoch apply"`).
+    fn write_data(&mut self, key: &[u8], value: Option<Vec<u8>>) -> io::Result<()> {
+        let values = &mut self.known[slot(CF_DATA)].values;
+        match values.get_mut(key) {
+            Some(v) => *v = Cached::written(value),
+            None => {
+                values.insert(key.to_vec(), Cached::written(value));
+            }
+        }
         Ok(())
     }
 
@@ -221,9 +298,11 @@ impl<'a> PendingWrites<'a> {
         self.batch
             .delete_range_cf(rocks::cf(self.db, cf)?, from, to);
         self.jobs_changed |= cf == CF_META && meta::range_has_jobs(from, to);
-        self.known
-            .retain(|(c, k), _| !(*c == cf && k.as_slice() >= from && k.as_slice() < to));
-        self.deleted_ranges.push((cf, from.to_vec(), to.to_vec()));
+        let known = &mut self.known[slot(cf)];
+        known
+            .values
+            .retain(|k, _| !(k.as_slice() >= from && k.as_slice() < to));
+        known.deleted_ranges.push((from.to_vec(), to.to_vec()));
         Ok(())
     }
 
@@ -261,20 +340,33 @@ impl<'a> PendingWrites<'a> {
     /// Writes the staged effects in one batch; then (only if that worked)
     /// the memo learns the versions of every data key this chunk touched
     /// and each client's bound.
-    pub fn write(self, wo: &WriteOptions) -> io::Result<()> {
+    pub fn write(mut self, wo: &WriteOptions) -> io::Result<()> {
+        let data_cf = rocks::cf(self.db, CF_DATA)?;
+        let mut written: Vec<_> = self.known[slot(CF_DATA)]
+            .values
+            .iter()
+            .filter(|(_, v)| v.written)
+            .collect();
+        written.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in written {
+            match &v.value {
+                Some(value) => self.batch.put_cf(data_cf, k, value),
+                None => self.batch.delete_cf(data_cf, k),
+            }
+        }
         self.db.write_opt(self.batch, wo).map_err(io_err)?;
         let Some(memo) = self.memo else {
             return Ok(());
         };
         let mut memo = memo.lock().expect("apply memo lock");
-        if self.deleted_ranges.iter().any(|(cf, _, _)| *cf == CF_DATA) {
+        let [data, ..] = self.known;
+        if !data.deleted_ranges.is_empty() {
             memo.forget_versions();
         }
-        let versions = self
-            .known
+        let versions = data
+            .values
             .into_iter()
-            .filter(|((cf, _), _)| *cf == CF_DATA)
-            .filter_map(|((_, k), v)| version_of(v.as_deref()).ok().map(|v| (k, v)));
+            .filter_map(|(k, v)| version_of(v.value.as_deref()).ok().map(|v| (k, v)));
         memo.learn(versions, self.seq_bounds);
         Ok(())
     }
@@ -329,6 +421,48 @@ mod tests {
         assert_eq!(
             db.get_cf(rocks::cf(&db, CF_META).unwrap(), b"r2").unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn data_writes_held_to_the_end_of_the_chunk_keep_their_order_against_range_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::state_machine::open_store(dir.path()).unwrap();
+        let data = rocks::cf(&db, CF_DATA).unwrap();
+        db.put_cf(data, b"k3", b"stored").unwrap();
+
+        let mut p = PendingWrites::new(&db);
+        p.put(CF_DATA, b"k1", b"before".to_vec()).unwrap();
+        p.put(CF_DATA, b"k2", b"first".to_vec()).unwrap();
+        // Read only: stays as stored.
+        assert_eq!(
+            p.get(CF_DATA, b"k3").unwrap().as_deref(),
+            Some(&b"stored"[..])
+        );
+        p.delete_range(CF_DATA, b"k1", b"k3").unwrap();
+        p.put(CF_DATA, b"k2", b"after".to_vec()).unwrap();
+        p.put(CF_DATA, b"k0", b"x".to_vec()).unwrap();
+        p.delete(CF_DATA, b"k0").unwrap();
+        p.write(&WriteOptions::default()).unwrap();
+
+        assert_eq!(
+            db.get_cf(data, b"k1").unwrap(),
+            None,
+            "written, then range-deleted"
+        );
+        assert_eq!(
+            db.get_cf(data, b"k2").unwrap().as_deref(),
+            Some(&b"after"[..]),
+            "range-deleted, then written again"
+        );
+        assert_eq!(
+            db.get_cf(data, b"k0").unwrap(),
+            None,
+            "written, then deleted"
+        );
+        assert_eq!(
+            db.get_cf(data, b"k3").unwrap().as_deref(),
+            Some(&b"stored"[..])
         );
     }
 }
