@@ -143,6 +143,12 @@ pub struct BenchArgs {
     /// `100ms` or `1s`.
     #[arg(long, default_value = "100ms", value_parser = parse_interval)]
     pub checkpoint_interval: Duration,
+    /// For `--workload task-session`: updates per second offered by all
+    /// tasks together, spread evenly (0: each task as fast as `put`
+    /// returns, which saturates the cluster). Commit latency below
+    /// saturation is what a job running under its capacity sees.
+    #[arg(long, default_value_t = 0)]
+    pub task_rate: u64,
     /// For `--workload epoch-commit`: bytes of values staged per large
     /// epoch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -397,6 +403,7 @@ fn task_shape(a: &BenchArgs, warmup: Duration, measure: Duration) -> TaskBenchSh
     TaskBenchShape {
         tasks: a.tasks,
         checkpoint_interval: a.checkpoint_interval,
+        rate: a.task_rate,
         value_size: a.load.value_size,
         warmup,
         measure,

@@ -280,6 +280,7 @@ pub async fn run(
             let shape = TaskBenchShape {
                 tasks: TASK_SESSION_TASKS,
                 checkpoint_interval: TASK_SESSION_INTERVAL,
+                rate: 0,
                 value_size: opts.space.value_size,
                 warmup: opts.warmup,
                 measure: opts.measure,

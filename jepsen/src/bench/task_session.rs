@@ -27,6 +27,8 @@ const JOB: &str = "bench-tasks";
 pub struct TaskBenchShape {
     pub tasks: u32,
     pub checkpoint_interval: Duration,
+    /// Updates per second of all tasks together; 0: unpaced.
+    pub rate: u64,
     pub value_size: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -40,6 +42,8 @@ pub struct TaskBenchReport {
     pub target: String,
     pub tasks: u32,
     pub checkpoint_interval_ms: u64,
+    /// The offered rate (`--task-rate`); 0: unpaced.
+    pub offered_per_s: u64,
     pub value_size: usize,
     pub seconds: f64,
     /// Committed state updates.
@@ -139,6 +143,11 @@ async fn one_task(
     let mut out = new_outcome();
     let mut in_epoch = 0u64;
     let mut next_commit = Instant::now() + shape.checkpoint_interval;
+    // Paced: put `n` is due `n / per_task` seconds after the first; a task
+    // that fell behind (during a commit) catches up at full speed.
+    let per_task = shape.rate as f64 / f64::from(shape.tasks.max(1));
+    let paced_from = Instant::now();
+    let mut puts = 0u64;
     loop {
         let now = Instant::now();
         if now >= next_commit || now >= end {
@@ -178,10 +187,18 @@ async fn one_task(
             }
             continue;
         }
+        if per_task > 0.0 {
+            let due = paced_from + Duration::from_secs_f64(puts as f64 / per_task);
+            if due > now {
+                tokio::time::sleep_until(due.min(next_commit).min(end).into()).await;
+                continue;
+            }
+        }
         let key = &keys[rng.random_range(0..keys.len())];
         rng.fill(&mut value[..]);
         s.put("state", key.clone(), value.clone()).await?;
         in_epoch += 1;
+        puts += 1;
         // Let the pipeline's sends and the other tasks run between puts.
         if in_epoch.is_multiple_of(256) {
             tokio::task::yield_now().await;
@@ -228,6 +245,7 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
         target: "streamshield".into(),
         tasks,
         checkpoint_interval_ms: shape.checkpoint_interval.as_millis() as u64,
+        offered_per_s: shape.rate,
         value_size: shape.value_size,
         seconds: secs,
         ops,
