@@ -76,6 +76,11 @@ pub struct TaskSpec {
 pub struct Committed {
     pub epoch: u64,
     pub index: u64,
+    /// The epoch staged more than one apply promotes at once: it is
+    /// committed, and its state becomes readable (reads of the task's key
+    /// groups wait for it) once the steps after the commit have promoted
+    /// it. The next commit waits for them too.
+    pub promoting: bool,
 }
 
 /// A task's lease and its open epoch. Not `Clone`: one owner writes.
@@ -392,6 +397,7 @@ impl TaskSession {
         let committed = Committed {
             epoch: self.epoch,
             index: r.index,
+            promoting: r.promoting,
         };
         self.epoch += 1;
         self.held.clear();

@@ -74,6 +74,11 @@ impl fmt::Display for Command {
                 t.job, t.stream, t.partition, t.before_offset
             ),
             Some(command::Kind::Commands(l)) => write!(f, "commands({})", l.commands.len()),
+            Some(command::Kind::PromoteEpoch(p)) => write!(
+                f,
+                "promote_epoch(job={}, task={}, gen={}, epoch={})",
+                p.job, p.task, p.generation, p.epoch
+            ),
             None => write!(f, "empty"),
         }
     }
@@ -104,8 +109,8 @@ impl fmt::Display for CommandResponse {
             Some(command_response::Kind::StagedThrough(n)) => write!(f, "staged_through({n})"),
             Some(command_response::Kind::EpochCommitted(e)) => write!(
                 f,
-                "epoch_committed(epoch={}, already={})",
-                e.epoch, e.already_committed
+                "epoch_committed(epoch={}, already={}, promoting={})",
+                e.epoch, e.already_committed, e.promoting
             ),
             Some(command_response::Kind::LeaseReleased(r)) => write!(f, "lease_released({r})"),
             Some(command_response::Kind::StreamCreated(s)) => {
@@ -117,6 +122,13 @@ impl fmt::Display for CommandResponse {
                 a.base_offset, a.duplicate
             ),
             Some(command_response::Kind::TrimmedTo(o)) => write!(f, "trimmed_to({o})"),
+            Some(command_response::Kind::PromotionStep(p)) => {
+                write!(
+                    f,
+                    "promotion_step(promoted={}, done={})",
+                    p.promoted, p.done
+                )
+            }
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }
     }

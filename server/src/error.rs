@@ -79,6 +79,13 @@ pub enum ServiceError {
         what: &'static str,
         retry_after_ms: u32,
     },
+    /// The state machine refused the command for now (key groups being
+    /// promoted): nothing was applied; the same call succeeds later.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_ms: u32,
+    },
     #[error("snapshot refused: {received} bytes received, above the limit of {limit}")]
     SnapshotTooLarge { received: u64, limit: u64 },
     #[error("refused: {free} bytes free on the data disk, below the reserve of {reserve}")]
@@ -185,6 +192,7 @@ impl ServiceError {
                 Code::FailedPrecondition
             }
             Self::Timeout(_) => Code::DeadlineExceeded,
+            Self::Busy { .. } => Code::Unavailable,
             Self::Rejected { code, .. } => *code,
             Self::Storage(_) => Code::Internal,
             Self::Unauthenticated { .. } => Code::Unauthenticated,
@@ -286,7 +294,8 @@ impl From<ServiceError> for Status {
                 leader_id: leader_id.unwrap_or(0),
                 leader_addr: leader_addr.unwrap_or_default(),
             })),
-            ServiceError::Overloaded { retry_after_ms, .. } => {
+            ServiceError::Overloaded { retry_after_ms, .. }
+            | ServiceError::Busy { retry_after_ms, .. } => {
                 with(pb::error_detail::Kind::Overloaded(pb::Overloaded {
                     retry_after_ms,
                 }))
@@ -333,6 +342,10 @@ pub fn rejected(e: &pb::CommandError) -> ServiceError {
             epoch: m.epoch,
             missing: m.missing,
             message,
+        },
+        Some(pb::error_detail::Kind::Overloaded(o)) => ServiceError::Busy {
+            message,
+            retry_after_ms: o.retry_after_ms,
         },
         Some(pb::error_detail::Kind::NotFound(d)) => {
             ServiceError::from_not_found(d).unwrap_or(ServiceError::Rejected {

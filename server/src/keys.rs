@@ -220,6 +220,21 @@ pub mod meta {
         k
     }
 
+    /// Every job's promotions under way (`JobPromotions`), one record a
+    /// job: `pm/<shard><job_id>`.
+    pub const PROMOTIONS_PREFIX: &[u8] = b"pm/";
+
+    pub fn promotions(shard: u32, job_id: u32) -> Vec<u8> {
+        let mut k = PROMOTIONS_PREFIX.to_vec();
+        k.extend_from_slice(&shard.to_be_bytes());
+        k.extend_from_slice(&job_id.to_be_bytes());
+        k
+    }
+
+    pub fn is_promotions(key: &[u8]) -> bool {
+        key.starts_with(PROMOTIONS_PREFIX)
+    }
+
     /// Every stream of one job: `st/<shard><job_id>`.
     pub fn stream_prefix(shard: u32, job_id: u32) -> Vec<u8> {
         let mut k = b"st/".to_vec();

@@ -203,6 +203,7 @@ pub async fn run(
     ));
     let sampler = telemetry::spawn_sampler(ctx.clone(), log_store.db().clone());
     let expiry = tokio::spawn(crate::service::session_expiry::run(ctx.clone()));
+    let promoter = tokio::spawn(crate::service::promotion::run(ctx.clone()));
 
     let fault = log_store.fault().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -345,6 +346,7 @@ pub async fn run(
     tracing::info!("shutting down");
     sampler.abort();
     expiry.abort();
+    promoter.abort();
     health_task.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

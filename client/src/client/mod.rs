@@ -162,11 +162,12 @@ fn not_leader_hint(s: &Status) -> Option<Option<String>> {
     }
 }
 
-/// How long a saturated node asked to be left alone, if it refused the
-/// call for that (RESOURCE_EXHAUSTED with an `Overloaded` detail): nothing
-/// of the call was applied, so it is retried after the pause.
+/// How long a node asked to be left alone, if it refused the call for
+/// that (an `Overloaded` detail: RESOURCE_EXHAUSTED from a saturated node,
+/// UNAVAILABLE from key groups being promoted): nothing of the call was
+/// applied, so it is retried after the pause, on the same node.
 fn overloaded_hint(s: &Status) -> Option<Duration> {
-    if s.code() != Code::ResourceExhausted || s.details().is_empty() {
+    if !matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) || s.details().is_empty() {
         return None;
     }
     match pb::ErrorDetail::decode(s.details()).ok()?.kind? {

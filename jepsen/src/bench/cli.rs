@@ -330,8 +330,8 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<bool> {
         let shape = task_shape(&a, Duration::ZERO, time);
         let r = task_session::large_epochs(client, a.epoch_bytes, a.rounds, a.tasks, shape).await?;
         println!(
-            "epoch of {} bytes: commit p50 {} µs max {} µs; {} other tasks meanwhile: commit p50 {} µs p99 {} µs max {} µs",
-            r.epoch_bytes, r.commit_p50_us, r.commit_max_us, r.others_tasks, r.others_commit_p50_us, r.others_commit_p99_us, r.others_commit_max_us
+            "epoch of {} bytes: commit p50 {} µs max {} µs, readable p50 {} µs max {} µs; {} other tasks meanwhile: commit p50 {} µs p99 {} µs max {} µs",
+            r.epoch_bytes, r.commit_p50_us, r.commit_max_us, r.readable_p50_us, r.readable_max_us, r.others_tasks, r.others_commit_p50_us, r.others_commit_p99_us, r.others_commit_max_us
         );
         println!("{}", serde_json::to_string(&r)?);
         return Ok(r.errors == 0);

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use streamshield_client::{key_group, pb, Client, TaskSessionConfig, TaskSpec};
+use streamshield_client::{key_group, pb, Client, Consistency, TaskSessionConfig, TaskSpec};
 
 /// Key groups of the benchmark's job.
 const KEY_GROUPS: u32 = 128;
@@ -271,10 +271,7 @@ fn quantile(h: &Histogram<u64>, p: f64) -> u64 {
 
 /// A job's lease on every task is released so the next run can take them.
 pub async fn release_all(client: &Client) {
-    if let Ok(list) = client
-        .list_tasks(JOB, streamshield_client::Consistency::Linearizable)
-        .await
-    {
+    if let Ok(list) = client.list_tasks(JOB, Consistency::Linearizable).await {
         for t in list.tasks.iter().filter(|t| !t.released) {
             let _ = client
                 .release_lease(pb::ReleaseLeaseRequest {
@@ -298,6 +295,10 @@ pub struct LargeEpochReport {
     /// From `commit` called (every write already staged) to acknowledged.
     pub commit_p50_us: u64,
     pub commit_max_us: u64,
+    /// From `commit` called to a read of the epoch's last key answered: an
+    /// epoch promoted in steps after its commit is readable only then.
+    pub readable_p50_us: u64,
+    pub readable_max_us: u64,
     /// The small tasks' commits while the large ones ran.
     pub others_tasks: u32,
     pub others_commit_p50_us: u64,
@@ -355,6 +356,7 @@ pub async fn large_epochs(
     let mut rng = SmallRng::seed_from_u64(shape.seed);
     let mut value = vec![0u8; shape.value_size.max(1)];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
+    let mut readable = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
     let mut errors = 0;
     let per_epoch = epoch_bytes / value.len() as u64;
     for _ in 0..rounds.max(1) {
@@ -362,9 +364,11 @@ pub async fn large_epochs(
         let mut keys = (0u64..)
             .map(|j| format!("big/{j:012}").into_bytes())
             .filter(|k| u32::from(key_group(k, KEY_GROUPS)) < half);
+        let mut last = Vec::new();
         for _ in 0..per_epoch {
             let key = keys.next().expect("endless");
             rng.fill(&mut value[..]);
+            last.clone_from(&key);
             s.put("state", key, value.clone()).await?;
         }
         s.flush().await?;
@@ -375,6 +379,17 @@ pub async fn large_epochs(
             Ok(_) => {
                 hist.record(started.elapsed().as_micros().max(1) as u64)
                     .ok();
+                match client
+                    .get(JOB, "state", last, Consistency::Linearizable)
+                    .await
+                {
+                    Ok(Some(_)) => {
+                        readable
+                            .record(started.elapsed().as_micros().max(1) as u64)
+                            .ok();
+                    }
+                    _ => errors += 1,
+                }
             }
             Err(_) => errors += 1,
         }
@@ -395,6 +410,12 @@ pub async fn large_epochs(
         rounds: rounds.max(1),
         commit_p50_us: q(&hist, 0.5),
         commit_max_us: if hist.is_empty() { 0 } else { hist.max() },
+        readable_p50_us: q(&readable, 0.5),
+        readable_max_us: if readable.is_empty() {
+            0
+        } else {
+            readable.max()
+        },
         others_tasks: others,
         others_commit_p50_us: q(&others_hist, 0.5),
         others_commit_p99_us: q(&others_hist, 0.99),

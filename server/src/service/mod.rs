@@ -13,6 +13,7 @@ pub mod auth;
 pub mod authz;
 pub mod node_limit;
 pub mod peer_guard;
+pub mod promotion;
 pub mod raft;
 mod session;
 pub mod session_expiry;

@@ -1,6 +1,7 @@
 //! The client API: Get, Scan, Write, and their many-item forms.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use streamshield_proto::v1::{self as pb, get_outcome, state_server::State, write_outcome};
 use tonic::{Extensions, Request, Response, Status, Streaming};
@@ -8,6 +9,7 @@ use tonic::{Extensions, Request, Response, Status, Streaming};
 use super::authz::Action;
 use super::{session, NodeContext};
 use crate::error::{item_error, ServiceError};
+use crate::keys;
 use crate::state_machine::read;
 use crate::validate;
 
@@ -54,6 +56,30 @@ impl StateService {
         })
     }
 
+    /// [`StateService::read_one`] once no promotion covers the key's key
+    /// group (`state_machine::promotions`): a read never sees part of an
+    /// epoch.
+    async fn read_settled(&self, r: &pb::GetRequest) -> Result<pb::GetResponse, ServiceError> {
+        let deadline = Instant::now() + SETTLE_WAIT;
+        loop {
+            let (_, info) = self.ctx.sm.job(r.shard, &r.job)?;
+            let Some(info) = info else {
+                return self.read_one(r);
+            };
+            let group = u32::from(keys::key_group(&r.key, info.key_groups));
+            let seq = self
+                .ctx
+                .sm
+                .settled(r.shard, info.job_id, (group, group + 1), deadline)
+                .await
+                .ok_or_else(still_promoting)?;
+            let out = self.read_one(r)?;
+            if self.ctx.sm.promotions_unchanged(seq) {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn write_one(
         &self,
         ext: &Extensions,
@@ -72,6 +98,19 @@ impl StateService {
             pb::Consistency::Linearizable => self.ctx.linearize().await,
             pb::Consistency::Stale => Ok(()),
         }
+    }
+}
+
+/// How long a read waits for a promotion of its key groups to end
+/// before it answers UNAVAILABLE (a 64 MiB epoch takes about a second).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+
+fn still_promoting() -> ServiceError {
+    ServiceError::Busy {
+        message: format!(
+            "the key groups read are still being promoted after {SETTLE_WAIT:?}; retry"
+        ),
+        retry_after_ms: 100,
     }
 }
 
@@ -97,7 +136,7 @@ impl State for StateService {
         let (_, ext, r) = request.into_parts();
         let c = self.check_get(&ext, &r)?;
         self.prepare_read(c).await?;
-        Ok(Response::new(self.read_one(&r)?))
+        Ok(Response::new(self.read_settled(&r).await?))
     }
 
     async fn get_many(
@@ -120,23 +159,20 @@ impl State for StateService {
         } else {
             None
         };
-        let outcomes = gets
-            .iter()
-            .zip(checked)
-            .map(|(g, c)| {
-                let r = match (c, &linearized) {
-                    (Err(e), _) => Err(e),
-                    (Ok(pb::Consistency::Linearizable), Some(Err(e))) => Err(e.duplicate()),
-                    (Ok(_), _) => self.read_one(g),
-                };
-                pb::GetOutcome {
-                    result: Some(match r {
-                        Ok(ok) => get_outcome::Result::Ok(ok),
-                        Err(e) => get_outcome::Result::Error(item_error(e)),
-                    }),
-                }
-            })
-            .collect();
+        let mut outcomes = Vec::with_capacity(gets.len());
+        for (g, c) in gets.iter().zip(checked) {
+            let r = match (c, &linearized) {
+                (Err(e), _) => Err(e),
+                (Ok(pb::Consistency::Linearizable), Some(Err(e))) => Err(e.duplicate()),
+                (Ok(_), _) => self.read_settled(g).await,
+            };
+            outcomes.push(pb::GetOutcome {
+                result: Some(match r {
+                    Ok(ok) => get_outcome::Result::Ok(ok),
+                    Err(e) => get_outcome::Result::Error(item_error(e)),
+                }),
+            });
+        }
         Ok(Response::new(pb::GetManyResponse { outcomes }))
     }
 
@@ -164,22 +200,43 @@ impl State for StateService {
         } as usize;
         self.prepare_read(validate::consistency(r.consistency)?)
             .await?;
-        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
         let max_bytes = l.max_scan_bytes;
-        // A page reads up to one seek per key group: off the async
-        // workers, which also carry Raft's heartbeats.
-        let (kvs, more, applied_index) = tokio::task::spawn_blocking(move || {
-            let page = read::Page {
-                prefix: &r.prefix,
-                start_after: &r.start_after,
-                limit,
-                max_bytes,
-                key_groups: (r.key_group_start, r.key_group_end),
+        let r = Arc::new(r);
+        let deadline = Instant::now() + SETTLE_WAIT;
+        let (kvs, more, applied_index) = loop {
+            let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+            // No promotion may cover the groups read (a page of the whole
+            // table reads every group).
+            let seq = match &info {
+                Some(info) => {
+                    let groups = match (r.key_group_start, r.key_group_end) {
+                        (0, 0) => (0, info.key_groups),
+                        range => range,
+                    };
+                    let settled = self.ctx.sm.settled(r.shard, info.job_id, groups, deadline);
+                    Some(settled.await.ok_or_else(still_promoting)?)
+                }
+                None => None,
             };
-            read::scan(&db, info.as_deref(), r.shard, &r.job, &r.state, page)
-        })
-        .await
-        .map_err(|e| ServiceError::Unavailable(format!("scan task: {e}")))??;
+            let req = r.clone();
+            // A page reads up to one seek per key group: off the async
+            // workers, which also carry Raft's heartbeats.
+            let page = tokio::task::spawn_blocking(move || {
+                let page = read::Page {
+                    prefix: &req.prefix,
+                    start_after: &req.start_after,
+                    limit,
+                    max_bytes,
+                    key_groups: (req.key_group_start, req.key_group_end),
+                };
+                read::scan(&db, info.as_deref(), req.shard, &req.job, &req.state, page)
+            })
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("scan task: {e}")))??;
+            if seq.is_none_or(|s| self.ctx.sm.promotions_unchanged(s)) {
+                break page;
+            }
+        };
         metrics::counter!("streamshield_reads_total", "kind" => "scan").increment(1);
         Ok(Response::new(pb::ScanResponse {
             kvs,

@@ -86,6 +86,8 @@ fn task_info(t: pb::TaskRecord) -> pb::TaskInfo {
         released: t.released,
         checkpoint: t.checkpoint.map(checkpoint),
         open_epochs: t.staging.len() as u32,
+        promoting_epoch: t.promoting.map_or(0, |m| m.epoch),
+        promoting_bytes_left: t.promoting.map_or(0, |m| m.bytes_left),
     }
 }
 
@@ -184,6 +186,7 @@ impl Tasks for TasksService {
                 Ok(Response::new(pb::CommitEpochResponse {
                     index,
                     already_committed: c.already_committed,
+                    promoting: c.promoting,
                 }))
             }
             (_, other) => Err(ServiceError::unexpected_answer("commit", &other).into()),

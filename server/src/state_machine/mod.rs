@@ -14,6 +14,7 @@ mod job_cache;
 mod memo;
 pub mod meta;
 mod pending;
+pub mod promotions;
 pub mod read;
 mod sessions;
 pub mod snapshot;
@@ -70,6 +71,11 @@ pub struct SmShared {
     /// The applied index of the last chunk that appended stream records
     /// (or installed a snapshot): subscribers wake on it.
     appended: tokio::sync::watch::Sender<u64>,
+    /// Promotions under way in the live store, what readers wait for
+    /// (`promotions.rs`), and the sequence lock around their changes.
+    promoting: RwLock<Arc<Vec<promotions::JobPromoting>>>,
+    promotions_changing: std::sync::atomic::AtomicBool,
+    promotion_seq: tokio::sync::watch::Sender<u64>,
 }
 
 /// The `RaftStateMachine` openraft drives; cheap to clone.
@@ -137,6 +143,7 @@ impl StateMachineStore {
         let db = open_store(&gen_dir(&sm_root, gen))?;
         let applied = read_applied_state(&db)?.0.map_or(0, |l| l.index);
         let auth = AuthTable::load(&db)?;
+        let promoting = promotions::load(&db)?;
         Ok(Self {
             shared: Arc::new(SmShared {
                 sm_root,
@@ -150,6 +157,9 @@ impl StateMachineStore {
                 auth: RwLock::new(Arc::new(auth)),
                 memo: Mutex::new(ApplyMemo::default()),
                 appended: tokio::sync::watch::Sender::new(applied),
+                promoting: RwLock::new(Arc::new(promoting)),
+                promotions_changing: Default::default(),
+                promotion_seq: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -260,15 +270,15 @@ impl SmShared {
             &self.sm_root.join("CURRENT"),
             new_gen.to_string().as_bytes(),
         )?;
-        let old = {
+        let old = self.promotions_change(|| {
             let mut g = self.db.write().expect("sm lock");
             self.jobs.invalidate();
             *self.auth.write().expect("auth lock") = Arc::new(auth);
             self.memo.lock().expect("apply memo lock").clear();
             self.applied
                 .store(applied.map_or(0, |l| l.index), Ordering::Release);
-            std::mem::replace(&mut *g, Arc::new(db))
-        };
+            Ok(std::mem::replace(&mut *g, Arc::new(db)))
+        })?;
         let old_gen = self.gen.swap(new_gen, Ordering::SeqCst);
         retire(old, gen_dir(&self.sm_root, old_gen));
         snapshot::keep_as_current(&self.snap_root, &files.dir, meta)?;
@@ -329,7 +339,11 @@ pub fn apply_chunk(
         pending.entry_done();
     }
     let auth_changed = pending.auth_changed();
-    pending.write(&WriteOptions::default())?;
+    if pending.promotions_changed() {
+        shared.promotions_change(|| pending.write(&WriteOptions::default()))?;
+    } else {
+        pending.write(&WriteOptions::default())?;
+    }
     if auth_changed {
         shared.reload_auth(&db)?;
     }
@@ -368,9 +382,14 @@ fn commit_applied(
     let jobs_changed = pending.jobs_changed();
     let auth_changed = pending.auth_changed();
     let streams_appended = pending.streams_were_appended();
+    let promotions_changed = pending.promotions_changed();
     let db = pending.db();
     let started = Instant::now();
-    pending.write(wo)?;
+    if promotions_changed {
+        shared.promotions_change(|| pending.write(wo))?;
+    } else {
+        pending.write(wo)?;
+    }
     metrics::histogram!("streamshield_apply_write_seconds").record(started.elapsed().as_secs_f64());
     // Before anyone hears of the write, so no read after it sees less.
     if jobs_changed {
@@ -457,6 +476,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let at = apply::At {
                         index,
                         time_ms: cmd.header().leader_time_ms,
+                        format: cmd.header().format,
                     };
                     apply::apply_at(&mut pending, at, cmd)?
                 }

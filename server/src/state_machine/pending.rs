@@ -80,6 +80,9 @@ fn slot(cf: &str) -> usize {
     }
 }
 
+/// Keys and values in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub struct PendingWrites<'a> {
     db: &'a DB,
     batch: WriteBatch,
@@ -87,6 +90,7 @@ pub struct PendingWrites<'a> {
     entries: usize,
     jobs_changed: bool,
     auth_changed: bool,
+    promotions_changed: bool,
     streams_appended: bool,
     memo: Option<&'a Mutex<ApplyMemo>>,
     /// Per client seen in this chunk: no answer stored or staged has a
@@ -107,6 +111,7 @@ impl<'a> PendingWrites<'a> {
             entries: 0,
             jobs_changed: false,
             auth_changed: false,
+            promotions_changed: false,
             streams_appended: false,
             memo: None,
             seq_bounds: HashMap::new(),
@@ -252,13 +257,71 @@ impl<'a> PendingWrites<'a> {
         Ok(found.into_iter().collect())
     }
 
+    /// Keys and values of `[from, to)` in key order, as the entries applied
+    /// so far left them, until their bytes reach `max_bytes` (at least
+    /// one); `true` when more were left.
+    pub fn scan_range(
+        &mut self,
+        cf: &'static str,
+        from: &[u8],
+        to: &[u8],
+        max_bytes: usize,
+    ) -> io::Result<(KeyValues, bool)> {
+        let handle = rocks::cf(self.db, cf)?;
+        let known = &self.known[slot(cf)];
+        let mut found = std::collections::BTreeMap::new();
+        let mut bytes = 0usize;
+        // Where the store's part stopped: written values past it wait for
+        // the next call, so nothing is skipped.
+        let mut stopped_at: Option<Vec<u8>> = None;
+        let it = self
+            .db
+            .iterator_cf(handle, IteratorMode::From(from, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(io_err)?;
+            if k.as_ref() >= to {
+                break;
+            }
+            if bytes >= max_bytes {
+                stopped_at = Some(k.to_vec());
+                break;
+            }
+            if !known.in_deleted_range(&k) {
+                bytes += k.len() + v.len();
+                found.insert(k.to_vec(), v.to_vec());
+            }
+        }
+        for (k, v) in &known.values {
+            let within = k.as_slice() >= from
+                && k.as_slice() < to
+                && stopped_at.as_ref().is_none_or(|s| k < s);
+            if within && v.written {
+                match &v.value {
+                    Some(v) => found.insert(k.clone(), v.clone()),
+                    None => found.remove(k),
+                };
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = stopped_at.is_some();
+        for (k, v) in found {
+            if bytes >= max_bytes {
+                more = true;
+                break;
+            }
+            bytes += k.len() + v.len();
+            out.push((k, v));
+        }
+        Ok((out, more))
+    }
+
     pub fn put(&mut self, cf: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
         if cf == CF_DATA {
             return self.write_data(key, Some(value));
         }
         self.batch.put_cf(rocks::cf(self.db, cf)?, key, &value);
-        self.jobs_changed |= cf == CF_META && meta::is_job(key);
-        self.auth_changed |= cf == CF_META && meta::is_auth(key);
+        self.note_meta(cf, key);
         self.known[slot(cf)]
             .values
             .insert(key.to_vec(), Cached::written(Some(value)));
@@ -270,8 +333,7 @@ impl<'a> PendingWrites<'a> {
             return self.write_data(key, None);
         }
         self.batch.delete_cf(rocks::cf(self.db, cf)?, key);
-        self.jobs_changed |= cf == CF_META && meta::is_job(key);
-        self.auth_changed |= cf == CF_META && meta::is_auth(key);
+        self.note_meta(cf, key);
         self.known[slot(cf)]
             .values
             .insert(key.to_vec(), Cached::written(None));
@@ -304,6 +366,20 @@ impl<'a> PendingWrites<'a> {
             .retain(|k, _| !(k.as_slice() >= from && k.as_slice() < to));
         known.deleted_ranges.push((from.to_vec(), to.to_vec()));
         Ok(())
+    }
+
+    fn note_meta(&mut self, cf: &str, key: &[u8]) {
+        if cf == CF_META {
+            self.jobs_changed |= meta::is_job(key);
+            self.auth_changed |= meta::is_auth(key);
+            self.promotions_changed |= meta::is_promotions(key);
+        }
+    }
+
+    /// Whether a job's promotions changed: readers of its key groups must
+    /// look again (`SmShared::settled`).
+    pub fn promotions_changed(&self) -> bool {
+        self.promotions_changed
     }
 
     /// Whether a job record is among the staged writes: readers' decoded

@@ -226,6 +226,7 @@ mod tests {
             let at = At {
                 index: self.index,
                 time_ms,
+                format: crate::command::FORMAT,
             };
             let r = apply_at(&mut p, at, &pb::Command { kind: Some(kind) }).unwrap();
             p.write(&WriteOptions::default()).unwrap();

@@ -20,7 +20,9 @@
 //! offsets assigned then), in the same RocksDB write batch as the
 //! checkpoint and the applied index: atomic on every replica, and a crash
 //! before that write replays the entry. Its cost is one read and one write
-//! per distinct key of the epoch, plus decoding its runs.
+//! per distinct key of the epoch, plus decoding its runs; an epoch of more
+//! than `promotion::INLINE_BYTES` is promoted in bounded steps after its
+//! commit instead (`promotion.rs`).
 
 use std::io;
 
@@ -30,11 +32,12 @@ use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
 use super::leases::{self, held};
+use super::promotion;
 use super::streams;
 use super::{error_response, jobs, refusal, At};
-use crate::keys::{self, StoredValue, DEFAULT_SHARD};
+use crate::keys::{self, DEFAULT_SHARD};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::{CF_DATA, CF_STAGED};
+use crate::state_machine::meta::CF_STAGED;
 use crate::state_machine::pending::PendingWrites;
 
 /// Epochs of one task that may have staged writes and no commit yet: a
@@ -229,11 +232,15 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
     }
     let staged_through = contiguous_through(&after);
     match slot {
-        Some(i) => task.staging[i].staged = after,
+        Some(i) => {
+            task.staging[i].staged = after;
+            task.staging[i].bytes = task.staging[i].bytes.saturating_add(bytes as u64);
+        }
         None => {
             task.staging.push(pb::EpochStaging {
                 epoch: s.epoch,
                 staged: after,
+                bytes: bytes as u64,
             });
             task.staging.sort_by_key(|e| e.epoch);
         }
@@ -262,7 +269,15 @@ pub fn commit(
     let committed = task.checkpoint.as_ref().map(|c| (c.epoch, c.generation));
     if committed == Some((c.epoch, task.generation)) {
         // A retry of a commit that applied (its answer was lost).
-        return Ok(committed_answer(c.epoch, true, 0));
+        let promoting = task.promoting.as_ref().is_some_and(|m| m.epoch == c.epoch);
+        return Ok(committed_answer(c.epoch, true, 0, promoting));
+    }
+    if let Some(m) = &task.promoting {
+        // Its runs and this epoch's would be promoted out of order.
+        return Ok(promotion::busy(format!(
+            "epoch {} of task {} is still being promoted; commit epoch {} after it",
+            m.epoch, task.task, c.epoch
+        )));
     }
     let last_committed = committed.map_or(0, |(e, _)| e);
     if c.epoch <= last_committed || c.epoch == u64::MAX {
@@ -307,52 +322,35 @@ pub fn commit(
         task.generation,
         c.epoch,
     );
-    // The runs in seq order, each write over the ones before it: the
-    // newest write of each key, then one version per key. Keys and values
-    // stay slices of the runs read (`bytes` fields).
-    let mut newest: foldhash::HashMap<Bytes, Option<Bytes>> = Default::default();
-    for (key, raw) in p.scan_prefix(CF_STAGED, &prefix)? {
-        let first = keys::first_seq_of_run(&key)
-            .ok_or_else(|| corrupt("a staged run's key holds no seq"))?;
-        let run = pb::StagedRun::decode(Bytes::from(raw))
-            .map_err(|e| corrupt(format!("staged run: {e}")))?;
-        for (i, e) in run.entries.into_iter().enumerate() {
-            if first.saturating_add(i as u64) > c.last_seq {
-                // Staged past what the task says its epoch holds.
-                break;
-            }
-            if !e.data_key.is_empty() {
-                newest.insert(e.data_key, e.value);
-            }
-        }
+    let end = keys::staged_prefix(
+        DEFAULT_SHARD,
+        job.job_id,
+        task.task,
+        task.generation,
+        c.epoch + 1,
+    );
+    // Earlier epochs of the generation that never committed are dropped
+    // (one range deletion only when there are some: every range tombstone
+    // in the memtable costs the next scans of `staged`).
+    if task.staging.iter().any(|e| e.epoch < c.epoch) {
+        p.delete_range(
+            CF_STAGED,
+            &keys::staged_prefix(DEFAULT_SHARD, job.job_id, task.task, task.generation, 0),
+            &prefix,
+        )?;
     }
-    let promoted = newest.len() as u64;
-    metrics::counter!("streamshield_promoted_keys_total").increment(promoted);
-    // In no particular order: the chunk's data writes reach RocksDB sorted
-    // (`PendingWrites::write`).
-    for (dk, value) in newest {
-        match value {
-            Some(value) => {
-                let version = p.version(&dk)? + 1;
-                let stored = StoredValue::encode_parts(version, at.index, &value);
-                p.put(CF_DATA, &dk, stored)?;
-            }
-            None => p.delete(CF_DATA, &dk)?,
-        }
-    }
-    // This epoch's writes are in `data` now; earlier epochs of the
-    // generation that never committed are dropped with them.
-    p.delete_range(
-        CF_STAGED,
-        &keys::staged_prefix(DEFAULT_SHARD, job.job_id, task.task, task.generation, 0),
-        &keys::staged_prefix(
-            DEFAULT_SHARD,
-            job.job_id,
-            task.task,
-            task.generation,
-            c.epoch + 1,
-        ),
-    )?;
+    let staged_bytes = task
+        .staging
+        .iter()
+        .find(|e| e.epoch == c.epoch)
+        .map_or(0, |e| e.bytes);
+    let in_steps = at.format >= promotion::FORMAT && staged_bytes > promotion::INLINE_BYTES;
+    let promoted = if in_steps {
+        promotion::start(p, at, &job, &mut task, c.epoch, c.last_seq, staged_bytes)?;
+        0
+    } else {
+        promotion::promote_runs(p, &prefix, &end, 1, c.last_seq, at.index, usize::MAX)?.promoted
+    };
     for out in &c.outputs {
         // Loaded again for each: two outputs to one partition see each
         // other's offsets through the pending writes.
@@ -372,15 +370,21 @@ pub fn commit(
         generation: task.generation,
     });
     leases::store_task(p, job.job_id, &task)?;
-    Ok(committed_answer(c.epoch, false, promoted))
+    Ok(committed_answer(c.epoch, false, promoted, in_steps))
 }
 
-fn committed_answer(epoch: u64, already_committed: bool, promoted: u64) -> pb::CommandResponse {
+fn committed_answer(
+    epoch: u64,
+    already_committed: bool,
+    promoted: u64,
+    promoting: bool,
+) -> pb::CommandResponse {
     pb::CommandResponse {
         kind: Some(command_response::Kind::EpochCommitted(pb::EpochCommitted {
             epoch,
             already_committed,
             promoted,
+            promoting,
         })),
     }
 }

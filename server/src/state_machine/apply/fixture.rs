@@ -18,6 +18,8 @@ pub struct Fixture {
     pub index: u64,
     /// The leader time the next entry carries.
     pub time_ms: u64,
+    /// The state-machine format the next entry is in.
+    pub format: u32,
 }
 
 impl Fixture {
@@ -30,6 +32,7 @@ impl Fixture {
             memo: Mutex::default(),
             index: 0,
             time_ms: 1_000,
+            format: crate::command::FORMAT,
         };
         let r = f.apply(pb::Command {
             kind: Some(command::Kind::CreateJob(pb::CreateJob {
@@ -48,6 +51,7 @@ impl Fixture {
         At {
             index: self.index,
             time_ms: self.time_ms,
+            format: self.format,
         }
     }
 

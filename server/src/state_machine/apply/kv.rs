@@ -7,7 +7,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, condition, op};
 use tonic::Code;
 
-use super::{error_response, jobs, leases, not_found, At};
+use super::{error_response, jobs, leases, not_found, promotion, At};
 use crate::error::ServiceError;
 use crate::keys::{self, meta, StoredValue};
 use crate::rocks::corrupt;
@@ -160,6 +160,16 @@ fn write_outcome(
             Code::InvalidArgument,
             "an op or condition has no kind",
         ));
+    }
+    if let Some(list) = promotion::load(p, &job)? {
+        // A later promotion step would overwrite the write with an older one.
+        let keys = w.ops.iter().map(|o| o.key.as_slice());
+        for k in keys {
+            let group = u32::from(keys::key_group(k, job.key_groups));
+            if let Some(refused) = promotion::refuse_group(Some(&list), group) {
+                return Ok(refused);
+            }
+        }
     }
     if let Some(lease) = &w.lease {
         let keys = w

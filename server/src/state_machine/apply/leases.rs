@@ -14,7 +14,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
-use super::{error_response, jobs, not_found, refusal, At};
+use super::{error_response, jobs, not_found, promotion, refusal, At};
 use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
@@ -46,19 +46,26 @@ pub fn store_task(p: &mut PendingWrites, job_id: u32, t: &pb::TaskRecord) -> io:
 }
 
 /// Every staged write of `task` from generation `from` (inclusive) up to
-/// generation `to` (exclusive).
+/// generation `to` (exclusive), but the runs a promotion of a committed
+/// epoch still needs (`promotion.rs`).
 fn drop_staged(
     p: &mut PendingWrites,
     job_id: u32,
     task: u32,
     from: u64,
     to: u64,
+    keep: Option<&pb::Promotion>,
 ) -> io::Result<()> {
-    p.delete_range(
-        CF_STAGED,
-        &keys::staged_prefix(DEFAULT_SHARD, job_id, task, from, 0),
-        &keys::staged_prefix(DEFAULT_SHARD, job_id, task, to, 0),
-    )
+    let start = keys::staged_prefix(DEFAULT_SHARD, job_id, task, from, 0);
+    let end = keys::staged_prefix(DEFAULT_SHARD, job_id, task, to, 0);
+    match keep.filter(|m| (from..to).contains(&m.generation)) {
+        Some(m) => {
+            let kept = keys::staged_prefix(DEFAULT_SHARD, job_id, task, m.generation, m.epoch);
+            p.delete_range(CF_STAGED, &start, &kept)?;
+            p.delete_range(CF_STAGED, &promotion::epoch_end(job_id, task, m), &end)
+        }
+        None => p.delete_range(CF_STAGED, &start, &end),
+    }
 }
 
 fn stale(job: &str, task: u32, held: u64, current: u64, why: &str) -> pb::CommandResponse {
@@ -96,10 +103,22 @@ pub fn acquire(
     for (_, raw) in others {
         let other = pb::TaskRecord::decode(raw.as_slice())
             .map_err(|e| corrupt(format!("task record: {e}")))?;
-        if other.task == a.task || other.released {
+        if other.task == a.task {
             continue;
         }
-        if overlaps(range, (other.key_group_start, other.key_group_end)) {
+        let groups = (other.key_group_start, other.key_group_end);
+        if let Some(m) = other.promoting.as_ref().filter(|_| overlaps(range, groups)) {
+            // Even a released task's: its steps would overwrite the new
+            // task's writes with older ones.
+            return Ok(promotion::busy(format!(
+                "key groups [{}, {}) of task {} are being promoted (epoch {}); retry after",
+                groups.0, groups.1, other.task, m.epoch
+            )));
+        }
+        if other.released {
+            continue;
+        }
+        if overlaps(range, groups) {
             return Ok(error_response(
                 Code::FailedPrecondition,
                 format!(
@@ -135,7 +154,8 @@ pub fn acquire(
             ),
         ));
     };
-    drop_staged(p, job.job_id, a.task, 0, generation)?;
+    let promoting = previous.as_ref().and_then(|t| t.promoting);
+    drop_staged(p, job.job_id, a.task, 0, generation, promoting.as_ref())?;
     let record = pb::TaskRecord {
         task: a.task,
         generation,
@@ -148,6 +168,7 @@ pub fn acquire(
         staging: Vec::new(),
         acquired_index: at.index,
         acquired_at_ms: at.time_ms,
+        promoting,
     };
     store_task(p, job.job_id, &record)?;
     Ok(pb::CommandResponse {
@@ -286,6 +307,7 @@ pub fn release(p: &mut PendingWrites, r: &pb::LeaseRelease) -> io::Result<pb::Co
         task.task,
         task.generation,
         task.generation + 1,
+        task.promoting.as_ref(),
     )?;
     task.released = true;
     task.staging.clear();

@@ -9,7 +9,8 @@
 //! This module dispatches; each concern has its own file: `kv` (client
 //! writes and their deduplication), `jobs` (jobs and state tables),
 //! `leases` (task leases and the generation fence), `epochs` (staged
-//! writes and epoch commits) and `streams` (partitioned logs and their
+//! writes and epoch commits), `promotion` (large epochs moved into `data`
+//! in steps after their commit) and `streams` (partitioned logs and their
 //! offsets).
 
 mod epochs;
@@ -18,6 +19,9 @@ mod fixture;
 mod jobs;
 mod kv;
 mod leases;
+pub mod promotion;
+#[cfg(test)]
+mod promotion_tests;
 mod streams;
 #[cfg(test)]
 mod task_tests;
@@ -72,7 +76,15 @@ pub fn apply_command(
     index: u64,
     cmd: &pb::Command,
 ) -> io::Result<pb::CommandResponse> {
-    apply_at(p, At { index, time_ms: 0 }, cmd)
+    apply_at(
+        p,
+        At {
+            index,
+            time_ms: 0,
+            format: crate::command::FORMAT,
+        },
+        cmd,
+    )
 }
 
 /// Like [`apply_command`], at the leader time of the entry. An
@@ -121,6 +133,7 @@ pub fn apply_at(
         Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
+        Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, s),
         Some(command::Kind::Commands(list)) => {
             let mut answers = Vec::with_capacity(list.commands.len());
             for c in &list.commands {
@@ -140,10 +153,12 @@ pub fn apply_at(
     }
 }
 
-/// Where in the log a command is applied: its entry's index and the
-/// proposing leader's clock (0 in entries from before the header).
+/// Where in the log a command is applied: its entry's index, the
+/// proposing leader's clock (0 in entries from before the header) and the
+/// entry's state-machine format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct At {
     pub index: u64,
     pub time_ms: u64,
+    pub format: u32,
 }

@@ -11,7 +11,12 @@ use crate::keys;
 use crate::rocks;
 use crate::state_machine::meta::CF_STAGED;
 
-fn acquire(f: &mut Fixture, task: u32, groups: (u32, u32), principal: &str) -> pb::CommandResponse {
+pub(super) fn acquire(
+    f: &mut Fixture,
+    task: u32,
+    groups: (u32, u32),
+    principal: &str,
+) -> pb::CommandResponse {
     f.apply(pb::Command {
         kind: Some(command::Kind::AcquireLease(pb::LeaseAcquire {
             principal: principal.into(),
@@ -27,14 +32,14 @@ fn acquire(f: &mut Fixture, task: u32, groups: (u32, u32), principal: &str) -> p
     })
 }
 
-fn granted(r: &pb::CommandResponse) -> pb::LeaseGranted {
+pub(super) fn granted(r: &pb::CommandResponse) -> pb::LeaseGranted {
     match &r.kind {
         Some(command_response::Kind::LeaseGranted(g)) => g.clone(),
         other => panic!("not granted: {other:?}"),
     }
 }
 
-fn lease(task: u32, generation: u64) -> pb::LeaseRef {
+pub(super) fn lease(task: u32, generation: u64) -> pb::LeaseRef {
     pb::LeaseRef {
         principal: String::new(),
         job: "j".into(),
@@ -43,7 +48,7 @@ fn lease(task: u32, generation: u64) -> pb::LeaseRef {
     }
 }
 
-fn put(key: &str, value: &str) -> pb::StagedOp {
+pub(super) fn put(key: &str, value: &str) -> pb::StagedOp {
     pb::StagedOp {
         state: "s".into(),
         key: key.as_bytes().to_vec(),
@@ -51,7 +56,7 @@ fn put(key: &str, value: &str) -> pb::StagedOp {
     }
 }
 
-fn stage(
+pub(super) fn stage(
     f: &mut Fixture,
     l: pb::LeaseRef,
     epoch: u64,
@@ -68,7 +73,12 @@ fn stage(
     })
 }
 
-fn commit(f: &mut Fixture, l: pb::LeaseRef, epoch: u64, last_seq: u64) -> pb::CommandResponse {
+pub(super) fn commit(
+    f: &mut Fixture,
+    l: pb::LeaseRef,
+    epoch: u64,
+    last_seq: u64,
+) -> pb::CommandResponse {
     f.apply(pb::Command {
         kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
             lease: Some(l),
@@ -85,7 +95,7 @@ fn commit(f: &mut Fixture, l: pb::LeaseRef, epoch: u64, last_seq: u64) -> pb::Co
     })
 }
 
-fn refused(r: &pb::CommandResponse) -> (Code, pb::ErrorDetail) {
+pub(super) fn refused(r: &pb::CommandResponse) -> (Code, pb::ErrorDetail) {
     match &r.kind {
         Some(command_response::Kind::Error(e)) => (
             Code::from_i32(e.code),
@@ -95,7 +105,7 @@ fn refused(r: &pb::CommandResponse) -> (Code, pb::ErrorDetail) {
     }
 }
 
-fn stale(r: &pb::CommandResponse) -> (u64, u64) {
+pub(super) fn stale(r: &pb::CommandResponse) -> (u64, u64) {
     match refused(r) {
         (
             Code::FailedPrecondition,
@@ -107,12 +117,12 @@ fn stale(r: &pb::CommandResponse) -> (u64, u64) {
     }
 }
 
-fn value(f: &Fixture, key: &str) -> Option<String> {
+pub(super) fn value(f: &Fixture, key: &str) -> Option<String> {
     f.get(key.as_bytes())
         .map(|kv| String::from_utf8(kv.value).unwrap())
 }
 
-fn staged_keys(f: &Fixture) -> usize {
+pub(super) fn staged_keys(f: &Fixture) -> usize {
     let cf = rocks::cf(&f.db, CF_STAGED).unwrap();
     f.db.iterator_cf(cf, IteratorMode::Start).count()
 }

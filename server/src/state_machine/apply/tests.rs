@@ -563,6 +563,14 @@ mod fuzz {
             lease().prop_map(|lease| pb::Command {
                 kind: Some(command::Kind::ReleaseLease(pb::LeaseRelease { lease })),
             }),
+            (0u32..3, small(), small()).prop_map(|(task, generation, epoch)| pb::Command {
+                kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
+                    job: "j".into(),
+                    task,
+                    generation,
+                    epoch,
+                })),
+            }),
         ]
         .boxed()
     }
@@ -601,7 +609,7 @@ mod fuzz {
                     Some(command::Kind::AcquireLease(_) | command::Kind::StageWrites(_)
                         | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_)
                         | command::Kind::CreateStream(_) | command::Kind::Append(_)
-                        | command::Kind::TrimStream(_))
+                        | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);
