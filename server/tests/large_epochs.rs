@@ -1,4 +1,4 @@
-//! Large epochs on a real 3-node cluster: an epoch of several MiB commits
+//! Large epochs on a real 3-node cluster: an epoch of 12 MiB commits
 //! at once and is promoted in steps after its commit
 //! (`state_machine/apply/promotion.rs`). Once its commit returns, every
 //! read sees all of it; another task commits meanwhile; a write to its
@@ -16,8 +16,8 @@ use streamshield_client::{
 use streamshield_proto::key_group;
 
 const KEY_GROUPS: u32 = 8;
-/// 6,000 values of 1 KiB: about 6 MiB staged, six steps or more.
-const KEYS: usize = 6_000;
+/// 3,000 values of 4 KiB: about 12 MiB staged, six steps of ~500 writes.
+const KEYS: usize = 3_000;
 
 fn spec(task: u32, groups: std::ops::Range<u32>) -> TaskSpec {
     TaskSpec {
@@ -47,7 +47,7 @@ fn keys() -> Vec<String> {
 
 fn big_value(tag: &str) -> Vec<u8> {
     let mut v = tag.as_bytes().to_vec();
-    v.resize(1024, b'.');
+    v.resize(4096, b'.');
     v
 }
 
@@ -57,10 +57,10 @@ async fn commit_small_epoch(s: &mut TaskSession, keys: &[String]) {
         s.put("s", k.as_bytes(), b"old".to_vec()).await.unwrap();
     }
     let first = s.commit(offsets(0, 1), Vec::new()).await.expect("commit 1");
-    assert!(!first.promoting, "6,000 values of 3 bytes promote inline");
+    assert!(!first.promoting, "3,000 values of 3 bytes promote inline");
 }
 
-/// Commits epoch 2: every key a 1 KiB value tagged "new".
+/// Commits epoch 2: every key a 4 KiB value tagged "new".
 async fn commit_large_epoch(
     s: &mut TaskSession,
     keys: &[String],
@@ -72,7 +72,7 @@ async fn commit_large_epoch(
 }
 
 /// Reads pages of key group 0 (one snapshot each, its first 300 keys:
-/// their writes span the first two steps) until one shows epoch 2; every
+/// their writes span the first three steps) until one shows epoch 2; every
 /// page must be all of epoch 1 or all of epoch 2. How many pages it read.
 async fn watch_pages(c: Client) -> usize {
     let new = big_value("new");
@@ -143,7 +143,7 @@ async fn a_large_epoch_reads_whole_once_committed_and_holds_up_only_its_own_key_
     commit_small_epoch(&mut a, &keys).await;
     let watcher = tokio::spawn(watch_pages(t.client()));
     let committed = commit_large_epoch(&mut a, &keys).await;
-    assert!(committed.promoting, "~6 MiB is promoted in steps");
+    assert!(committed.promoting, "~12 MiB is promoted in steps");
     // Task 1 commits while task 0's epoch is promoted.
     let theirs = (0..)
         .map(|i| format!("t{i}"))

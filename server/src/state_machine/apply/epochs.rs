@@ -21,8 +21,8 @@
 //! checkpoint and the applied index: atomic on every replica, and a crash
 //! before that write replays the entry. Its cost is one read and one write
 //! per distinct key of the epoch, plus decoding its runs; an epoch of more
-//! than `promotion::INLINE_BYTES` is promoted in bounded steps after its
-//! commit instead (`promotion.rs`).
+//! than `promotion::STEP` is promoted in bounded steps after its commit
+//! instead (`promotion.rs`).
 
 use std::io;
 
@@ -344,12 +344,13 @@ pub fn commit(
         .iter()
         .find(|e| e.epoch == c.epoch)
         .map_or(0, |e| e.bytes);
-    let in_steps = at.format >= promotion::FORMAT && staged_bytes > promotion::INLINE_BYTES;
+    let in_steps = promotion::in_steps(at.format, c.last_seq, staged_bytes);
     let promoted = if in_steps {
         promotion::start(p, at, &job, &mut task, c.epoch, c.last_seq, staged_bytes)?;
         0
     } else {
-        promotion::promote_runs(p, &prefix, &end, 1, c.last_seq, at.index, usize::MAX)?.promoted
+        promotion::promote_runs(p, &prefix, &end, 1, c.last_seq, at.index, promotion::WHOLE)?
+            .promoted
     };
     for out in &c.outputs {
         // Loaded again for each: two outputs to one partition see each

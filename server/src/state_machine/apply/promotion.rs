@@ -1,13 +1,13 @@
 //! Promotion: moving a committed epoch's staged writes into `data`.
 //!
-//! An epoch that staged at most [`INLINE_BYTES`] is promoted by its commit,
-//! in the commit's own apply. A larger one would hold every entry behind
+//! An epoch within [`STEP`] (bytes staged and writes) is promoted by its
+//! commit, in the commit's own apply. A larger one would hold every entry behind
 //! its commit for as long as its promotion takes (0.6 s for 64 MiB before
 //! this existed) and hold all of it in memory at once. Its commit records
 //! the checkpoint and the outputs and a [`pb::Promotion`] in the task
 //! record instead; then `EpochPromote` entries, proposed one after another
 //! by the leader (`service::promotion`), each move the next
-//! [`STEP_BYTES`] of staged runs, in seq order, into `data`. Other
+//! [`STEP`] of staged runs, in seq order, into `data`. Other
 //! entries apply between the steps, and no apply holds more than a step.
 //!
 //! From the commit to the last step the epoch is committed but not yet all
@@ -44,13 +44,38 @@ use crate::state_machine::pending::PendingWrites;
 /// steps: a commit in an older entry promotes inline, as it did when it
 /// was written, so a log replayed by a newer node applies alike.
 pub const FORMAT: u32 = 4;
-/// The most staged bytes a commit promotes in its own apply (about 10 ms
-/// of apply per replica; `cargo bench -p streamshield-server --bench
-/// hot_paths -- "epoch apply"` promotes ~0.9 MiB in 18 ms with staging).
-pub const INLINE_BYTES: u64 = 1 << 20;
-/// Staged runs one `EpochPromote` entry moves at most (it stops after the
-/// run that reaches it).
-pub const STEP_BYTES: usize = 1 << 20;
+/// How much one apply promotes at most: a commit promotes its epoch in
+/// its own apply when the epoch is within this, and each step moves at
+/// most this much (it stops after the run that reaches it). About 20-40 ms
+/// of apply per replica at either bound (`cargo bench -p
+/// streamshield-server --bench hot_paths -- "epoch apply"`: 10,000 writes
+/// of 64 B staged and promoted in 18 ms); the epoch-commit bench's 1 MiB
+/// epoch of 1 KiB values is promoted inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Staged bytes (data keys and values, as `StageWrites` counted them;
+    /// for a step, the runs read).
+    pub bytes: usize,
+    pub writes: u64,
+}
+
+pub const STEP: Bound = Bound {
+    bytes: 2 << 20,
+    writes: 16_384,
+};
+
+/// No bound: the whole epoch in one apply.
+pub const WHOLE: Bound = Bound {
+    bytes: usize::MAX,
+    writes: u64::MAX,
+};
+
+/// Whether a commit of `writes` writes and `bytes` staged bytes, in an
+/// entry of `format`, promotes in steps after it.
+pub fn in_steps(format: u32, writes: u64, bytes: u64) -> bool {
+    format >= FORMAT && (bytes > STEP.bytes as u64 || writes > STEP.writes)
+}
+
 /// What a refused write or commit is told to wait before it tries again:
 /// about one step.
 pub const RETRY_AFTER_MS: u32 = 20;
@@ -66,8 +91,8 @@ pub struct Progress {
 }
 
 /// Moves the runs under `prefix` from `from_seq` on (up to `end`, the next
-/// epoch's prefix), in seq order, at most `max_bytes` of them, into
-/// `data`: the newest write of each key among them, with `mod_index`.
+/// epoch's prefix), in seq order, up to `bound`, into `data`: the newest
+/// write of each key among them, with `mod_index`.
 /// Writes past `last_seq` are left out (staged beyond what the commit
 /// said the epoch holds). The runs it moved are deleted.
 pub fn promote_runs(
@@ -77,23 +102,31 @@ pub fn promote_runs(
     from_seq: u64,
     last_seq: u64,
     mod_index: u64,
-    max_bytes: usize,
+    bound: Bound,
 ) -> io::Result<Progress> {
     let from = keys::staged_run_key(prefix, from_seq);
-    let (runs, more) = p.scan_range(CF_STAGED, &from, end, max_bytes)?;
+    let (runs, mut more) = p.scan_range(CF_STAGED, &from, end, bound.bytes)?;
     // The runs in seq order, each write over the ones before it: the
     // newest write of each key, then one version per key. Keys and values
     // stay slices of the runs read (`bytes` fields).
     let mut newest: foldhash::HashMap<Bytes, Option<Bytes>> = Default::default();
     let mut bytes = 0u64;
+    let mut writes = 0u64;
     let mut next = from_seq;
     for (key, raw) in runs {
-        bytes += (key.len() + raw.len()) as u64;
         let first = keys::first_seq_of_run(&key)
             .ok_or_else(|| corrupt("a staged run's key holds no seq"))?;
+        if writes >= bound.writes {
+            // The rest of what was read waits for the next step.
+            next = first;
+            more = true;
+            break;
+        }
+        bytes += (key.len() + raw.len()) as u64;
         let run = pb::StagedRun::decode(Bytes::from(raw))
             .map_err(|e| corrupt(format!("staged run: {e}")))?;
         next = first.saturating_add(run.entries.len() as u64);
+        writes += run.entries.len() as u64;
         for (i, e) in run.entries.into_iter().enumerate() {
             if first.saturating_add(i as u64) > last_seq {
                 break;
@@ -204,7 +237,7 @@ pub fn step(p: &mut PendingWrites, s: &pb::EpochPromote) -> io::Result<pb::Comma
         promo.next_seq,
         promo.last_seq,
         promo.commit_index,
-        STEP_BYTES,
+        STEP,
     )?;
     metrics::counter!("streamshield_promotion_steps_total").increment(1);
     promo.promoted += done.promoted;

@@ -7,14 +7,14 @@ use streamshield_proto::v1::{self as pb, command, command_response, error_detail
 use tonic::Code;
 
 use super::fixture::Fixture;
-use super::promotion::{INLINE_BYTES, STEP_BYTES};
+use super::promotion::STEP;
 use super::task_tests::{acquire, commit, granted, lease, put, refused, stage, staged_keys, value};
 use crate::keys::{key_group, meta};
 use crate::state_machine::meta::CF_META;
 
-/// Values of 1 KiB: 3,000 writes stage ~3 MiB, three steps' worth.
-const WRITES: u64 = 3_000;
-const KEYS: u64 = 2_000;
+/// Values of 1 KiB: 6,000 writes stage ~6 MiB, three steps' worth.
+const WRITES: u64 = 6_000;
+const KEYS: u64 = 4_000;
 
 fn big(key: &str, seq: u64) -> pb::StagedOp {
     let mut v = format!("{seq:08}-").into_bytes();
@@ -148,17 +148,19 @@ fn a_large_epoch_commits_at_once_and_is_promoted_in_bounded_steps() {
     let c = committed(&commit(&mut f, lease(1, g), 1, WRITES));
     assert!(
         c.promoting,
-        "{} bytes staged, above {INLINE_BYTES}",
-        WRITES * 1024
+        "{} bytes staged, above {}",
+        WRITES * 1024,
+        STEP.bytes
     );
     assert_eq!(c.promoted, 0, "the commit itself promotes nothing");
     assert!(promotions_record(&f));
     assert_eq!(value(&f, "k0"), None, "nothing is in data before a step");
     let steps = promote_all(&mut f, 1, g, 1);
-    let bound = (WRITES * 1100).div_ceil(STEP_BYTES as u64);
+    let bound = (WRITES * 1100).div_ceil(STEP.bytes as u64);
     assert!(
         (3..=bound + 1).contains(&steps),
-        "{steps} steps for ~3 MiB of runs of at most {STEP_BYTES} bytes each"
+        "{steps} steps for ~6 MiB of runs of at most {} bytes each",
+        STEP.bytes
     );
     for (k, v) in &expect {
         assert_eq!(value(&f, k).as_ref(), Some(v), "{k}");
@@ -171,6 +173,37 @@ fn a_large_epoch_commits_at_once_and_is_promoted_in_bounded_steps() {
     // A duplicate step (a second leader's) changes nothing.
     let again = step(&mut f, 1, g, 1);
     assert_eq!((again.promoted, again.done), (0, true));
+}
+
+#[test]
+fn an_epoch_of_many_small_writes_is_promoted_in_steps_bounded_by_writes() {
+    let mut f = Fixture::new();
+    let g = granted(&acquire(&mut f, 1, (0, 4), "")).generation;
+    let writes = STEP.writes + 3_616;
+    for batch in 0..writes / 100 {
+        let ops = (0..100)
+            .map(|i| put(&format!("s{}", batch * 100 + i), "v"))
+            .collect();
+        stage(&mut f, lease(1, g), 1, batch * 100 + 1, ops);
+    }
+    let c = committed(&commit(&mut f, lease(1, g), 1, writes));
+    assert!(
+        c.promoting,
+        "{writes} writes, under a MiB, above {} writes",
+        STEP.writes
+    );
+    let first = step(&mut f, 1, g, 1);
+    assert!(!first.done);
+    assert!(
+        (STEP.writes..STEP.writes + 100).contains(&first.promoted),
+        "a step stops after the run that reaches the bound: {}",
+        first.promoted
+    );
+    let second = step(&mut f, 1, g, 1);
+    assert!(second.done);
+    assert_eq!(first.promoted + second.promoted, writes);
+    assert_eq!(value(&f, &format!("s{}", writes - 1)).as_deref(), Some("v"));
+    assert_eq!(staged_keys(&f), 0);
 }
 
 #[test]
@@ -314,7 +347,7 @@ fn the_last_batch_the_commit_and_a_step_in_one_chunk_promote_what_the_chunk_stag
         .iter()
         .filter(|a| matches!(&a.kind, Some(command_response::Kind::PromotionStep(s)) if s.done))
         .count();
-    assert!(done >= 1, "eight steps promote ~3 MiB: {answers:?}");
+    assert!(done >= 1, "eight steps promote ~6 MiB: {answers:?}");
     for (k, v) in &expect {
         assert_eq!(value(&f, k).as_ref(), Some(v), "{k}");
     }
