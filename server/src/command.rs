@@ -31,8 +31,8 @@ use streamshield_proto::v1 as pb;
 /// 3: task leases, staged writes and epoch commits, sync writes fenced by
 /// a lease (`WriteRequest.lease`), streams, and command lists (the write
 /// batcher's proposals of several kinds of command); 4: epochs of more
-/// than a MiB promoted in steps after their commit (`EpochPromote`,
-/// `state_machine/apply/promotion.rs`).
+/// than 2 MiB or 16,384 writes promoted in steps after their commit
+/// (`EpochPromote`, `state_machine/apply/promotion.rs`).
 pub const FORMAT: u32 = 4;
 
 #[derive(Clone)]

@@ -46,8 +46,8 @@ use crate::state_machine::pending::PendingWrites;
 pub const FORMAT: u32 = 4;
 /// How much one apply promotes at most: a commit promotes its epoch in
 /// its own apply when the epoch is within this, and each step moves at
-/// most this much (it stops after the run that reaches it). About 20-40 ms
-/// of apply per replica at either bound (`cargo bench -p
+/// most this much (it stops after the run that reaches it). The writes
+/// bound is about 30 ms of apply per replica (`cargo bench -p
 /// streamshield-server --bench hot_paths -- "epoch apply"`: 10,000 writes
 /// of 64 B staged and promoted in 18 ms); the epoch-commit bench's 1 MiB
 /// epoch of 1 KiB values is promoted inline.
