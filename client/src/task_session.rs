@@ -12,9 +12,10 @@
 //! batch lost to a leader change) re-sends exactly those. `commit` waits
 //! for every batch and then for the commit entry.
 //!
-//! Tables named in `sync_tables` are written synchronously instead: each
-//! write is acknowledged once committed, fenced by the same lease (the
-//! hybrid mode, per table).
+//! Tables the job declares SYNC (`Client::set_table_mode`, or with the
+//! job) and tables named in `sync_tables` are written synchronously
+//! instead: each write is acknowledged once committed, fenced by the same
+//! lease (the hybrid mode, per table).
 //!
 //! Dropping a session commits nothing: its staged writes stay invisible,
 //! and the next lease of the task drops them.
@@ -44,7 +45,8 @@ pub struct TaskSessionConfig {
     /// State tables written synchronously: a `put` or `delete` of theirs
     /// returns once committed and is visible at once, fenced by the lease
     /// but not part of the epoch (for state that must survive every single
-    /// update). Every other table is asynchronous. Default none.
+    /// update), besides those the job declares SYNC. Every other table is
+    /// asynchronous. Default none.
     pub sync_tables: Vec<String>,
 }
 
@@ -136,6 +138,13 @@ impl Client {
             })
             .await?;
         let epoch = r.checkpoint.as_ref().map_or(0, |c| c.epoch) + 1;
+        let mut config = config;
+        // Tables the job declares SYNC join the ones the caller names.
+        for t in r.sync_tables {
+            if !config.sync_tables.contains(&t) {
+                config.sync_tables.push(t);
+            }
+        }
         let session = TaskSession {
             client: self.clone(),
             spec,

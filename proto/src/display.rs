@@ -74,6 +74,11 @@ impl fmt::Display for Command {
                 t.job, t.stream, t.partition, t.before_offset
             ),
             Some(command::Kind::Commands(l)) => write!(f, "commands({})", l.commands.len()),
+            Some(command::Kind::SetTableMode(t)) => write!(
+                f,
+                "set_table_mode(job={}, state={}, mode={})",
+                t.job, t.state, t.mode
+            ),
             Some(command::Kind::PromoteEpoch(p)) => write!(
                 f,
                 "promote_epoch(job={}, task={}, gen={}, epoch={})",
@@ -122,6 +127,9 @@ impl fmt::Display for CommandResponse {
                 a.base_offset, a.duplicate
             ),
             Some(command_response::Kind::TrimmedTo(o)) => write!(f, "trimmed_to({o})"),
+            Some(command_response::Kind::TableModeSet(j)) => {
+                write!(f, "table_mode_set({}, tables={})", j.job, j.states.len())
+            }
             Some(command_response::Kind::PromotionStep(p)) => {
                 write!(
                     f,

@@ -95,6 +95,7 @@ fn state_machine_apply(c: &mut Criterion) {
         kind: Some(command::Kind::CreateJob(pb::CreateJob {
             job: "bench".into(),
             key_groups: 128,
+            tables: Vec::new(),
         })),
     };
     apply_chunk(&shared, 1, &[create]).unwrap();
@@ -149,6 +150,7 @@ fn epoch_apply(c: &mut Criterion) {
             kind: Some(command::Kind::CreateJob(pb::CreateJob {
                 job: "bench".into(),
                 key_groups: 128,
+                tables: Vec::new(),
             })),
         },
         pb::Command {

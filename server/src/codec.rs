@@ -377,6 +377,7 @@ mod tests {
                     kind: Some(command::Kind::CreateJob(pb::CreateJob {
                         job: "j".into(),
                         key_groups: 16,
+                        tables: Vec::new(),
                     })),
                 })),
             },

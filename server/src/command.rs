@@ -32,7 +32,8 @@ use streamshield_proto::v1 as pb;
 /// a lease (`WriteRequest.lease`), streams, and command lists (the write
 /// batcher's proposals of several kinds of command); 4: epochs of more
 /// than 2 MiB or 16,384 writes promoted in steps after their commit
-/// (`EpochPromote`, `state_machine/apply/promotion.rs`).
+/// (`EpochPromote`, `state_machine/apply/promotion.rs`), tables declared
+/// with a default write mode (`TableModeSet`, `CreateJob.tables`).
 pub const FORMAT: u32 = 4;
 
 #[derive(Clone)]

@@ -216,6 +216,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
             .create_job(pb::CreateJobRequest {
                 job: "good".into(),
                 key_groups: 16,
+                ..Default::default()
             })
             .await,
         Code::AlreadyExists,
@@ -227,11 +228,81 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
             .create_job(pb::CreateJobRequest {
                 job: "huge".into(),
                 key_groups: 40_000,
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
     )
     .await;
+    // Table modes: a mode no version knows, a table without a name, a job
+    // that does not exist; none of them makes a job or a table.
+    let table = |state: &str, mode: i32| pb::TableMode {
+        state: state.into(),
+        mode,
+    };
+    for (what, tables) in [
+        ("a table mode out of range", vec![table("t", 7)]),
+        ("a table without a name", vec![table("", 0)]),
+        ("a negative table mode", vec![table("t", i32::MIN)]),
+    ] {
+        expect_code(
+            what,
+            admin
+                .create_job(pb::CreateJobRequest {
+                    job: "moded".into(),
+                    key_groups: 4,
+                    tables,
+                })
+                .await,
+            Code::InvalidArgument,
+        )
+        .await;
+    }
+    expect_code(
+        "describe the job no bad create made",
+        admin
+            .describe_job(pb::DescribeJobRequest {
+                job: "moded".into(),
+            })
+            .await,
+        Code::NotFound,
+    )
+    .await;
+    expect_code(
+        "a table mode out of range",
+        admin
+            .set_table_mode(pb::SetTableModeRequest {
+                job: "good".into(),
+                state: "t".into(),
+                mode: 2,
+            })
+            .await,
+        Code::InvalidArgument,
+    )
+    .await;
+    expect_code(
+        "a table mode of a job that does not exist",
+        admin
+            .set_table_mode(pb::SetTableModeRequest {
+                job: "nope".into(),
+                state: "t".into(),
+                mode: 1,
+            })
+            .await,
+        Code::NotFound,
+    )
+    .await;
+    let good = admin
+        .describe_job(pb::DescribeJobRequest { job: "good".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(
+        good.states.iter().all(|s| s.name != "t"),
+        "a refused mode made no table: {good:?}"
+    );
     expect_code(
         "no voters",
         admin
@@ -313,11 +384,12 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     assert!(!t.dir.path().join("escape").exists());
 
     // Nothing changed, and every node is still up.
-    // Unknown jobs and duplicate names are decided by the state machine
-    // (the only place that knows for sure), so those two requests took a
-    // log entry each; every other one was refused before reaching the log.
+    // Unknown jobs (of a write and of a table mode) and duplicate names are
+    // decided by the state machine (the only place that knows for sure),
+    // so those three requests took a log entry each; every other one was
+    // refused before reaching the log.
     let after = t.status(leader).await.unwrap();
-    assert_eq!(after.last_applied, applied_before + 2, "entries applied");
+    assert_eq!(after.last_applied, applied_before + 3, "entries applied");
     assert_eq!(after.term, status.term);
     for missing in ["nope", "huge"] {
         let r = client.describe_job(missing).await;

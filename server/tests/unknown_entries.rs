@@ -19,6 +19,7 @@ fn newer_format_entry() -> bytes::Bytes {
         kind: Some(pb::command::Kind::CreateJob(pb::CreateJob {
             job: "from-the-future".into(),
             key_groups: 4,
+            tables: Vec::new(),
         })),
     };
     SharedCommand::with_header(

@@ -16,9 +16,49 @@ pub enum JobsCmd {
         /// Fixed for the job's lifetime (like Flink's max parallelism).
         #[arg(long, default_value_t = 128)]
         key_groups: u32,
+        /// A state table whose task-session writes are sync by default
+        /// (acknowledged once committed, visible at once); repeatable.
+        #[arg(long = "sync-table", value_name = "TABLE")]
+        sync_tables: Vec<String>,
+        /// A state table whose task-session writes are staged in the
+        /// task's epoch (the default for tables not declared); repeatable.
+        #[arg(long = "async-table", value_name = "TABLE")]
+        async_tables: Vec<String>,
     },
-    /// A job's key groups and state tables.
+    /// A job's key groups and state tables with their default write modes.
     Describe { job: String },
+    /// Declare a state table of a job with its default write mode, or
+    /// change it: leases acquired afterwards follow it.
+    SetMode {
+        job: String,
+        table: String,
+        #[arg(value_enum)]
+        mode: ModeArg,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ModeArg {
+    Sync,
+    Async,
+}
+
+impl ModeArg {
+    fn to_pb(self) -> pb::WriteMode {
+        match self {
+            Self::Sync => pb::WriteMode::Sync,
+            Self::Async => pb::WriteMode::Async,
+        }
+    }
+}
+
+fn mode_name(m: Option<i32>) -> &'static str {
+    match m.map(pb::WriteMode::try_from) {
+        Some(Ok(pb::WriteMode::Sync)) => "sync",
+        Some(Ok(pb::WriteMode::Async)) => "async",
+        Some(Err(_)) => "unknown",
+        None => "async (not declared)",
+    }
 }
 
 #[derive(ClapArgs, Debug)]
@@ -94,18 +134,47 @@ fn job_json(j: &pb::JobInfo) -> Value {
         "job_id": j.job_id,
         "key_groups": j.key_groups,
         "created_index": j.created_index,
-        "states": j.states.iter().map(|s| json!({"name": s.name, "state_id": s.state_id})).collect::<Vec<_>>(),
+        "states": j.states.iter().map(|s| json!({
+            "name": s.name,
+            "state_id": s.state_id,
+            "default_mode": s.default_mode.map(|m| mode_name(Some(m))),
+        })).collect::<Vec<_>>(),
     })
 }
 
 pub async fn jobs(args: &Args, cmd: &JobsCmd) -> anyhow::Result<ExitCode> {
     let client = args.client()?;
     let info = match cmd {
-        JobsCmd::Create { job, key_groups } => client.create_job(job, *key_groups).await?,
+        JobsCmd::Create {
+            job,
+            key_groups,
+            sync_tables,
+            async_tables,
+        } => {
+            let tables: Vec<(&str, pb::WriteMode)> = sync_tables
+                .iter()
+                .map(|t| (t.as_str(), pb::WriteMode::Sync))
+                .chain(
+                    async_tables
+                        .iter()
+                        .map(|t| (t.as_str(), pb::WriteMode::Async)),
+                )
+                .collect();
+            client
+                .create_job_with_tables(job, *key_groups, &tables)
+                .await?
+        }
         JobsCmd::Describe { job } => client.describe_job(job).await?,
+        JobsCmd::SetMode { job, table, mode } => {
+            client.set_table_mode(job, table, mode.to_pb()).await?
+        }
     };
     emit(args.json, job_json(&info), || {
-        let states: Vec<&str> = info.states.iter().map(|s| s.name.as_str()).collect();
+        let states: Vec<String> = info
+            .states
+            .iter()
+            .map(|s| format!("{} ({})", s.name, mode_name(s.default_mode)))
+            .collect();
         format!(
             "job {} (id {}): {} key groups, state tables: [{}]",
             info.job,

@@ -37,14 +37,53 @@ impl Client {
     }
 
     pub async fn create_job(&self, job: &str, key_groups: u32) -> Result<pb::JobInfo, ClientError> {
+        self.create_job_with_tables(job, key_groups, &[]).await
+    }
+
+    /// Creates a job with state tables declared and their default write
+    /// modes (a task session writes SYNC tables at once, ASYNC ones in its
+    /// epoch).
+    pub async fn create_job_with_tables(
+        &self,
+        job: &str,
+        key_groups: u32,
+        tables: &[(&str, pb::WriteMode)],
+    ) -> Result<pb::JobInfo, ClientError> {
         let req = pb::CreateJobRequest {
             job: job.into(),
             key_groups,
+            tables: tables
+                .iter()
+                .map(|(state, mode)| pb::TableMode {
+                    state: state.to_string(),
+                    mode: *mode as i32,
+                })
+                .collect(),
         };
         let r = self
             .admin(req, |mut c, r| async move { c.create_job(r).await })
             .await?;
         r.job.ok_or_else(|| answered_without_a_job("create_job"))
+    }
+
+    /// Declares a table of `job` with its default write mode, or changes
+    /// it; leases acquired afterwards follow it.
+    pub async fn set_table_mode(
+        &self,
+        job: &str,
+        state: &str,
+        mode: pb::WriteMode,
+    ) -> Result<pb::JobInfo, ClientError> {
+        let req = pb::SetTableModeRequest {
+            job: job.into(),
+            state: state.into(),
+            mode: mode as i32,
+        };
+        let r = self
+            .admin(req, |mut c, r| async move { c.set_table_mode(r).await })
+            .await?;
+        r.job
+            .ok_or_else(|| answered_without_a_job("set_table_mode"))
     }
 
     pub async fn describe_job(&self, job: &str) -> Result<pb::JobInfo, ClientError> {

@@ -147,30 +147,61 @@ impl Admin for AdminService {
             )
             .into());
         }
+        let mut tables = Vec::with_capacity(r.tables.len());
+        for t in &r.tables {
+            tables.push(table_mode(&r.job, &t.state, t.mode, &self.ctx.limits)?);
+        }
         let resp = self
             .ctx
             .propose(pb::Command {
                 kind: Some(pb::command::Kind::CreateJob(pb::CreateJob {
                     job: r.job,
                     key_groups: r.key_groups,
+                    tables,
                 })),
             })
             .await?;
         match resp.kind {
             Some(pb::command_response::Kind::JobCreated(j)) => {
+                // Applied here before the answer came: the record has the
+                // declared tables' ids.
+                let stored = meta::load_job(&self.ctx.sm.db(), DEFAULT_SHARD, &j.job)
+                    .map_err(ServiceError::from)?;
                 Ok(Response::new(pb::CreateJobResponse {
-                    job: Some(pb::JobInfo {
+                    job: Some(stored.unwrap_or(pb::JobInfo {
                         job: j.job,
                         job_id: j.job_id,
                         key_groups: j.key_groups,
                         states: Vec::new(),
                         created_index: j.created_index,
-                    }),
+                    })),
                 }))
             }
             other => Err(Status::internal(format!(
                 "create_job answered with {other:?}"
             ))),
+        }
+    }
+
+    async fn set_table_mode(
+        &self,
+        request: Request<pb::SetTableModeRequest>,
+    ) -> Result<Response<pb::SetTableModeResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
+        let r = request.into_inner();
+        let cmd = table_mode(&r.job, &r.state, r.mode, &self.ctx.limits)?;
+        let resp = self
+            .ctx
+            .propose(pb::Command {
+                kind: Some(pb::command::Kind::SetTableMode(cmd)),
+            })
+            .await?;
+        match resp.kind {
+            Some(pb::command_response::Kind::TableModeSet(job)) => {
+                Ok(Response::new(pb::SetTableModeResponse { job: Some(job) }))
+            }
+            Some(other) => Err(ServiceError::unexpected_answer("set_table_mode", &other).into()),
+            None => Err(Status::internal("set_table_mode answered with nothing")),
         }
     }
 
@@ -226,4 +257,27 @@ impl Admin for AdminService {
             snapshot_index: done,
         }))
     }
+}
+
+/// A table's declared mode as the log carries it, once its names and mode
+/// are valid.
+fn table_mode(
+    job: &str,
+    state: &str,
+    mode: i32,
+    limits: &crate::config::Limits,
+) -> Result<pb::TableModeSet, ServiceError> {
+    validate::name("job", job, limits)?;
+    validate::name("state", state, limits)?;
+    if pb::WriteMode::try_from(mode).is_err() {
+        return Err(ServiceError::invalid(
+            "mode",
+            format!("{mode} is not a write mode (0 SYNC, 1 ASYNC)"),
+        ));
+    }
+    Ok(pb::TableModeSet {
+        job: job.to_string(),
+        state: state.to_string(),
+        mode,
+    })
 }

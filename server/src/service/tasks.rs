@@ -123,6 +123,7 @@ impl Tasks for TasksService {
                     checkpoint: g.checkpoint.map(checkpoint),
                     key_groups: g.key_groups,
                     index,
+                    sync_tables: g.sync_tables,
                 }))
             }
             (_, other) => Err(ServiceError::unexpected_answer("lease", &other).into()),

@@ -214,6 +214,7 @@ mod tests {
                 command::Kind::CreateJob(pb::CreateJob {
                     job: "j".into(),
                     key_groups: 4,
+                    tables: Vec::new(),
                 }),
             );
             s

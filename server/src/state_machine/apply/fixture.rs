@@ -38,6 +38,7 @@ impl Fixture {
             kind: Some(command::Kind::CreateJob(pb::CreateJob {
                 job: "j".into(),
                 key_groups: 4,
+                tables: Vec::new(),
             })),
         });
         assert!(matches!(

@@ -41,17 +41,23 @@ pub fn create_job(
             format!("key_groups {key_groups} is above the maximum {MAX_KEY_GROUPS}"),
         ));
     }
+    if let Some(bad) = c.tables.iter().find(|t| known_mode(t.mode).is_none()) {
+        return Ok(bad_mode(bad));
+    }
     let job_id = match p.get(CF_META, meta::NEXT_JOB_ID)? {
         None => 1,
         Some(raw) => m::decode_u32(&raw)?,
     };
-    let info = pb::JobInfo {
+    let mut info = pb::JobInfo {
         job: c.job.clone(),
         job_id,
         key_groups,
         states: Vec::new(),
         created_index: index,
     };
+    for t in &c.tables {
+        declare(&mut info, &t.state, t.mode);
+    }
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
     p.put(
         CF_META,
@@ -87,6 +93,7 @@ pub fn state_id(
     job.states.push(pb::StateTableInfo {
         name: name.to_string(),
         state_id: sid,
+        default_mode: None,
     });
     *changed = true;
     Some(sid)
@@ -94,4 +101,183 @@ pub fn state_id(
 
 pub fn store_job(p: &mut PendingWrites, shard: u32, job: &pb::JobInfo) -> io::Result<()> {
     p.put(CF_META, &meta::job(shard, &job.job), job.encode_to_vec())
+}
+
+/// The `WriteMode` of a replicated mode value, if this version knows it.
+fn known_mode(mode: i32) -> Option<pb::WriteMode> {
+    pb::WriteMode::try_from(mode).ok()
+}
+
+fn bad_mode(t: &pb::TableModeSet) -> pb::CommandResponse {
+    error_response(
+        Code::InvalidArgument,
+        format!("table {:?}: {} is not a write mode", t.state, t.mode),
+    )
+}
+
+/// Table `name` of `job`, made if new, with default mode `mode` (known).
+fn declare(job: &mut pb::JobInfo, name: &str, mode: i32) {
+    let mut changed = false;
+    let sid = state_id(job, name, true, &mut changed).expect("made when absent");
+    if let Some(t) = job.states.iter_mut().find(|t| t.state_id == sid) {
+        t.default_mode = Some(mode);
+    }
+}
+
+/// Declares a table of a job, or changes its default write mode.
+pub fn set_table_mode(
+    p: &mut PendingWrites,
+    s: &pb::TableModeSet,
+) -> io::Result<pb::CommandResponse> {
+    let Some(mut job) = load_job(p, keys::DEFAULT_SHARD, &s.job)? else {
+        return Ok(super::not_found(crate::error::ServiceError::JobNotFound {
+            job: s.job.clone(),
+        }));
+    };
+    if known_mode(s.mode).is_none() {
+        return Ok(bad_mode(s));
+    }
+    declare(&mut job, &s.state, s.mode);
+    store_job(p, keys::DEFAULT_SHARD, &job)?;
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::TableModeSet(job)),
+    })
+}
+
+/// The job's tables a task session writes synchronously by default.
+pub fn sync_tables(job: &pb::JobInfo) -> Vec<String> {
+    job.states
+        .iter()
+        .filter(|t| t.default_mode == Some(pb::WriteMode::Sync as i32))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use streamshield_proto::v1::{self as pb, command, command_response, WriteMode};
+    use tonic::Code;
+
+    use super::super::fixture::Fixture;
+    use crate::state_machine::meta::load_job;
+
+    fn set(f: &mut Fixture, job: &str, state: &str, mode: i32) -> pb::CommandResponse {
+        f.apply(pb::Command {
+            kind: Some(command::Kind::SetTableMode(pb::TableModeSet {
+                job: job.into(),
+                state: state.into(),
+                mode,
+            })),
+        })
+    }
+
+    fn modes(f: &Fixture, job: &str) -> Vec<(String, u32, Option<i32>)> {
+        load_job(&f.db, 0, job)
+            .unwrap()
+            .unwrap()
+            .states
+            .into_iter()
+            .map(|t| (t.name, t.state_id, t.default_mode))
+            .collect()
+    }
+
+    fn sync_tables_of_a_lease(f: &mut Fixture, job: &str) -> Vec<String> {
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::AcquireLease(pb::LeaseAcquire {
+                job: job.into(),
+                task: 0,
+                key_group_start: 0,
+                key_group_end: 1,
+                ..Default::default()
+            })),
+        });
+        match r.kind {
+            Some(command_response::Kind::LeaseGranted(g)) => g.sync_tables,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tables_declared_with_the_job_or_later_keep_their_ids_and_reach_each_new_lease() {
+        let mut f = Fixture::new();
+        let (sync, not) = (WriteMode::Sync as i32, WriteMode::Async as i32);
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "m".into(),
+                key_groups: 4,
+                tables: vec![
+                    pb::TableModeSet {
+                        job: "m".into(),
+                        state: "counts".into(),
+                        mode: sync,
+                    },
+                    pb::TableModeSet {
+                        job: "m".into(),
+                        state: "windows".into(),
+                        mode: not,
+                    },
+                ],
+            })),
+        });
+        assert!(matches!(
+            r.kind,
+            Some(command_response::Kind::JobCreated(_))
+        ));
+        assert_eq!(
+            modes(&f, "m"),
+            vec![
+                ("counts".to_string(), 1, Some(sync)),
+                ("windows".to_string(), 2, Some(not))
+            ]
+        );
+        assert_eq!(sync_tables_of_a_lease(&mut f, "m"), vec!["counts"]);
+        // A later declaration changes the mode, not the id; a new table
+        // gets the next id.
+        set(&mut f, "m", "windows", sync);
+        set(&mut f, "m", "timers", not);
+        assert_eq!(
+            modes(&f, "m"),
+            vec![
+                ("counts".to_string(), 1, Some(sync)),
+                ("windows".to_string(), 2, Some(sync)),
+                ("timers".to_string(), 3, Some(not))
+            ]
+        );
+        assert_eq!(
+            sync_tables_of_a_lease(&mut f, "m"),
+            vec!["counts", "windows"]
+        );
+    }
+
+    #[test]
+    fn a_mode_this_version_does_not_know_is_refused_and_changes_nothing() {
+        let mut f = Fixture::new();
+        let before = modes(&f, "j");
+        for mode in [2, 7, -1, i32::MIN, i32::MAX] {
+            match set(&mut f, "j", "t", mode).kind {
+                Some(command_response::Kind::Error(e)) => {
+                    assert_eq!(e.code, Code::InvalidArgument as i32, "{mode}")
+                }
+                other => panic!("mode {mode}: {other:?}"),
+            }
+        }
+        assert_eq!(modes(&f, "j"), before);
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "bad".into(),
+                key_groups: 4,
+                tables: vec![pb::TableModeSet {
+                    job: "bad".into(),
+                    state: "t".into(),
+                    mode: 9,
+                }],
+            })),
+        });
+        assert!(matches!(r.kind, Some(command_response::Kind::Error(_))));
+        assert!(load_job(&f.db, 0, "bad").unwrap().is_none());
+        match set(&mut f, "nope", "t", 0).kind {
+            Some(command_response::Kind::Error(e)) => assert_eq!(e.code, Code::NotFound as i32),
+            other => panic!("{other:?}"),
+        }
+    }
 }

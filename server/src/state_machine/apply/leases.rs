@@ -176,6 +176,7 @@ pub fn acquire(
             generation,
             checkpoint: record.checkpoint,
             key_groups: job.key_groups,
+            sync_tables: jobs::sync_tables(&job),
         })),
     })
 }

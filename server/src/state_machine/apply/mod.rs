@@ -134,6 +134,7 @@ pub fn apply_at(
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
         Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, s),
+        Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, s),
         Some(command::Kind::Commands(list)) => {
             let mut answers = Vec::with_capacity(list.commands.len());
             for c in &list.commands {

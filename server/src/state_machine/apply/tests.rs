@@ -135,6 +135,7 @@ fn only_creating_a_job_or_a_state_table_marks_job_records_changed() {
         kind: Some(command::Kind::CreateJob(pb::CreateJob {
             job: "j2".into(),
             key_groups: 1,
+            tables: Vec::new(),
         })),
     };
     assert!(changed(job, 5));
@@ -259,6 +260,7 @@ fn unknown_job_is_not_found_and_job_names_are_unique() {
         kind: Some(command::Kind::CreateJob(pb::CreateJob {
             job: "j".into(),
             key_groups: 4,
+            tables: Vec::new(),
         })),
     });
     match dup.kind {
@@ -409,11 +411,21 @@ mod fuzz {
             proptest::collection::vec(write(), 0..4).prop_map(|writes| pb::Command {
                 kind: Some(command::Kind::Batch(pb::WriteBatch { writes }))
             }),
-            (".{0,4}", prop_oneof![Just(0u32), Just(u32::MAX), 1u32..64]).prop_map(
-                |(job, key_groups)| pb::Command {
-                    kind: Some(command::Kind::CreateJob(pb::CreateJob { job, key_groups }))
-                }
-            ),
+            (
+                ".{0,4}",
+                prop_oneof![Just(0u32), Just(u32::MAX), 1u32..64],
+                proptest::collection::vec(table_mode("j"), 0..3)
+            )
+                .prop_map(|(job, key_groups, tables)| pb::Command {
+                    kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                        job,
+                        key_groups,
+                        tables
+                    }))
+                }),
+            table_mode("j").prop_map(|t| pb::Command {
+                kind: Some(command::Kind::SetTableMode(t))
+            }),
             Just(pb::Command { kind: None }),
             task_command(),
         ]
@@ -438,6 +450,19 @@ mod fuzz {
                     generation,
                 }),
         )
+    }
+
+    /// A table of `job` declared with a mode, known or not.
+    fn table_mode(job: &'static str) -> impl Strategy<Value = pb::TableModeSet> {
+        (
+            prop_oneof![Just("s".to_string()), ".{0,3}"],
+            prop_oneof![0i32..2, Just(7), Just(i32::MIN), Just(i32::MAX)],
+        )
+            .prop_map(move |(state, mode)| pb::TableModeSet {
+                job: job.to_string(),
+                state,
+                mode,
+            })
     }
 
     fn staged_op() -> impl Strategy<Value = pb::StagedOp> {
@@ -609,7 +634,8 @@ mod fuzz {
                     Some(command::Kind::AcquireLease(_) | command::Kind::StageWrites(_)
                         | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_)
                         | command::Kind::CreateStream(_) | command::Kind::Append(_)
-                        | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_))
+                        | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_)
+                        | command::Kind::SetTableMode(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);
