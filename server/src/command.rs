@@ -33,7 +33,8 @@ use streamshield_proto::v1 as pb;
 /// batcher's proposals of several kinds of command); 4: epochs of more
 /// than 2 MiB or 16,384 writes promoted in steps after their commit
 /// (`EpochPromote`, `state_machine/apply/promotion.rs`), tables declared
-/// with a default write mode (`TableModeSet`, `CreateJob.tables`).
+/// with a default write mode (`TableModeSet`, `CreateJob.tables`), leased
+/// sync writes deduplicated under the lease (`apply/leased_writes.rs`).
 pub const FORMAT: u32 = 4;
 
 #[derive(Clone)]

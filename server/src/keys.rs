@@ -271,6 +271,40 @@ pub mod meta {
         k
     }
 
+    /// Recorded answers of a task's leased sync writes, by generation:
+    /// `la/<shard><job_id><task><generation>`, then `<client><seq>`
+    /// ([`lease_answer`]). A new lease drops the older generations' with
+    /// one range deletion.
+    pub fn lease_answers(shard: u32, job_id: u32, task: u32, generation: u64) -> Vec<u8> {
+        let mut k = b"la/".to_vec();
+        k.extend_from_slice(&shard.to_be_bytes());
+        k.extend_from_slice(&job_id.to_be_bytes());
+        k.extend_from_slice(&task.to_be_bytes());
+        k.extend_from_slice(&generation.to_be_bytes());
+        k
+    }
+
+    pub fn lease_answer(scope: &[u8], client: u64, seq: u64) -> Vec<u8> {
+        let mut k = scope.to_vec();
+        k.extend_from_slice(&client.to_be_bytes());
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// Up to which seq a client's answers under a lease are forgotten:
+    /// `lm/<shard><job_id><task><generation><client>`.
+    pub fn lease_marks(shard: u32, job_id: u32, task: u32, generation: u64) -> Vec<u8> {
+        let mut k = b"lm/".to_vec();
+        k.extend_from_slice(&lease_answers(shard, job_id, task, generation)[3..]);
+        k
+    }
+
+    pub fn lease_mark(marks: &[u8], client: u64) -> Vec<u8> {
+        let mut k = marks.to_vec();
+        k.extend_from_slice(&client.to_be_bytes());
+        k
+    }
+
     /// A client's dedupe session (`state_machine::sessions`).
     pub fn session(client_id: u64) -> Vec<u8> {
         let mut k = b"s/".to_vec();

@@ -7,7 +7,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, condition, op};
 use tonic::Code;
 
-use super::{error_response, jobs, leases, not_found, promotion, At};
+use super::{error_response, jobs, leased_writes, leases, not_found, promotion, At};
 use crate::error::ServiceError;
 use crate::keys::{self, meta, StoredValue};
 use crate::rocks::corrupt;
@@ -29,7 +29,13 @@ pub fn apply_write(
 ) -> io::Result<pb::CommandResponse> {
     let index = at.index;
     if w.client_id == 0 {
+        if let Some(busy) = promotion::refuse_write(p, w)? {
+            return Ok(busy);
+        }
         return write_outcome(p, index, owner, w);
+    }
+    if let (Some(lease), true) = (&w.lease, at.format >= leased_writes::FORMAT) {
+        return leased_writes::apply(p, at, owner, w, lease);
     }
     let stored = sessions::load(p, w.client_id)?;
     // Before any recorded answer is looked at: another principal's
@@ -83,6 +89,10 @@ pub fn apply_write(
                 w.seq, w.client_id
             ),
         ));
+    }
+    // Not recorded: the same write applies once the promotion is over.
+    if let Some(busy) = promotion::refuse_write(p, w)? {
+        return Ok(busy);
     }
     let resp = write_outcome(p, index, owner, w)?;
     p.put(
@@ -143,7 +153,9 @@ fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue
     }
 }
 
-fn write_outcome(
+/// What a write does to `data` and answers, whoever's dedupe record keeps
+/// the answer.
+pub(super) fn write_outcome(
     p: &mut PendingWrites,
     index: u64,
     owner: Option<&str>,
@@ -160,16 +172,6 @@ fn write_outcome(
             Code::InvalidArgument,
             "an op or condition has no kind",
         ));
-    }
-    if let Some(list) = promotion::load(p, &job)? {
-        // A later promotion step would overwrite the write with an older one.
-        let keys = w.ops.iter().map(|o| o.key.as_slice());
-        for k in keys {
-            let group = u32::from(keys::key_group(k, job.key_groups));
-            if let Some(refused) = promotion::refuse_group(Some(&list), group) {
-                return Ok(refused);
-            }
-        }
     }
     if let Some(lease) = &w.lease {
         let keys = w

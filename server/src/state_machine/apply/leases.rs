@@ -14,7 +14,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
-use super::{error_response, jobs, not_found, promotion, refusal, At};
+use super::{error_response, jobs, leased_writes, not_found, promotion, refusal, At};
 use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
@@ -156,6 +156,7 @@ pub fn acquire(
     };
     let promoting = previous.as_ref().and_then(|t| t.promoting);
     drop_staged(p, job.job_id, a.task, 0, generation, promoting.as_ref())?;
+    leased_writes::drop_generations(p, job.job_id, a.task, 0, generation)?;
     let record = pb::TaskRecord {
         task: a.task,
         generation,
@@ -309,6 +310,13 @@ pub fn release(p: &mut PendingWrites, r: &pb::LeaseRelease) -> io::Result<pb::Co
         task.generation,
         task.generation + 1,
         task.promoting.as_ref(),
+    )?;
+    leased_writes::drop_generations(
+        p,
+        job.job_id,
+        task.task,
+        task.generation,
+        task.generation + 1,
     )?;
     task.released = true;
     task.staging.clear();

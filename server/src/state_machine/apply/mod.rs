@@ -18,6 +18,7 @@ mod epochs;
 mod fixture;
 mod jobs;
 mod kv;
+mod leased_writes;
 mod leases;
 pub mod promotion;
 #[cfg(test)]

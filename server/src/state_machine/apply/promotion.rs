@@ -298,17 +298,33 @@ fn store(p: &mut PendingWrites, job_id: u32, list: &pb::JobPromotions) -> io::Re
     )
 }
 
-/// The refusal of a write to key group `group` of `job` while a promotion
-/// covers it, if one does.
-pub fn refuse_group(list: Option<&pb::JobPromotions>, group: u32) -> Option<pb::CommandResponse> {
-    let t = list?
-        .tasks
-        .iter()
-        .find(|t| (t.key_group_start..t.key_group_end).contains(&group))?;
-    Some(busy(format!(
-        "key group {group} is being promoted (epoch {} of task {}); retry in {RETRY_AFTER_MS} ms",
-        t.epoch, t.task
-    )))
+/// The refusal of a sync write with a key in a key group being promoted,
+/// if it has one: a later step would overwrite it with an older value. A
+/// transient refusal: callers do not record it as the write's answer.
+pub fn refuse_write(
+    p: &mut PendingWrites,
+    w: &pb::WriteRequest,
+) -> io::Result<Option<pb::CommandResponse>> {
+    let Some(job) = jobs::load_job(p, w.shard, &w.job)? else {
+        return Ok(None);
+    };
+    let Some(list) = load(p, &job)? else {
+        return Ok(None);
+    };
+    for o in &w.ops {
+        let group = u32::from(keys::key_group(&o.key, job.key_groups));
+        if let Some(t) = list
+            .tasks
+            .iter()
+            .find(|t| (t.key_group_start..t.key_group_end).contains(&group))
+        {
+            return Ok(Some(busy(format!(
+                "key group {group} is being promoted (epoch {} of task {}); retry in {RETRY_AFTER_MS} ms",
+                t.epoch, t.task
+            ))));
+        }
+    }
+    Ok(None)
 }
 
 /// A refusal that says to retry after a pause: nothing was applied.

@@ -250,6 +250,15 @@ fn while_promoting_writes_commits_and_overlapping_leases_wait_and_a_new_lease_ke
     // later step, so it is refused, with a pause to retry after.
     let mine = expect.keys().next().unwrap().clone();
     busy(&f.write(sync_put(&mine, "sync")));
+    // Refusals for now are not recorded as a deduplicated write's answer:
+    // its retry after the promotion applies.
+    let deduplicated = pb::WriteRequest {
+        client_id: 5,
+        seq: 1,
+        acked_below: 1,
+        ..sync_put(&mine, "retried")
+    };
+    busy(&f.write(deduplicated.clone()));
     busy(&commit(&mut f, lease(1, g), 2, 1));
     // Task 2's groups are not held up.
     stage(&mut f, lease(2, other), 1, 1, vec![put(&theirs, "o")]);
@@ -284,6 +293,11 @@ fn while_promoting_writes_commits_and_overlapping_leases_wait_and_a_new_lease_ke
     );
     assert_eq!(staged_keys(&f), 0);
     // Over: writes and the next commit go through again.
+    let w = f.write(deduplicated);
+    assert!(
+        matches!(w.kind, Some(command_response::Kind::Write(ref w)) if w.succeeded),
+        "the retry of a refused write applies: {w:?}"
+    );
     let w = f.write(sync_put(&mine, "sync"));
     assert!(
         matches!(w.kind, Some(command_response::Kind::Write(ref w)) if w.succeeded),
