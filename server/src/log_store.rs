@@ -100,7 +100,9 @@ impl LogStore {
     /// [`Self::open`] with segments of `segment_bytes` (tests use small
     /// ones to cross segments often).
     pub fn open_with_segments_of(path: &Path, segment_bytes: u64) -> io::Result<Self> {
-        let db = Arc::new(rocks::open(path, &[CF_LOG, CF_META]).map_err(io_err)?);
+        let db = Arc::new(
+            rocks::open(path, &[CF_LOG, CF_META], rocks::Durability::Wal).map_err(io_err)?,
+        );
         let segments = Arc::new(SegmentLog::open(&path.join("segments"), segment_bytes)?);
         let queue = Arc::new(FlushQueue {
             pending: Mutex::new(QueueState::default()),
@@ -590,7 +592,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let written: Vec<Entry> = (1..=5).map(|i| big_entry(i, 8)).collect();
         {
-            let db = rocks::open(dir.path(), &[CF_LOG, CF_META]).unwrap();
+            let db = rocks::open(dir.path(), &[CF_LOG, CF_META], rocks::Durability::Wal).unwrap();
             let cf = rocks::cf(&db, CF_LOG).unwrap();
             for e in &written {
                 let raw = codec::entry_to_pb(e).encode_to_vec();

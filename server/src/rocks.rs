@@ -56,8 +56,23 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     o
 }
 
-pub fn open(path: &Path, cfs: &[&str]) -> Result<DB, rocksdb::Error> {
+/// How a store survives a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Writes go through RocksDB's WAL (the Raft log's metadata: vote,
+    /// purge point, committed hint).
+    Wal,
+    /// Writes skip the WAL and become durable when memtables are flushed;
+    /// every column family flushes at once (atomic flush), so a crash
+    /// leaves the store as some earlier write left it, never part of one.
+    /// For the state machine, whose entries the fsynced Raft log holds
+    /// and re-applies after a restart.
+    FlushedOnly,
+}
+
+pub fn open(path: &Path, cfs: &[&str], durability: Durability) -> Result<DB, rocksdb::Error> {
     let mut opts = Options::default();
+    opts.set_atomic_flush(durability == Durability::FlushedOnly);
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Refuse to run on a damaged store rather than serve from it.
@@ -113,7 +128,7 @@ mod tests {
     #[test]
     fn wal_and_table_files_are_written_back_incrementally() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path(), &["a", "b"]).unwrap();
+        let db = open(dir.path(), &["a", "b"], Durability::Wal).unwrap();
         drop(db);
         let options = recorded_options(dir.path());
         for key in ["wal_bytes_per_sync", "bytes_per_sync"] {

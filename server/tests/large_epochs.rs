@@ -51,6 +51,18 @@ fn big_value(tag: &str) -> Vec<u8> {
     v
 }
 
+/// A cluster with job `big`, task 0's keys and its session.
+async fn start() -> (TestCluster, Client, Vec<String>, TaskSession) {
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    c.create_job("big", KEY_GROUPS).await.expect("create job");
+    let (a, _) = c
+        .acquire(spec(0, 0..4), TaskSessionConfig::default())
+        .await
+        .expect("acquire task 0");
+    (t, c, keys(), a)
+}
+
 /// Commits epoch 1: every key "old", small values.
 async fn commit_small_epoch(s: &mut TaskSession, keys: &[String]) {
     for k in keys {
@@ -127,14 +139,7 @@ async fn assert_all_new(c: &Client, keys: &[String], when: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_large_epoch_reads_whole_once_committed_and_holds_up_only_its_own_key_groups() {
-    let t = TestCluster::start(3, &[]).await;
-    let c = t.client();
-    c.create_job("big", KEY_GROUPS).await.expect("create job");
-    let keys = keys();
-    let (mut a, _) = c
-        .acquire(spec(0, 0..4), TaskSessionConfig::default())
-        .await
-        .expect("acquire task 0");
+    let (t, c, keys, mut a) = start().await;
     let (mut b, _) = c
         .acquire(spec(1, 4..8), TaskSessionConfig::default())
         .await
@@ -181,14 +186,7 @@ async fn a_large_epoch_reads_whole_once_committed_and_holds_up_only_its_own_key_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promotion_under_way_when_the_leader_dies_is_finished_by_the_next() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let c = t.client();
-    c.create_job("big", KEY_GROUPS).await.expect("create job");
-    let keys = keys();
-    let (mut a, _) = c
-        .acquire(spec(0, 0..4), TaskSessionConfig::default())
-        .await
-        .expect("acquire task 0");
+    let (mut t, _, keys, mut a) = start().await;
     commit_small_epoch(&mut a, &keys).await;
     let committed = commit_large_epoch(&mut a, &keys).await;
     assert!(committed.promoting);

@@ -106,9 +106,28 @@ pub fn read_applied_state(db: &DB) -> io::Result<(Option<LogId>, StoredMembershi
     Ok((applied, membership))
 }
 
-/// One generation's store.
+/// One generation's store. Applied writes skip RocksDB's WAL
+/// ([`apply_write_options`]): the fsynced Raft log holds them already, and
+/// a crash costs the re-apply of the entries since the last flush. That
+/// is safe because openraft purges the log only up to a snapshot, and a
+/// snapshot is a checkpoint taken after a flush of every column family
+/// (`build_snapshot`), so the store on disk never lags the log's start;
+/// and because a restarted leader is not restored in place (`node.rs`:
+/// it learns the commit index anew before it serves a read).
 pub(crate) fn open_store(dir: &Path) -> io::Result<DB> {
-    rocks::open(dir, ALL_CFS).map_err(io_err)
+    rocks::open(dir, ALL_CFS, rocks::Durability::FlushedOnly).map_err(io_err)
+}
+
+/// How applied entries are written: no WAL, no fsync (see [`open_store`]).
+/// The WAL was each update's third copy on every node in a task-session
+/// run (the Raft log, the staged run, the promoted value each went
+/// through it): 10 % of the machine in `write(2)` alone (PERFORMANCE.md,
+/// "The state machine without its WAL").
+pub(crate) fn apply_write_options() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(false);
+    wo.disable_wal(true);
+    wo
 }
 
 fn gen_dir(sm_root: &Path, gen: u64) -> PathBuf {
@@ -231,6 +250,9 @@ impl SmShared {
         let started = Instant::now();
         let db = self.db();
         let tmp = snapshot::scratch_dir(&self.snap_root, "tmp");
+        // `create_checkpoint` flushes every memtable first (atomically, see
+        // `open_store`): the log may be purged up to this snapshot only
+        // because the live store is then durable up to it as well.
         rocksdb::checkpoint::Checkpoint::new(&db)
             .and_then(|c| c.create_checkpoint(&tmp))
             .map_err(io_err)?;
@@ -329,7 +351,7 @@ pub fn apply_chunk(
     for (i, cmd) in cmds.iter().enumerate() {
         if needs_store_in_step(cmd) {
             let full = std::mem::replace(&mut pending, PendingWrites::with_memo(&db, &shared.memo));
-            full.write(&WriteOptions::default())?;
+            full.write(&apply_write_options())?;
         }
         out.push(apply::apply_command(
             &mut pending,
@@ -340,9 +362,9 @@ pub fn apply_chunk(
     }
     let auth_changed = pending.auth_changed();
     if pending.promotions_changed() {
-        shared.promotions_change(|| pending.write(&WriteOptions::default()))?;
+        shared.promotions_change(|| pending.write(&apply_write_options()))?;
     } else {
-        pending.write(&WriteOptions::default())?;
+        pending.write(&apply_write_options())?;
     }
     if auth_changed {
         shared.reload_auth(&db)?;
@@ -447,12 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let db = self.shared.db();
-        let mut wo = WriteOptions::default();
-        // The Raft log is fsynced; a crash loses at most applied entries
-        // that are re-applied from it on restart. Skipping the WAL as well
-        // bought nothing measurable (PERFORMANCE.md, "Restarted leaders, and the log's compactions"), and
-        // with it a restart replays less.
-        wo.set_sync(false);
+        let wo = apply_write_options();
         let memo = &self.shared.memo;
         let mut pending = PendingWrites::with_memo(&db, memo);
         let mut answers = Vec::new();

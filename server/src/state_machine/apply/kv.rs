@@ -79,22 +79,10 @@ pub fn apply_write(
     // The live session, if any: an expired one is replaced by a new one.
     let live = stored.clone().filter(|s| !s.expired);
     let forgotten = live.as_ref().map_or(0, |s| s.forgotten);
-    if w.seq < forgotten {
-        // Its answer may have been forgotten; applying it again could
-        // apply it twice.
-        return Ok(error_response(
-            Code::FailedPrecondition,
-            format!(
-                "seq {} of client {} is below its acknowledged mark {forgotten}",
-                w.seq, w.client_id
-            ),
-        ));
-    }
-    // Not recorded: the same write applies once the promotion is over.
-    if let Some(busy) = promotion::refuse_write(p, w)? {
-        return Ok(busy);
-    }
-    let resp = write_outcome(p, index, owner, w)?;
+    let resp = match first_outcome(p, index, owner, w, forgotten)? {
+        Ok(resp) => resp,
+        Err(unrecorded) => return Ok(unrecorded),
+    };
     p.put(
         CF_META,
         &meta::dedupe(w.client_id, w.seq),
@@ -153,6 +141,33 @@ fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue
     }
 }
 
+/// The outcome of a deduplicated write that has no recorded answer:
+/// `Ok` the answer to record, `Err` a refusal not to record, since the same
+/// seq must not apply later (below the acknowledged mark `forgotten`, its
+/// answer may have been forgotten, so it may have applied) or may apply
+/// later (its key groups are being promoted).
+pub(super) fn first_outcome(
+    p: &mut PendingWrites,
+    index: u64,
+    owner: Option<&str>,
+    w: &pb::WriteRequest,
+    forgotten: u64,
+) -> io::Result<Result<pb::CommandResponse, pb::CommandResponse>> {
+    if w.seq < forgotten {
+        return Ok(Err(error_response(
+            Code::FailedPrecondition,
+            format!(
+                "seq {} of client {} is below its acknowledged mark {forgotten}",
+                w.seq, w.client_id
+            ),
+        )));
+    }
+    if let Some(busy) = promotion::refuse_write(p, w)? {
+        return Ok(Err(busy));
+    }
+    write_outcome(p, index, owner, w).map(Ok)
+}
+
 /// What a write does to `data` and answers, whoever's dedupe record keeps
 /// the answer.
 pub(super) fn write_outcome(
@@ -174,12 +189,7 @@ pub(super) fn write_outcome(
         ));
     }
     if let Some(lease) = &w.lease {
-        let keys = w
-            .ops
-            .iter()
-            .map(|o| o.key.as_slice())
-            .chain(w.conditions.iter().map(|c| c.key.as_slice()));
-        if let Err(refused) = leases::check_write(p, &job, owner, lease, keys)? {
+        if let Err(refused) = leases::check_write(p, &job, owner, lease, w)? {
             return Ok(refused);
         }
     }

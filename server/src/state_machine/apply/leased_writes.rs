@@ -17,10 +17,9 @@ use std::io;
 
 use prost::Message;
 use streamshield_proto::v1 as pb;
-use tonic::Code;
 
-use super::kv::{write_outcome, FORGET_STEP};
-use super::{error_response, jobs, leases, not_found, promotion, At};
+use super::kv::{first_outcome, FORGET_STEP};
+use super::{jobs, leases, not_found, At};
 use crate::error::ServiceError;
 use crate::keys::meta;
 use crate::rocks::corrupt;
@@ -43,12 +42,7 @@ pub fn apply(
         return Ok(not_found(ServiceError::JobNotFound { job: w.job.clone() }));
     };
     // The lease before any recorded answer: a replaced holder reads none.
-    let keys = w
-        .ops
-        .iter()
-        .map(|o| o.key.as_slice())
-        .chain(w.conditions.iter().map(|c| c.key.as_slice()));
-    if let Err(refused) = leases::check_write(p, &job, owner, lease, keys)? {
+    if let Err(refused) = leases::check_write(p, &job, owner, lease, w)? {
         return Ok(refused);
     }
     let answers = meta::lease_answers(w.shard, job.job_id, lease.task, lease.generation);
@@ -68,20 +62,10 @@ pub fn apply(
                 .map_err(|_| corrupt("a lease dedupe mark is not 8 bytes"))?,
         ),
     };
-    if w.seq < forgotten {
-        return Ok(error_response(
-            Code::FailedPrecondition,
-            format!(
-                "seq {} of client {} is below its acknowledged mark {forgotten} under this lease",
-                w.seq, w.client_id
-            ),
-        ));
-    }
-    // Not recorded: the same write applies once the promotion is over.
-    if let Some(busy) = promotion::refuse_write(p, w)? {
-        return Ok(busy);
-    }
-    let resp = write_outcome(p, at.index, owner, w)?;
+    let resp = match first_outcome(p, at.index, owner, w, forgotten)? {
+        Ok(resp) => resp,
+        Err(unrecorded) => return Ok(unrecorded),
+    };
     p.put(CF_META, &key, resp.encode_to_vec())?;
     // A difference, as in `kv`: seqs near `u64::MAX` neither overflow nor
     // move the mark back.

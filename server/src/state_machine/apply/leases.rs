@@ -257,18 +257,23 @@ fn check(
 }
 
 /// For a sync write that carries a lease: the lease must be the task's
-/// current one, and every key in its key groups.
-pub fn check_write<'k>(
+/// current one, and every key it writes or tests in its key groups.
+pub fn check_write(
     p: &mut PendingWrites,
     job: &pb::JobInfo,
     principal: Option<&str>,
     lease: &pb::TaskLease,
-    mut keys: impl Iterator<Item = &'k [u8]>,
+    w: &pb::WriteRequest,
 ) -> io::Result<Checked<()>> {
     let record = match check(p, job, principal, lease.task, lease.generation)? {
         Ok(r) => r,
         Err(refused) => return Ok(Err(refused)),
     };
+    let mut keys = w
+        .ops
+        .iter()
+        .map(|o| o.key.as_slice())
+        .chain(w.conditions.iter().map(|c| c.key.as_slice()));
     if let Some(outside) = keys.find(|k| !owns(&record, keys::key_group(k, job.key_groups))) {
         return Ok(Err(outside_range(
             &record,

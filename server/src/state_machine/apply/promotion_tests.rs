@@ -82,15 +82,19 @@ fn committed(r: &pb::CommandResponse) -> pb::EpochCommitted {
     }
 }
 
-fn step(f: &mut Fixture, task: u32, generation: u64, epoch: u64) -> pb::PromotionStep {
-    let r = f.apply(pb::Command {
+fn promote_cmd(task: u32, generation: u64, epoch: u64) -> pb::Command {
+    pb::Command {
         kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
             job: "j".into(),
             task,
             generation,
             epoch,
         })),
-    });
+    }
+}
+
+fn step(f: &mut Fixture, task: u32, generation: u64, epoch: u64) -> pb::PromotionStep {
+    let r = f.apply(promote_cmd(task, generation, epoch));
     match r.kind {
         Some(command_response::Kind::PromotionStep(s)) => s,
         other => panic!("not a step: {other:?}"),
@@ -326,14 +330,7 @@ fn the_last_batch_the_commit_and_a_step_in_one_chunk_promote_what_the_chunk_stag
             String::from_utf8(v.clone()).unwrap(),
         );
     }
-    let promote = pb::Command {
-        kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
-            job: "j".into(),
-            task: 1,
-            generation: g,
-            epoch: 1,
-        })),
-    };
+    let promote = promote_cmd(1, g, 1);
     // Run keys the chunk wrote are only in its pending writes when the
     // steps read them.
     let mut chunk = vec![
