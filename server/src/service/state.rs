@@ -41,41 +41,35 @@ impl StateService {
         Ok(c)
     }
 
-    /// Answers from what this replica has applied; a linearizable read must
-    /// have passed read-index first.
-    fn read_one(&self, r: &pb::GetRequest) -> Result<pb::GetResponse, ServiceError> {
-        // Taken before the value: the value then reflects at least it.
-        let applied_index = self.ctx.sm.applied_index();
-        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
-        let kv = read::get(&db, info.as_deref(), r.shard, &r.job, &r.state, &r.key)?;
-        metrics::counter!("streamshield_reads_total", "kind" => "get").increment(1);
-        Ok(pb::GetResponse {
-            kv,
-            applied_index,
-            answered_by: self.ctx.id,
-        })
-    }
-
-    /// [`StateService::read_one`] once no promotion covers the key's key
-    /// group (`state_machine::promotions`): a read never sees part of an
-    /// epoch.
+    /// Answers from what this replica has applied (a linearizable read
+    /// must have passed read-index first), once no promotion covers the
+    /// key's key group (`state_machine::promotions`): a read never sees
+    /// part of an epoch.
     async fn read_settled(&self, r: &pb::GetRequest) -> Result<pb::GetResponse, ServiceError> {
         let deadline = Instant::now() + SETTLE_WAIT;
         loop {
-            let (_, info) = self.ctx.sm.job(r.shard, &r.job)?;
-            let Some(info) = info else {
-                return self.read_one(r);
+            let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+            let seq = match &info {
+                Some(info) => {
+                    let group = u32::from(keys::key_group(&r.key, info.key_groups));
+                    let settled =
+                        self.ctx
+                            .sm
+                            .settled(r.shard, info.job_id, (group, group + 1), deadline);
+                    Some(settled.await.ok_or_else(still_promoting)?)
+                }
+                None => None,
             };
-            let group = u32::from(keys::key_group(&r.key, info.key_groups));
-            let seq = self
-                .ctx
-                .sm
-                .settled(r.shard, info.job_id, (group, group + 1), deadline)
-                .await
-                .ok_or_else(still_promoting)?;
-            let out = self.read_one(r)?;
-            if self.ctx.sm.promotions_unchanged(seq) {
-                return Ok(out);
+            // Taken before the value: the value then reflects at least it.
+            let applied_index = self.ctx.sm.applied_index();
+            let kv = read::get(&db, info.as_deref(), r.shard, &r.job, &r.state, &r.key)?;
+            if seq.is_none_or(|s| self.ctx.sm.promotions_unchanged(s)) {
+                metrics::counter!("streamshield_reads_total", "kind" => "get").increment(1);
+                return Ok(pb::GetResponse {
+                    kv,
+                    applied_index,
+                    answered_by: self.ctx.id,
+                });
             }
         }
     }

@@ -226,35 +226,20 @@ impl<'a> PendingWrites<'a> {
     /// the entries applied so far left them. Reads the whole range: for
     /// the few records of one job (its tasks) and one epoch's staged
     /// writes, never for a column family's bulk.
-    pub fn scan_prefix(
-        &mut self,
-        cf: &'static str,
-        prefix: &[u8],
-    ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let handle = rocks::cf(self.db, cf)?;
-        let known = &self.known[slot(cf)];
-        let mut found = std::collections::BTreeMap::new();
-        let it = self
-            .db
-            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward));
-        for item in it {
-            let (k, v) = item.map_err(io_err)?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if !known.in_deleted_range(&k) {
-                found.insert(k.to_vec(), v.to_vec());
-            }
+    /// Every key and value under `prefix`, as [`PendingWrites::scan_range`]
+    /// sees them, unbounded.
+    pub fn scan_prefix(&mut self, cf: &'static str, prefix: &[u8]) -> io::Result<KeyValues> {
+        // The first key past every key under the prefix: the prefix with its
+        // last byte below 0xff raised by one (no prefix here is all 0xff).
+        let mut end = prefix.to_vec();
+        while end.last() == Some(&0xff) {
+            end.pop();
         }
-        for (k, v) in &known.values {
-            if k.starts_with(prefix) {
-                match &v.value {
-                    Some(v) => found.insert(k.clone(), v.clone()),
-                    None => found.remove(k),
-                };
-            }
+        match end.last_mut() {
+            Some(b) => *b += 1,
+            None => return Err(corrupt("a scan prefix of 0xff bytes only")),
         }
-        Ok(found.into_iter().collect())
+        Ok(self.scan_range(cf, prefix, &end, usize::MAX)?.0)
     }
 
     /// Keys and values of `[from, to)` in key order, as the entries applied

@@ -34,7 +34,11 @@ pub fn apply_write(
         }
         return write_outcome(p, index, owner, w);
     }
-    if let (Some(lease), true) = (&w.lease, at.format >= leased_writes::FORMAT) {
+    if let Some(lease) = w
+        .lease
+        .as_ref()
+        .filter(|_| at.format >= leased_writes::FORMAT)
+    {
         return leased_writes::apply(p, at, owner, w, lease);
     }
     let stored = sessions::load(p, w.client_id)?;

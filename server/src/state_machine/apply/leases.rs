@@ -45,10 +45,11 @@ pub fn store_task(p: &mut PendingWrites, job_id: u32, t: &pb::TaskRecord) -> io:
     )
 }
 
-/// Every staged write of `task` from generation `from` (inclusive) up to
-/// generation `to` (exclusive), but the runs a promotion of a committed
-/// epoch still needs (`promotion.rs`).
-fn drop_staged(
+/// What generations `from..to` of `task` left behind: their staged writes
+/// (but the runs a promotion of a committed epoch still needs,
+/// `promotion.rs`) and the recorded answers of their leased writes
+/// (`leased_writes.rs`).
+fn drop_generations(
     p: &mut PendingWrites,
     job_id: u32,
     task: u32,
@@ -62,10 +63,11 @@ fn drop_staged(
         Some(m) => {
             let kept = keys::staged_prefix(DEFAULT_SHARD, job_id, task, m.generation, m.epoch);
             p.delete_range(CF_STAGED, &start, &kept)?;
-            p.delete_range(CF_STAGED, &promotion::epoch_end(job_id, task, m), &end)
+            p.delete_range(CF_STAGED, &promotion::epoch_end(job_id, task, m), &end)?;
         }
-        None => p.delete_range(CF_STAGED, &start, &end),
+        None => p.delete_range(CF_STAGED, &start, &end)?,
     }
+    leased_writes::drop_generations(p, job_id, task, from, to)
 }
 
 fn stale(job: &str, task: u32, held: u64, current: u64, why: &str) -> pb::CommandResponse {
@@ -155,8 +157,7 @@ pub fn acquire(
         ));
     };
     let promoting = previous.as_ref().and_then(|t| t.promoting);
-    drop_staged(p, job.job_id, a.task, 0, generation, promoting.as_ref())?;
-    leased_writes::drop_generations(p, job.job_id, a.task, 0, generation)?;
+    drop_generations(p, job.job_id, a.task, 0, generation, promoting.as_ref())?;
     let record = pb::TaskRecord {
         task: a.task,
         generation,
@@ -308,20 +309,13 @@ pub fn release(p: &mut PendingWrites, r: &pb::LeaseRelease) -> io::Result<pb::Co
         Ok(held) => held,
         Err(refused) => return Ok(refused),
     };
-    drop_staged(
+    drop_generations(
         p,
         job.job_id,
         task.task,
         task.generation,
         task.generation + 1,
         task.promoting.as_ref(),
-    )?;
-    leased_writes::drop_generations(
-        p,
-        job.job_id,
-        task.task,
-        task.generation,
-        task.generation + 1,
     )?;
     task.released = true;
     task.staging.clear();
