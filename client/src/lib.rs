@@ -23,9 +23,11 @@ mod batch;
 pub mod certs;
 mod client;
 mod coalesce;
+mod epoch_ops;
 mod error;
 pub mod local;
 mod session;
+mod shared_stage;
 mod task_session;
 mod transport;
 

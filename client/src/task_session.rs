@@ -4,13 +4,14 @@
 //! [`Client::acquire`] takes a task's lease (fencing any earlier holder)
 //! and returns a [`TaskSession`] with the task's last checkpoint. `put`
 //! and `delete` return at once: ops gather in a buffer that goes out as
-//! one `StageWrites` when it reaches `batch_bytes` or has waited `linger`,
-//! with at most `window` batches in flight (a full window makes the next
-//! `put` wait: backpressure). Every op of the open epoch is also held
-//! here, under its seq, until the epoch commits: the task reads its own
-//! writes from them (`get`), and a commit that finds seqs missing (a
-//! batch lost to a leader change) re-sends exactly those. `commit` waits
-//! for every batch and then for the commit entry.
+//! one `StageWrites` when it reaches `batch_bytes` or `batch_ops` or has
+//! waited `linger`, with at most `window` batches in flight (a full window
+//! makes the next `put` wait: backpressure). Every op of the open epoch is
+//! also held here, under its seq, until the epoch commits: the task reads
+//! its own writes from them (`get`), and a commit that finds seqs missing
+//! (a batch lost to a leader change) re-sends exactly those. `commit`
+//! waits for the batches in flight and sends what is still buffered with
+//! the commit itself, which the node stages in the commit's own entry.
 //!
 //! Tables the job declares SYNC (`Client::set_table_mode`, or with the
 //! job) and tables named in `sync_tables` are written synchronously
@@ -20,7 +21,6 @@
 //! Dropping a session commits nothing: its staged writes stay invisible,
 //! and the next lease of the task drops them.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use streamshield_proto::v1::{self as pb, op};
 use tokio::sync::Semaphore;
 
+use crate::epoch_ops::{EpochOps, Slice};
+use crate::shared_stage::SharedStageWrites;
 use crate::{Client, ClientError, Consistency};
 
 /// How a session batches and pipelines.
@@ -35,6 +37,9 @@ use crate::{Client, ClientError, Consistency};
 pub struct TaskSessionConfig {
     /// A batch goes out once its keys and values reach this. Default 256 KiB.
     pub batch_bytes: usize,
+    /// ... or once it holds this many ops (a node refuses batches of more
+    /// than its `max_ops_per_batch`, 10,000 by default). Default 4,096.
+    pub batch_ops: usize,
     /// A batch goes out at the next write after it waited this long,
     /// whatever its size. Default 2 ms.
     pub linger: Duration,
@@ -54,8 +59,9 @@ impl Default for TaskSessionConfig {
     fn default() -> Self {
         Self {
             batch_bytes: 256 << 10,
-            linger: Duration::from_millis(2),
-            window: 8,
+            batch_ops: 4096,
+            linger: Duration::from_millis(25),
+            window: 4,
             resend_rounds: 5,
             sync_tables: Vec::new(),
         }
@@ -94,17 +100,11 @@ pub struct TaskSession {
     config: TaskSessionConfig,
     /// The epoch being written: the last committed one plus one.
     epoch: u64,
-    /// Every op of the open epoch; op `i` has seq `i + 1`.
-    held: Vec<pb::Op>,
-    /// Where in `held` the newest uncommitted write of each `(state, key)`
-    /// is.
-    overlay: HashMap<(String, Vec<u8>), usize>,
+    /// Every op of the open epoch.
+    held: EpochOps,
     /// Records the open epoch produced, per `(stream, partition)`: they
     /// go out with the commit.
     outputs: Vec<pb::PartitionOutput>,
-    /// Ops from `unsent` on are not sent yet.
-    unsent: usize,
-    unsent_bytes: usize,
     first_unsent_at: Option<Instant>,
     window: Arc<Semaphore>,
     /// The first error of a background send that the commit must report
@@ -153,24 +153,13 @@ impl Client {
             window: Arc::new(Semaphore::new(config.window.max(1))),
             config,
             epoch,
-            held: Vec::new(),
-            overlay: HashMap::new(),
+            held: EpochOps::default(),
             outputs: Vec::new(),
-            unsent: 0,
-            unsent_bytes: 0,
             first_unsent_at: None,
             failed: Arc::default(),
         };
         Ok((session, r.checkpoint))
     }
-}
-
-fn op_bytes(o: &pb::Op) -> usize {
-    o.key.len()
-        + match &o.kind {
-            Some(op::Kind::Put(p)) => p.value.len(),
-            _ => 0,
-        }
 }
 
 impl TaskSession {
@@ -222,21 +211,18 @@ impl TaskSession {
             };
             return self.client.write(batch).await.map(|_| ());
         }
-        let o = pb::Op {
+        self.held.push(pb::Op {
             state: state.to_string(),
-            key: key.clone(),
+            key,
             kind: Some(match value {
                 Some(value) => op::Kind::Put(pb::Put { value }),
                 None => op::Kind::Delete(pb::Delete {}),
             }),
-        };
-        self.unsent_bytes += op_bytes(&o);
-        self.overlay
-            .insert((state.to_string(), key), self.held.len());
-        self.held.push(o);
+        });
         let now = Instant::now();
         let since = *self.first_unsent_at.get_or_insert(now);
-        if self.unsent_bytes >= self.config.batch_bytes
+        if self.held.unsent_bytes() >= self.config.batch_bytes
+            || self.held.unsent_len() >= self.config.batch_ops
             || now.duration_since(since) >= self.config.linger
         {
             self.flush().await?;
@@ -274,8 +260,8 @@ impl TaskSession {
     /// The task's view of a key: its own uncommitted write if it has one,
     /// else the committed value.
     pub async fn get(&self, state: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        if let Some(&i) = self.overlay.get(&(state.to_string(), key.to_vec())) {
-            return Ok(match &self.held[i].kind {
+        if let Some(o) = self.held.newest(state, key) {
+            return Ok(match &o.kind {
                 Some(op::Kind::Put(p)) => Some(p.value.clone()),
                 _ => None,
             });
@@ -301,14 +287,11 @@ impl TaskSession {
 
     /// Sends what is buffered as one batch, waiting for room in the window.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        if self.unsent == self.held.len() {
+        let Some(batch) = self.held.seal() else {
             return Ok(());
-        }
-        let from = self.unsent;
-        self.unsent = self.held.len();
-        self.unsent_bytes = 0;
+        };
         self.first_unsent_at = None;
-        let req = self.stage_request(from, self.held.len());
+        let req = self.stage_request(batch);
         let permit = self
             .window
             .clone()
@@ -318,7 +301,7 @@ impl TaskSession {
         let (client, failed) = (self.client.clone(), self.failed.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            match client.stage_writes(req).await {
+            match client.stage_shared(req).await {
                 Ok(_) => {}
                 // Fenced or refused for good: the commit reports it.
                 Err(
@@ -337,16 +320,16 @@ impl TaskSession {
         Ok(())
     }
 
-    /// Ops `from..to` (seqs `from + 1..=to`) as one request.
-    fn stage_request(&self, from: usize, to: usize) -> pb::StageWritesRequest {
-        pb::StageWritesRequest {
-            shard: 0,
+    /// A sealed batch, or part of one, as one request.
+    fn stage_request(&self, batch: Slice) -> SharedStageWrites {
+        SharedStageWrites {
             job: self.spec.job.clone(),
             task: self.spec.task,
             generation: self.generation,
             epoch: self.epoch,
-            seq_from: from as u64 + 1,
-            ops: self.held[from..to].to_vec(),
+            seq_from: batch.seq_from,
+            ops: batch.ops,
+            range: batch.range,
         }
     }
 
@@ -375,7 +358,10 @@ impl TaskSession {
         input_offsets: Vec<pb::InputOffset>,
         metadata: Vec<u8>,
     ) -> Result<Committed, ClientError> {
-        self.flush().await?;
+        // What is not sent yet goes with the commit: the node stages it in
+        // the commit's own entry, one replication round instead of two.
+        let tail = self.held.seal();
+        self.first_unsent_at = None;
         self.drain().await;
         self.check_failed()?;
         let req = pb::CommitEpochRequest {
@@ -388,6 +374,7 @@ impl TaskSession {
             input_offsets,
             metadata,
             outputs: self.outputs.clone(),
+            ops: tail.map_or_else(Vec::new, |t| t.ops[t.range].to_vec()),
         };
         let mut rounds = 0;
         let r = loop {
@@ -410,9 +397,7 @@ impl TaskSession {
         };
         self.epoch += 1;
         self.held.clear();
-        self.overlay.clear();
         self.outputs.clear();
-        self.unsent = 0;
         Ok(committed)
     }
 
@@ -424,21 +409,10 @@ impl TaskSession {
                 "the cluster asks for seqs {first}..={last}, the epoch has 1..={n}"
             )));
         }
-        let (from, to) = (first as usize - 1, last as usize);
-        let mut at = from;
-        while at < to {
-            // In batches of the usual size: one request stays under the
-            // node's batch limit.
-            let mut end = at;
-            let mut bytes = 0;
-            while end < to && (end == at || bytes < self.config.batch_bytes) {
-                bytes += op_bytes(&self.held[end]);
-                end += 1;
-            }
-            self.client
-                .stage_writes(self.stage_request(at, end))
-                .await?;
-            at = end;
+        // Every op is in a sealed batch by now (the commit sealed the
+        // tail); each part is within the limits its batch was sent under.
+        for part in self.held.sealed_range(first, last) {
+            self.client.stage_shared(self.stage_request(part)).await?;
         }
         Ok(())
     }

@@ -234,16 +234,6 @@ pub fn stage(r: &pb::StageWritesRequest, limits: &Limits) -> Result<(), ServiceE
     if r.ops.is_empty() {
         return Err(ServiceError::invalid("ops", "nothing to stage"));
     }
-    if r.ops.len() > limits.max_ops_per_batch {
-        return Err(ServiceError::invalid(
-            "ops",
-            format!(
-                "{} ops, above the limit of {}",
-                r.ops.len(),
-                limits.max_ops_per_batch
-            ),
-        ));
-    }
     if r.seq_from == 0 {
         return Err(ServiceError::invalid("seq_from", "seqs count from 1"));
     }
@@ -253,7 +243,23 @@ pub fn stage(r: &pb::StageWritesRequest, limits: &Limits) -> Result<(), ServiceE
             "the batch's seqs pass 2^64 - 1",
         ));
     }
-    batch_bytes(ops(&r.ops, limits)?, limits)
+    staged_ops(&r.ops, limits)
+}
+
+/// A batch of staged ops (a `StageWrites`, or a commit's tail): within
+/// the per-batch count and byte limits, each op valid.
+fn staged_ops(batch: &[pb::Op], limits: &Limits) -> Result<(), ServiceError> {
+    if batch.len() > limits.max_ops_per_batch {
+        return Err(ServiceError::invalid(
+            "ops",
+            format!(
+                "{} ops, above the limit of {}",
+                batch.len(),
+                limits.max_ops_per_batch
+            ),
+        ));
+    }
+    batch_bytes(ops(batch, limits)?, limits)
 }
 
 pub fn commit(r: &pb::CommitEpochRequest, limits: &Limits) -> Result<(), ServiceError> {
@@ -271,6 +277,19 @@ pub fn commit(r: &pb::CommitEpochRequest, limits: &Limits) -> Result<(), Service
             size: r.metadata.len(),
             limit: limits.max_value_bytes,
         });
+    }
+    if !r.ops.is_empty() {
+        if r.ops.len() as u64 > r.last_seq {
+            return Err(ServiceError::invalid(
+                "ops",
+                format!(
+                    "{} ops end at last_seq {}: seqs count from 1",
+                    r.ops.len(),
+                    r.last_seq
+                ),
+            ));
+        }
+        staged_ops(&r.ops, limits)?;
     }
     outputs(&r.outputs, limits)
 }

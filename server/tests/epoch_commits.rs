@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use streamshield_client::{pb, Client, ClientError, Consistency, TaskSessionConfig, TaskSpec};
+use streamshield_client::{
+    key_group, pb, Client, ClientError, Consistency, TaskSessionConfig, TaskSpec,
+};
 
 fn put(key: &str, value: &str) -> pb::Op {
     pb::Op {
@@ -197,4 +199,115 @@ async fn a_commit_racing_a_leader_kill_is_visible_whole_or_not_at_all() {
         }
         committed_round = at;
     }
+}
+
+/// A commit may carry the epoch's last writes: the node stages them in
+/// the commit's own entry, just before the commit. Without that, this
+/// commit names seqs 3 and 4 as missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_carries_its_last_writes_and_a_refused_tail_commits_nothing() {
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    c.create_job("tail", 2).await.expect("create job");
+    let g = c
+        .acquire_lease(pb::AcquireLeaseRequest {
+            job: "tail".into(),
+            task: 0,
+            key_group_start: 0,
+            key_group_end: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .generation;
+    let ours = |n: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| key_group(k.as_bytes(), 2) == 0)
+            .take(n)
+            .collect()
+    };
+    let keys = ours(4);
+    c.stage_writes(pb::StageWritesRequest {
+        job: "tail".into(),
+        task: 0,
+        generation: g,
+        epoch: 1,
+        seq_from: 1,
+        ops: vec![put(&keys[0], "1"), put(&keys[1], "2")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let commit = |epoch: u64, last_seq: u64, ops: Vec<pb::Op>| pb::CommitEpochRequest {
+        job: "tail".into(),
+        task: 0,
+        generation: g,
+        epoch,
+        last_seq,
+        input_offsets: vec![pb::InputOffset {
+            stream: "in".into(),
+            partition: 0,
+            offset: epoch * 10,
+        }],
+        ops,
+        ..Default::default()
+    };
+    let with_tail = commit(1, 4, vec![put(&keys[2], "3"), put(&keys[3], "4")]);
+    let first = c.commit_epoch(with_tail.clone()).await.expect("commit");
+    assert!(!first.already_committed);
+    for (k, v) in keys.iter().zip(["1", "2", "3", "4"]) {
+        assert_eq!(value(&c, "tail", k).await.as_deref(), Some(v), "{k}");
+    }
+    // Retried whole (its answer lost): the tail of a committed epoch is
+    // refused and the commit answers as already done.
+    let retry = c.commit_epoch(with_tail).await.expect("retried commit");
+    assert!(retry.already_committed);
+
+    // Bad tails change nothing: more ops than seqs, more than a batch may
+    // hold.
+    for (what, bad) in [
+        (
+            "5 ops ending at seq 4",
+            commit(
+                2,
+                4,
+                (0..5).map(|i| put(&keys[0], &i.to_string())).collect(),
+            ),
+        ),
+        (
+            "10,001 ops",
+            commit(2, 10_001, (0..10_001).map(|_| put(&keys[0], "x")).collect()),
+        ),
+    ] {
+        match c.commit_epoch(bad).await {
+            Err(ClientError::InvalidArgument(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A tail the node refuses to stage (a key of another task's group)
+    // leaves the commit missing its seqs: nothing of epoch 2 is visible,
+    // the checkpoint stays at epoch 1.
+    let theirs = (0..)
+        .map(|i| format!("x{i}"))
+        .find(|k| key_group(k.as_bytes(), 2) == 1)
+        .unwrap();
+    match c
+        .commit_epoch(commit(2, 2, vec![put(&keys[0], "new"), put(&theirs, "no")]))
+        .await
+    {
+        Err(ClientError::MissingSeqs { epoch: 2, missing }) => assert_eq!(missing, vec![(1, 2)]),
+        other => panic!("a refused tail: {other:?}"),
+    }
+    assert_eq!(value(&c, "tail", &keys[0]).await.as_deref(), Some("1"));
+    let task = c
+        .list_tasks("tail", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .tasks
+        .into_iter()
+        .find(|t| t.task == 0)
+        .unwrap();
+    let cp = task.checkpoint.expect("a checkpoint");
+    assert_eq!((cp.epoch, cp.input_offsets[0].offset), (1, 10));
 }

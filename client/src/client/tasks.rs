@@ -4,10 +4,12 @@
 use std::future::Future;
 
 use streamshield_proto::v1::{self as pb, tasks_client::TasksClient};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::Status;
 
 use super::{Client, Route, MAX_MESSAGE_BYTES};
 use crate::error::ClientError;
+use crate::shared_stage::SharedStageWrites;
 use crate::transport::Transport;
 use crate::Consistency;
 
@@ -42,6 +44,38 @@ impl Client {
     ) -> Result<pb::StageWritesResponse, ClientError> {
         self.tasks(req, |mut c, r| async move { c.stage_writes(r).await })
             .await
+    }
+
+    /// `StageWrites` of ops shared with the session that holds them: no
+    /// op is copied for the call or for its retries (`shared_stage.rs`).
+    pub(crate) async fn stage_shared(
+        &self,
+        req: SharedStageWrites,
+    ) -> Result<pb::StageWritesResponse, ClientError> {
+        let grpc = |t: Transport| {
+            tonic::client::Grpc::new(t)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        self.call(Route::Leader, grpc, req, |mut g, r| async move {
+            g.ready()
+                .await
+                .map_err(|e| Status::unknown(format!("the channel is not ready: {e}")))?;
+            let mut req = tonic::Request::new(r);
+            req.extensions_mut().insert(tonic::GrpcMethod::new(
+                "streamshield.v1.Tasks",
+                "StageWrites",
+            ));
+            let codec: tonic_prost::ProstCodec<SharedStageWrites, pb::StageWritesResponse> =
+                tonic_prost::ProstCodec::default();
+            g.unary(
+                req,
+                PathAndQuery::from_static("/streamshield.v1.Tasks/StageWrites"),
+                codec,
+            )
+            .await
+        })
+        .await
     }
 
     pub async fn commit_epoch(

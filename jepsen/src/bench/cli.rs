@@ -149,6 +149,14 @@ pub struct BenchArgs {
     /// saturation is what a job running under its capacity sees.
     #[arg(long, default_value_t = 0)]
     pub task_rate: u64,
+    /// For `--workload task-session`: the sessions' `linger`, e.g. `5ms`
+    /// (default: the client's).
+    #[arg(long, value_parser = parse_interval)]
+    pub task_linger: Option<Duration>,
+    /// For `--workload task-session`: the sessions' `window` of batches
+    /// in flight (default: the client's).
+    #[arg(long)]
+    pub task_window: Option<usize>,
     /// For `--workload epoch-commit`: bytes of values staged per large
     /// epoch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -404,6 +412,8 @@ fn task_shape(a: &BenchArgs, warmup: Duration, measure: Duration) -> TaskBenchSh
         tasks: a.tasks,
         checkpoint_interval: a.checkpoint_interval,
         rate: a.task_rate,
+        linger: a.task_linger,
+        window: a.task_window,
         value_size: a.load.value_size,
         warmup,
         measure,

@@ -281,6 +281,8 @@ pub async fn run(
                 tasks: TASK_SESSION_TASKS,
                 checkpoint_interval: TASK_SESSION_INTERVAL,
                 rate: 0,
+                linger: None,
+                window: None,
                 value_size: opts.space.value_size,
                 warmup: opts.warmup,
                 measure: opts.measure,

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::cpu;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -29,6 +30,9 @@ pub struct TaskBenchShape {
     pub checkpoint_interval: Duration,
     /// Updates per second of all tasks together; 0: unpaced.
     pub rate: u64,
+    /// The sessions' batching, where not the client's defaults.
+    pub linger: Option<Duration>,
+    pub window: Option<usize>,
     pub value_size: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -53,10 +57,16 @@ pub struct TaskBenchReport {
     pub commit_p50_us: u64,
     pub commit_p99_us: u64,
     pub commit_max_us: u64,
-    /// The part of a commit spent waiting for the epoch's last staged
-    /// batches to be answered, before the commit entry was proposed.
+    /// The part of a commit spent waiting for the epoch's batches in
+    /// flight to be answered, before the commit (with the still-buffered
+    /// tail) was sent.
     pub staged_wait_p50_us: u64,
     pub staged_wait_p99_us: u64,
+    /// The whole machine's busy CPU time (servers, tasks, kernel) per
+    /// committed update over the measured seconds: steadier than
+    /// throughput on a shared VM. `None` without `/proc/stat`.
+    pub cpu_us_per_update: Option<f64>,
+    pub steal_pct: Option<f64>,
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -108,6 +118,17 @@ async fn take_task(
     })
 }
 
+fn session_config(shape: &TaskBenchShape) -> TaskSessionConfig {
+    let mut c = TaskSessionConfig::default();
+    if let Some(l) = shape.linger {
+        c.linger = l;
+    }
+    if let Some(w) = shape.window {
+        c.window = w;
+    }
+    c
+}
+
 fn new_outcome() -> TaskOutcome {
     TaskOutcome {
         committed: 0,
@@ -129,14 +150,7 @@ async fn one_task(
         session: mut s,
         keys,
         mut rng,
-    } = take_task(
-        &client,
-        task,
-        groups,
-        shape.seed,
-        TaskSessionConfig::default(),
-    )
-    .await?;
+    } = take_task(&client, task, groups, shape.seed, session_config(&shape)).await?;
     let mut value = vec![0u8; shape.value_size];
     let measure_from = start_at + shape.warmup;
     let end = measure_from + shape.measure;
@@ -152,10 +166,9 @@ async fn one_task(
         let now = Instant::now();
         if now >= next_commit || now >= end {
             let started = Instant::now();
-            // `commit` does the same flush and wait first; done here, the
-            // two parts of its latency are told apart.
+            // `commit` waits for the batches in flight first; done here,
+            // the two parts of its latency are told apart.
             let committed = async {
-                s.flush().await?;
                 s.wait_staged().await;
                 let waited = started.elapsed();
                 s.commit(Vec::new(), Vec::new()).await?;
@@ -215,6 +228,12 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
     let tasks = shape.tasks.clamp(1, KEY_GROUPS);
     let per = KEY_GROUPS / tasks;
     let start_at = Instant::now();
+    let cpu_window = tokio::spawn(async move {
+        tokio::time::sleep_until((start_at + shape.warmup).into()).await;
+        let from = cpu::sample();
+        tokio::time::sleep(shape.measure).await;
+        Some(cpu::sample()?.since(&from?))
+    });
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
             let end = if t + 1 == tasks {
@@ -239,6 +258,7 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
         }
     }
     let secs = shape.measure.as_secs_f64();
+    let cpu = cpu_window.await.ok().flatten();
     let q = |p: f64| quantile(&hist, p);
     Ok(TaskBenchReport {
         workload: "task-session".into(),
@@ -256,6 +276,8 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
         commit_max_us: if hist.is_empty() { 0 } else { hist.max() },
         staged_wait_p50_us: quantile(&staged_wait, 0.5),
         staged_wait_p99_us: quantile(&staged_wait, 0.99),
+        cpu_us_per_update: cpu.filter(|_| ops > 0).map(|c| c.busy_s * 1e6 / ops as f64),
+        steal_pct: cpu.map(|c| c.steal_share * 100.0),
         errors,
         first_error,
     })

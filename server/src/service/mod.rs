@@ -226,6 +226,22 @@ impl NodeContext {
         Ok((index, kind))
     }
 
+    /// Proposes `kinds` next to each other in one entry and answers as
+    /// the last one did. The others' refusals are not reported: a commit
+    /// whose tail was refused misses those seqs and says so, and the
+    /// client re-sends them as a batch of their own, which reports why.
+    pub async fn propose_kinds_last(
+        &self,
+        kinds: Vec<pb::command::Kind>,
+    ) -> Result<(u64, pb::command_response::Kind), ServiceError> {
+        let (index, mut answers) = self.writes.submit_commands(kinds).await?;
+        match answers.pop().and_then(|a| a.kind) {
+            Some(pb::command_response::Kind::Error(e)) => Err(rejected(&e)),
+            Some(kind) => Ok((index, kind)),
+            None => Err(ServiceError::Unavailable("apply answered nothing".into())),
+        }
+    }
+
     /// Proposes a client write of `principal`, together with writes that
     /// arrive while earlier proposals are in flight, and returns its own
     /// answer.

@@ -164,8 +164,18 @@ impl Tasks for TasksService {
         validate::commit(&r, &self.ctx.limits)?;
         let who = self.ctx.authorize(&ext, Action::Write { job: &r.job })?;
         let started = Instant::now();
+        let lease = lease_ref(who.principal, r.job, r.task, r.generation);
+        // The tail is staged by the same entry, just before the commit.
+        let tail = (!r.ops.is_empty()).then(|| {
+            command::Kind::StageWrites(pb::StageOps {
+                lease: lease.clone(),
+                epoch: r.epoch,
+                seq_from: r.last_seq - (r.ops.len() as u64 - 1),
+                ops: r.ops.into_iter().map(staged_op).collect(),
+            })
+        });
         let cmd = command::Kind::CommitEpoch(pb::EpochCommit {
-            lease: lease_ref(who.principal, r.job, r.task, r.generation),
+            lease,
             epoch: r.epoch,
             last_seq: r.last_seq,
             input_offsets: r
@@ -180,7 +190,11 @@ impl Tasks for TasksService {
             metadata: r.metadata,
             outputs: super::streams::partition_entries(r.outputs),
         });
-        match self.ctx.propose_kind(cmd).await? {
+        let answer = match tail {
+            None => self.ctx.propose_kind(cmd).await?,
+            Some(tail) => self.ctx.propose_kinds_last(vec![tail, cmd]).await?,
+        };
+        match answer {
             (index, command_response::Kind::EpochCommitted(c)) => {
                 metrics::histogram!("streamshield_epoch_commit_seconds")
                     .record(started.elapsed().as_secs_f64());

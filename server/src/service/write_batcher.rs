@@ -24,8 +24,10 @@
 //! commit small ones: their commits' p99 987 and 1,020 ms with the lane,
 //! 1,471 and 1,211 ms without; PERFORMANCE.md, "Task sessions: the apply
 //! path"). Going first reorders nothing a client could have ordered: a
-//! session sends its commit only once every batch of the epoch was
-//! answered, and commands that wait together were concurrent.
+//! session sends its commit only once every batch of the epoch in flight
+//! was answered, the epoch's last writes travel in the same item as the
+//! commit (one item's commands stay next to each other, in order), and
+//! commands that wait together were concurrent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -56,17 +58,21 @@ const RETRY_AFTER_MS: u32 = 20;
 type Answer = Result<pb::WriteResponse, ServiceError>;
 /// A command's answer and the index of the entry that carried it.
 type CommandAnswer = Result<(u64, pb::CommandResponse), ServiceError>;
+/// The answers of commands proposed as one item, in their order.
+type CommandsAnswer = Result<(u64, Vec<pb::CommandResponse>), ServiceError>;
 
 enum Item {
     Write(pb::OwnedWrite, oneshot::Sender<Answer>),
-    Command(pb::command::Kind, oneshot::Sender<CommandAnswer>),
+    /// Commands that go into the proposal next to each other, in order
+    /// (an epoch's last staged batch and its commit).
+    Commands(Vec<pb::command::Kind>, oneshot::Sender<CommandsAnswer>),
 }
 
 impl Item {
     fn abandoned(&self) -> bool {
         match self {
             Item::Write(_, reply) => reply.is_closed(),
-            Item::Command(_, reply) => reply.is_closed(),
+            Item::Commands(_, reply) => reply.is_closed(),
         }
     }
 
@@ -75,7 +81,7 @@ impl Item {
             Item::Write(_, reply) => {
                 let _ = reply.send(Err(e.duplicate()));
             }
-            Item::Command(_, reply) => {
+            Item::Commands(_, reply) => {
                 let _ = reply.send(Err(e.duplicate()));
             }
         }
@@ -136,6 +142,7 @@ async fn propose(proposer: Proposer, batch: Vec<Pending>) {
     let mut writes = Vec::new();
     let mut write_replies = Vec::new();
     let mut commands = Vec::new();
+    // Each item's reply and how many of the list's commands are its.
     let mut command_replies = Vec::new();
     for p in batch {
         match p.item {
@@ -143,13 +150,18 @@ async fn propose(proposer: Proposer, batch: Vec<Pending>) {
                 writes.push(w);
                 write_replies.push(reply);
             }
-            Item::Command(kind, reply) => {
-                commands.push(pb::Command { kind: Some(kind) });
-                command_replies.push(reply);
+            Item::Commands(kinds, reply) => {
+                command_replies.push((reply, kinds.len()));
+                commands.extend(
+                    kinds
+                        .into_iter()
+                        .map(|kind| pb::Command { kind: Some(kind) }),
+                );
             }
         }
     }
     let n = writes.len();
+    let commands_len = commands.len();
     let owned = |writes| pb::Command {
         kind: Some(command::Kind::OwnedWrites(pb::OwnedWrites { writes })),
     };
@@ -170,7 +182,7 @@ async fn propose(proposer: Proposer, batch: Vec<Pending>) {
     let expected = if command_replies.is_empty() {
         n
     } else {
-        command_replies.len() + usize::from(n > 0)
+        commands_len + usize::from(n > 0)
     };
     let unexpected = |what: String| ServiceError::Unavailable(what);
     let (index, mut answers) = match proposer.propose_answers(cmd).await {
@@ -206,20 +218,21 @@ async fn propose(proposer: Proposer, batch: Vec<Pending>) {
     for (reply, a) in write_replies.into_iter().zip(answers) {
         let _ = reply.send(answer_of(a));
     }
-    for (reply, a) in command_replies.into_iter().zip(rest) {
-        let _ = reply.send(Ok((index, a)));
+    let mut rest = rest.into_iter();
+    for (reply, k) in command_replies {
+        let _ = reply.send(Ok((index, rest.by_ref().take(k).collect())));
     }
 }
 
 fn fail_all(
     writes: Vec<oneshot::Sender<Answer>>,
-    commands: Vec<oneshot::Sender<CommandAnswer>>,
+    commands: Vec<(oneshot::Sender<CommandsAnswer>, usize)>,
     e: &ServiceError,
 ) {
     for r in writes {
         let _ = r.send(Err(e.duplicate()));
     }
-    for r in commands {
+    for (r, _) in commands {
         let _ = r.send(Err(e.duplicate()));
     }
 }
@@ -318,17 +331,37 @@ impl WriteBatcher {
     /// Proposes a command of another kind with whatever else is waiting;
     /// its answer (a refusal too) and the entry's index.
     pub async fn submit_command(&self, kind: pb::command::Kind) -> CommandAnswer {
+        let (index, mut answers) = self.submit_commands(vec![kind]).await?;
+        match answers.pop() {
+            Some(a) if answers.is_empty() => Ok((index, a)),
+            _ => Err(ServiceError::Unavailable(
+                "one command was answered with another count of answers".into(),
+            )),
+        }
+    }
+
+    /// Proposes `kinds` next to each other in one entry, in this order,
+    /// with whatever else is waiting; their answers in the same order.
+    pub async fn submit_commands(&self, kinds: Vec<pb::command::Kind>) -> CommandsAnswer {
         let (reply, answer) = oneshot::channel();
-        let bytes = kind.encoded_len();
-        let lane = if is_urgent(&kind) {
+        let bytes = kinds.iter().map(|k| k.encoded_len()).sum();
+        let lane = if kinds.iter().any(is_urgent) {
             &self.urgent
         } else {
             &self.tx
         };
-        self.enqueue(lane, Item::Command(kind, reply), bytes)?;
-        answer
+        let n = kinds.len();
+        self.enqueue(lane, Item::Commands(kinds, reply), bytes)?;
+        let (index, answers) = answer
             .await
-            .unwrap_or_else(|_| Err(ServiceError::Unavailable("proposal abandoned".into())))
+            .unwrap_or_else(|_| Err(ServiceError::Unavailable("proposal abandoned".into())))?;
+        if answers.len() != n {
+            return Err(ServiceError::Unavailable(format!(
+                "{n} commands were answered with {} answers",
+                answers.len()
+            )));
+        }
+        Ok((index, answers))
     }
 
     fn enqueue(
