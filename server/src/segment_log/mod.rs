@@ -1,4 +1,4 @@
-//! The Raft log's entries in segment files that are written before use.
+//! The Raft log's entries in segment files that are allocated before use.
 //!
 //! An fsync that only overwrites blocks a file already has is cheaper than
 //! one that also grows the file: on this VM's ext4 (no journal) an append
@@ -6,9 +6,10 @@
 //! write. With 3 writers at once, as a local cluster's replicas fsync, a
 //! 400 B overwrite + `fdatasync` took 153 µs against 201-205 µs for an
 //! append (PERFORMANCE.md, "The 1-client write: where its time goes"). RocksDB's WAL appends, so the
-//! log's entries live here instead: each segment is zero-filled (or is a
-//! recycled old segment) before it is used, records are written over it in
-//! order, and a sync is one `fdatasync` of the segment being written.
+//! log's entries live here instead: each segment gets its full size and
+//! blocks (`fallocate`, or it is a recycled old segment) before it is used,
+//! records are written over it in order, and a sync is one `fdatasync` of
+//! the segment being written.
 //!
 //! Records ([`record`]) carry their segment's number, a generation and a
 //! checksum; [`recovery`] reads the log back as the longest run of good

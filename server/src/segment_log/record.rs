@@ -7,9 +7,9 @@
 //! All little-endian; `checksum` is xxh3-64 of everything else. A
 //! record is only taken if its checksum matches and it names the segment
 //! it is read from, so neither a torn write nor what a recycled file held
-//! before can pass for a record. A segment is zero-filled (or recycled)
-//! before it is used, so the log ends where the next header does not
-//! decode.
+//! before can pass for a record. A segment reads as zeros (fallocated) or
+//! is recycled before it is used, so the log ends where the next header
+//! does not decode.
 
 pub const HEADER_BYTES: usize = 4 + 8 + 8 + 8 + 1;
 
