@@ -29,22 +29,27 @@ async fn value(c: &Client, job: &str, key: &str) -> Option<String> {
         .map(|kv| String::from_utf8(kv.value).unwrap())
 }
 
+/// Creates `job` with `key_groups` groups and leases task 0 over group
+/// 0; its generation.
+async fn job_with_task_0(c: &Client, job: &str, key_groups: u32) -> u64 {
+    c.create_job(job, key_groups).await.expect("create job");
+    c.acquire_lease(pb::AcquireLeaseRequest {
+        job: job.into(),
+        task: 0,
+        key_group_start: 0,
+        key_group_end: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("lease")
+    .generation
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gaps_are_named_and_filled_duplicates_and_retried_commits_apply_once() {
     let t = TestCluster::start(3, &[]).await;
     let c = t.client();
-    c.create_job("gaps", 1).await.expect("create job");
-    let g = c
-        .acquire_lease(pb::AcquireLeaseRequest {
-            job: "gaps".into(),
-            task: 0,
-            key_group_start: 0,
-            key_group_end: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .generation;
+    let g = job_with_task_0(&c, "gaps", 1).await;
     let stage = |seq_from: u64, ops: Vec<pb::Op>| pb::StageWritesRequest {
         job: "gaps".into(),
         task: 0,
@@ -208,18 +213,7 @@ async fn a_commit_racing_a_leader_kill_is_visible_whole_or_not_at_all() {
 async fn a_commit_carries_its_last_writes_and_a_refused_tail_commits_nothing() {
     let t = TestCluster::start(3, &[]).await;
     let c = t.client();
-    c.create_job("tail", 2).await.expect("create job");
-    let g = c
-        .acquire_lease(pb::AcquireLeaseRequest {
-            job: "tail".into(),
-            task: 0,
-            key_group_start: 0,
-            key_group_end: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .generation;
+    let g = job_with_task_0(&c, "tail", 2).await;
     let ours = |n: usize| -> Vec<String> {
         (0..)
             .map(|i| format!("k{i}"))
