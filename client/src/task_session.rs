@@ -41,9 +41,10 @@ pub struct TaskSessionConfig {
     /// than its `max_ops_per_batch`, 10,000 by default). Default 4,096.
     pub batch_ops: usize,
     /// A batch goes out at the next write after it waited this long,
-    /// whatever its size. Default 2 ms.
+    /// whatever its size; what is still buffered at a commit goes with the
+    /// commit, so this adds nothing to a commit's latency. Default 25 ms.
     pub linger: Duration,
-    /// Batches in flight at once. Default 8.
+    /// Batches in flight at once. Default 4.
     pub window: usize,
     /// Rounds of re-sending missing seqs before a commit gives up. Default 5.
     pub resend_rounds: u32,

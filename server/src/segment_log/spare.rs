@@ -7,10 +7,10 @@
 //! file, `spare.log`, ready, so a segment change is a rename; a purged
 //! segment becomes the spare if there is none.
 //!
-//! Segments were zero-filled before: that wrote every byte of the log
-//! twice, and the thread doing it was 8 % of the machine in a task-session
-//! run, for no measurable gain in a write's latency (PERFORMANCE.md,
-//! "Task sessions: the client and the commit's tail").
+//! Not zero-filled: writing zeros first puts every byte of the log through
+//! the page cache twice, 8 % of the machine in a task-session run, for no
+//! measurable gain in a write's latency (PERFORMANCE.md, "Task sessions:
+//! the client and the commit's tail").
 
 use std::fs::{self, File};
 use std::io;

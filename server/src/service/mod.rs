@@ -216,14 +216,7 @@ impl NodeContext {
         &self,
         kind: pb::command::Kind,
     ) -> Result<(u64, pb::command_response::Kind), ServiceError> {
-        let (index, resp) = self.writes.submit_command(kind).await?;
-        if let Some(pb::command_response::Kind::Error(e)) = &resp.kind {
-            return Err(rejected(e));
-        }
-        let kind = resp
-            .kind
-            .ok_or_else(|| ServiceError::Unavailable("apply answered nothing".into()))?;
-        Ok((index, kind))
+        self.propose_kinds_last(vec![kind]).await
     }
 
     /// Proposes `kinds` next to each other in one entry and answers as

@@ -56,9 +56,8 @@ pub const MAX_QUEUED_BYTES: usize = 64 * MAX_BYTES;
 const RETRY_AFTER_MS: u32 = 20;
 
 type Answer = Result<pb::WriteResponse, ServiceError>;
-/// A command's answer and the index of the entry that carried it.
-type CommandAnswer = Result<(u64, pb::CommandResponse), ServiceError>;
-/// The answers of commands proposed as one item, in their order.
+/// The answers of commands proposed as one item, in their order, and the
+/// index of the entry that carried them.
 type CommandsAnswer = Result<(u64, Vec<pb::CommandResponse>), ServiceError>;
 
 enum Item {
@@ -326,18 +325,6 @@ impl WriteBatcher {
         answer
             .await
             .unwrap_or_else(|_| Err(ServiceError::Unavailable("write proposal abandoned".into())))
-    }
-
-    /// Proposes a command of another kind with whatever else is waiting;
-    /// its answer (a refusal too) and the entry's index.
-    pub async fn submit_command(&self, kind: pb::command::Kind) -> CommandAnswer {
-        let (index, mut answers) = self.submit_commands(vec![kind]).await?;
-        match answers.pop() {
-            Some(a) if answers.is_empty() => Ok((index, a)),
-            _ => Err(ServiceError::Unavailable(
-                "one command was answered with another count of answers".into(),
-            )),
-        }
     }
 
     /// Proposes `kinds` next to each other in one entry, in this order,
