@@ -110,6 +110,14 @@ pub struct RaftTuning {
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// catches up by log instead of by snapshot. Default 1,000.
     pub logs_kept_after_snapshot: u64,
+    /// Also build a snapshot once the entries after the last one hold
+    /// this many bytes: task sessions write entries of hundreds of KiB,
+    /// and 20,000 of them would be gigabytes of log. Default 256 MiB.
+    pub snapshot_log_bytes: u64,
+    /// And keep at most this many bytes of log behind a snapshot (fewer
+    /// than `logs_kept_after_snapshot` entries when they are large).
+    /// Default 64 MiB.
+    pub log_bytes_kept_after_snapshot: u64,
     /// Bytes per snapshot chunk on the wire. Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
     /// Entries per AppendEntries RPC. Default 1,000.
@@ -207,6 +215,8 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 150,
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
+            snapshot_log_bytes: 256 << 20,
+            log_bytes_kept_after_snapshot: 64 << 20,
             snapshot_chunk_bytes: 1 << 20,
             max_entries_per_append: 1_000,
             pre_vote: true,
@@ -257,6 +267,8 @@ pub enum ConfigError {
     BatchTooLarge { batch: usize, max: usize },
     #[error("snapshot_every must be greater than 0")]
     ZeroSnapshotEvery,
+    #[error("snapshot_log_bytes must be greater than 0")]
+    ZeroSnapshotLogBytes,
     #[error("no TLS configured: set tls.ca_file, tls.cert_file and tls.key_file (--tls-ca, --tls-cert, --tls-key), or serve plaintext with --insecure")]
     NoTls,
     #[error("tls.ca_file, tls.cert_file and tls.key_file go together; set all three")]
@@ -299,6 +311,9 @@ impl ServerConfig {
         }
         if r.snapshot_every == 0 {
             return Err(ConfigError::ZeroSnapshotEvery);
+        }
+        if r.snapshot_log_bytes == 0 {
+            return Err(ConfigError::ZeroSnapshotLogBytes);
         }
         let l = &self.limits;
         for (name, v) in [

@@ -2,7 +2,8 @@
 //!
 //! A node is openraft over a Raft log of its own ([`log_store`]: entries in
 //! pre-written [`segment_log`] files fsynced with group commit, vote and
-//! purge point in RocksDB) and a RocksDB state machine ([`state_machine`]:
+//! purge point in RocksDB; bounded in bytes by [`log_bound`] as well as
+//! in entries) and a RocksDB state machine ([`state_machine`]:
 //! keyed state, jobs, snapshots as checkpoints). Every normal entry is a
 //! versioned envelope around one command ([`command`]). Peers talk over
 //! [`network`] (sending) and [`service::raft`] (receiving, behind
@@ -23,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod liveness;
+pub mod log_bound;
 pub mod log_cache;
 pub mod log_store;
 pub mod network;

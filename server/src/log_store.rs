@@ -181,6 +181,11 @@ impl LogStore {
         &self.db
     }
 
+    /// The log's entries, for what they hold in bytes ([`crate::log_bound`]).
+    pub fn segments(&self) -> &Arc<SegmentLog> {
+        &self.segments
+    }
+
     fn get_meta<M: Message + Default>(&self, key: &[u8]) -> io::Result<Option<M>> {
         let cf = rocks::cf(&self.db, CF_META)?;
         match self.db.get_pinned_cf(cf, key).map_err(io_err)? {

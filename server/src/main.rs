@@ -65,6 +65,13 @@ struct Flags {
     /// Log entries kept behind a snapshot.
     #[arg(long, env = "STREAMSHIELD_LOGS_KEPT_AFTER_SNAPSHOT")]
     logs_kept_after_snapshot: Option<u64>,
+    /// Also build a snapshot once the log after the last one holds this
+    /// many bytes.
+    #[arg(long, env = "STREAMSHIELD_SNAPSHOT_LOG_BYTES")]
+    snapshot_log_bytes: Option<u64>,
+    /// Log bytes kept behind a snapshot at most.
+    #[arg(long, env = "STREAMSHIELD_LOG_BYTES_KEPT_AFTER_SNAPSHOT")]
+    log_bytes_kept_after_snapshot: Option<u64>,
     #[arg(long, env = "STREAMSHIELD_MAX_KEY_BYTES")]
     max_key_bytes: Option<usize>,
     #[arg(long, env = "STREAMSHIELD_MAX_VALUE_BYTES")]
@@ -129,6 +136,8 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         election_timeout_max_ms => raft.election_timeout_max_ms,
         snapshot_every => raft.snapshot_every,
         logs_kept_after_snapshot => raft.logs_kept_after_snapshot,
+        snapshot_log_bytes => raft.snapshot_log_bytes,
+        log_bytes_kept_after_snapshot => raft.log_bytes_kept_after_snapshot,
         max_key_bytes => limits.max_key_bytes,
         max_value_bytes => limits.max_value_bytes,
         max_batch_bytes => limits.max_batch_bytes,

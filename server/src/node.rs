@@ -204,6 +204,11 @@ pub async fn run(
     let sampler = telemetry::spawn_sampler(ctx.clone(), log_store.db().clone());
     let expiry = tokio::spawn(crate::service::session_expiry::run(ctx.clone()));
     let promoter = tokio::spawn(crate::service::promotion::run(ctx.clone()));
+    let log_bound = tokio::spawn(crate::log_bound::run(
+        raft.clone(),
+        log_store.segments().clone(),
+        config.raft.clone(),
+    ));
 
     let fault = log_store.fault().clone();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -347,6 +352,7 @@ pub async fn run(
     sampler.abort();
     expiry.abort();
     promoter.abort();
+    log_bound.abort();
     health_task.abort();
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

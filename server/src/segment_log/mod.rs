@@ -153,6 +153,36 @@ impl SegmentLog {
         self.lock().slots.back().map(|s| s.log_id)
     }
 
+    /// Bytes of the records of the entries after `index` (all of them if
+    /// `index` is before the first).
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        let st = self.lock();
+        st.slots
+            .iter()
+            .rev()
+            .take_while(|s| s.log_id.index > index)
+            .map(|s| record_bytes(s.len))
+            .sum()
+    }
+
+    /// The index to purge through so that the entries left at or before
+    /// `through` hold at most `keep` bytes; `None` if they already do.
+    pub fn purge_point(&self, through: u64, keep: u64) -> Option<u64> {
+        let st = self.lock();
+        let first = st.slots.front()?.log_id.index;
+        let end = usize::try_from(through.checked_sub(first)?.saturating_add(1))
+            .unwrap_or(usize::MAX)
+            .min(st.slots.len());
+        let mut kept = 0u64;
+        for s in st.slots.range(..end).rev() {
+            kept += record_bytes(s.len);
+            if kept > keep {
+                return Some(s.log_id.index);
+            }
+        }
+        None
+    }
+
     /// The segment a sync must cover now: every earlier one was synced
     /// when it was ended.
     pub fn current_segment(&self) -> Arc<Segment> {
@@ -322,6 +352,11 @@ impl SegmentLog {
         metrics::gauge!("streamshield_log_segments").set(st.segments.len() as f64);
         Ok(())
     }
+}
+
+/// A record's bytes in its segment: header and payload.
+fn record_bytes(payload: u32) -> u64 {
+    HEADER_BYTES as u64 + u64::from(payload)
 }
 
 fn read_payload(seg: &Segment, s: &Slot) -> io::Result<Vec<u8>> {

@@ -284,3 +284,33 @@ fn the_generation_never_goes_back_across_a_restart() {
         "no truncated record comes back"
     );
 }
+
+#[test]
+fn the_log_counts_the_bytes_it_holds_after_an_index_and_where_to_purge_to_keep_some() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = entries(1, 1..=20, 300);
+    let record = |i: u64| (HEADER_BYTES + written[i as usize - 1].1.len()) as u64;
+    let sum = |r: std::ops::RangeInclusive<u64>| r.map(record).sum::<u64>();
+    {
+        let log = reopen(dir.path());
+        log.append(&written).unwrap();
+        assert_eq!(log.bytes_after(0), sum(1..=20));
+        assert_eq!(log.bytes_after(12), sum(13..=20));
+        assert_eq!(log.bytes_after(20), 0);
+    }
+    // The same after a restart: the sizes come from the records on disk.
+    let log = reopen(dir.path());
+    assert_eq!(log.bytes_after(12), sum(13..=20));
+    // Keeping 3 records' worth at or before 15 purges through 12.
+    assert_eq!(log.purge_point(15, sum(13..=15)), Some(12));
+    assert_eq!(log.purge_point(15, sum(13..=15) - 1), Some(13));
+    // Everything at or before 15 fits: nothing to purge.
+    assert_eq!(log.purge_point(15, sum(1..=15)), None);
+    // A point past the end counts up to the last entry.
+    assert_eq!(log.purge_point(99, sum(19..=20)), Some(18));
+    log.purge(12).unwrap();
+    assert_eq!(log.bytes_after(0), sum(13..=20));
+    assert_eq!(log.purge_point(15, 0), Some(15));
+    // Before the first entry nothing is purged.
+    assert_eq!(log.purge_point(5, 0), None);
+}
