@@ -60,12 +60,105 @@ pub fn free_port() -> io::Result<u16> {
     if ephemeral_from > low + 100 {
         for _ in 0..200 {
             let port = rand::random_range(low..ephemeral_from);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() && ports::reserve(port) {
                 return Ok(port);
             }
         }
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Ports [`free_port`] handed out, reserved across the processes of the
+/// machine for as long as the process that took them lives. A port is
+/// free between its pick and its node's bind, and again while its node is
+/// down between a kill and a restart; another test's pick in that window
+/// took it once, and its node then failed to start ("Address already in
+/// use" for `/metrics`). A reservation is a file named after the port
+/// holding the taker's pid; one whose taker is gone is taken over.
+mod ports {
+    use std::fs;
+    use std::io::Write;
+    use std::path::PathBuf;
+
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join("streamshield-ports")
+    }
+
+    /// Takes `port` for this process; false if a live process holds it.
+    /// Without a usable reservation folder the bind check stands alone.
+    pub fn reserve(port: u16) -> bool {
+        let dir = dir();
+        if fs::create_dir_all(&dir).is_err() {
+            return true;
+        }
+        let path = dir.join(port.to_string());
+        for _ in 0..2 {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i32>().ok());
+                    let just_made = || {
+                        fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_none_or(|age| age < std::time::Duration::from_secs(1))
+                    };
+                    match holder {
+                        Some(pid) if super::pid_alive(pid) => return false,
+                        // Its taker has not written its pid yet.
+                        None if just_made() => return false,
+                        _ => {
+                            let _ = fs::remove_file(&path);
+                        }
+                    }
+                }
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Gives `port` back if this process holds it.
+    pub fn release(port: u16) {
+        let path = dir().join(port.to_string());
+        let ours = fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        if ours {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::{dir, release, reserve};
+
+        // Ports below 10,000: `free_port` never picks them.
+        #[test]
+        fn a_port_is_held_while_its_taker_lives_and_a_dead_takers_is_taken_over() {
+            assert!(reserve(9));
+            assert!(!reserve(9), "held by this live process");
+            release(9);
+            assert!(reserve(9), "given back");
+            release(9);
+
+            std::fs::write(dir().join("7"), i32::MAX.to_string()).unwrap();
+            assert!(reserve(7), "no process has pid i32::MAX");
+            release(7);
+            assert!(!dir().join("7").exists());
+        }
+    }
 }
 
 /// Where the server binary is: `$STREAMSHIELD_SERVER_BIN`, else next to
@@ -573,6 +666,9 @@ impl Drop for LocalCluster {
             let _ = child.kill();
             let _ = child.wait();
             let _ = fs::remove_file(self.dir.join(format!("node-{id}.pid")));
+        }
+        for port in self.planned_ports() {
+            ports::release(port);
         }
     }
 }
