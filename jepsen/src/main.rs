@@ -10,6 +10,11 @@ use streamshield_client::local;
 use streamshield_jepsen::bench::cli::{bench, run_matrix, BenchArgs, MatrixArgs};
 use streamshield_jepsen::nemesis::{self, Fault};
 use streamshield_jepsen::progress::Progress;
+
+// The bench's tasks stand in for the operator runtime's, which allocate
+// with mimalloc as the nodes do (PERFORMANCE.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use streamshield_jepsen::run::{run_test, summary_line, Outcome, TestOptions};
 use streamshield_jepsen::soak::{self, SoakOptions};
 use streamshield_jepsen::workload::{self, Judgement, Workload};
