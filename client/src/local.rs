@@ -68,6 +68,12 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Gives back a port [`free_port`] handed out to this process, once what
+/// used it has stopped (a [`LocalCluster`] gives back its own).
+pub fn release_port(port: u16) {
+    ports::release(port);
+}
+
 /// Ports [`free_port`] handed out, reserved across the processes of the
 /// machine for as long as the process that took them lives. A port is
 /// free between its pick and its node's bind, and again while its node is

@@ -115,8 +115,9 @@ pub struct RaftTuning {
     /// and 20,000 of them would be gigabytes of log. Default 256 MiB.
     pub snapshot_log_bytes: u64,
     /// And keep at most this many bytes of log behind a snapshot (fewer
-    /// than `logs_kept_after_snapshot` entries when they are large).
-    /// Default 64 MiB.
+    /// than `logs_kept_after_snapshot` entries when they are large): a
+    /// follower that fell further behind is sent a snapshot. Default
+    /// 512 MiB, about 20 s of a saturated task-session run.
     pub log_bytes_kept_after_snapshot: u64,
     /// Bytes per snapshot chunk on the wire. Default 1 MiB.
     pub snapshot_chunk_bytes: usize,
@@ -216,7 +217,7 @@ impl Default for RaftTuning {
             snapshot_every: 20_000,
             logs_kept_after_snapshot: 1_000,
             snapshot_log_bytes: 256 << 20,
-            log_bytes_kept_after_snapshot: 64 << 20,
+            log_bytes_kept_after_snapshot: 512 << 20,
             snapshot_chunk_bytes: 1 << 20,
             max_entries_per_append: 1_000,
             pre_vote: true,

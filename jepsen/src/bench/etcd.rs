@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use streamshield_client::local::free_port;
+use streamshield_client::local::{free_port, release_port};
 use tonic::transport::{Channel, Endpoint};
 
 /// Generated from `proto/etcd_kv.proto` (a subset of etcd's v3 API).
@@ -25,6 +25,8 @@ pub fn etcd_bin() -> PathBuf {
 pub struct EtcdCluster {
     children: Vec<Child>,
     pub client_urls: Vec<String>,
+    /// Given back to `free_port` when the members are gone.
+    ports: Vec<u16>,
 }
 
 impl EtcdCluster {
@@ -43,6 +45,7 @@ impl EtcdCluster {
         let mut c = Self {
             children: Vec::new(),
             client_urls: Vec::new(),
+            ports: ports.iter().flat_map(|(c, p)| [*c, *p]).collect(),
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let data = dir.join(format!("etcd-{i}"));
@@ -85,6 +88,9 @@ impl Drop for EtcdCluster {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for port in &self.ports {
+            release_port(*port);
         }
     }
 }
