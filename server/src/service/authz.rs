@@ -106,9 +106,12 @@ impl NodeContext {
                         proof: Proof::Token,
                         superuser: false,
                     }),
-                    None => Err(ServiceError::Unauthenticated {
+                    // A follower may not have applied a token the leader
+                    // already answered for: sent to the leader, as a
+                    // follower's denial is (below).
+                    None => Err(self.not_leader().unwrap_or(ServiceError::Unauthenticated {
                         reason: "the bearer token is unknown or revoked",
-                    }),
+                    })),
                 }
             }
             // Every client service is behind an interceptor that sets it;
@@ -138,16 +141,8 @@ impl NodeContext {
             // acknowledged: its denial is not the cluster's. The caller is
             // sent to the leader, which has applied every grant it
             // answered for, and whose denial is final.
-            let m = self.raft.metrics().borrow_watched().clone();
-            if m.state != openraft::ServerState::Leader {
-                let membership = m.membership_config.membership();
-                return Err(ServiceError::NotLeader {
-                    this: self.id,
-                    leader_id: m.current_leader,
-                    leader_addr: m
-                        .current_leader
-                        .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
-                });
+            if let Some(redirect) = self.not_leader() {
+                return Err(redirect);
             }
             metrics::counter!("streamshield_requests_denied_total").increment(1);
             return Err(ServiceError::PermissionDenied {
@@ -156,5 +151,21 @@ impl NodeContext {
             });
         }
         Ok(who)
+    }
+
+    /// `NotLeader` with the leader's address, unless this node leads.
+    fn not_leader(&self) -> Option<ServiceError> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.state == openraft::ServerState::Leader {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        Some(ServiceError::NotLeader {
+            this: self.id,
+            leader_id: m.current_leader,
+            leader_addr: m
+                .current_leader
+                .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
+        })
     }
 }
