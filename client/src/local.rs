@@ -665,14 +665,15 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        if self.detached {
-            return;
+        if !self.detached {
+            for (id, child) in self.children.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = fs::remove_file(self.dir.join(format!("node-{id}.pid")));
+            }
         }
-        for (id, child) in self.children.iter_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = fs::remove_file(self.dir.join(format!("node-{id}.pid")));
-        }
+        // A detached cluster's running nodes hold their ports themselves,
+        // and no process would be left to give them back later.
         for port in self.planned_ports() {
             ports::release(port);
         }
