@@ -157,6 +157,10 @@ pub struct BenchArgs {
     /// in flight (default: the client's).
     #[arg(long)]
     pub task_window: Option<usize>,
+    /// For `--workload task-session`: the sessions' `batch_bytes`, e.g.
+    /// `64KB` (default: the client's).
+    #[arg(long, value_parser = parse_size)]
+    pub task_batch_bytes: Option<u64>,
     /// For `--workload epoch-commit`: bytes of values staged per large
     /// epoch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -414,6 +418,7 @@ fn task_shape(a: &BenchArgs, warmup: Duration, measure: Duration) -> TaskBenchSh
         rate: a.task_rate,
         linger: a.task_linger,
         window: a.task_window,
+        batch_bytes: a.task_batch_bytes.map(|b| b as usize),
         value_size: a.load.value_size,
         warmup,
         measure,

@@ -283,6 +283,7 @@ pub async fn run(
                 rate: 0,
                 linger: None,
                 window: None,
+                batch_bytes: None,
                 value_size: opts.space.value_size,
                 warmup: opts.warmup,
                 measure: opts.measure,

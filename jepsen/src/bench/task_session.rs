@@ -33,6 +33,7 @@ pub struct TaskBenchShape {
     /// The sessions' batching, where not the client's defaults.
     pub linger: Option<Duration>,
     pub window: Option<usize>,
+    pub batch_bytes: Option<usize>,
     pub value_size: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -126,6 +127,9 @@ fn session_config(shape: &TaskBenchShape) -> TaskSessionConfig {
     if let Some(w) = shape.window {
         c.window = w;
     }
+    if let Some(b) = shape.batch_bytes {
+        c.batch_bytes = b;
+    }
     c
 }
 
@@ -156,7 +160,7 @@ async fn one_task(
     let end = measure_from + shape.measure;
     let mut out = new_outcome();
     let mut in_epoch = 0u64;
-    let mut next_commit = Instant::now() + shape.checkpoint_interval;
+    let mut tick = CheckpointTick::new(Instant::now(), shape.checkpoint_interval);
     // Paced: put `n` is due `n / per_task` seconds after the first; a task
     // that fell behind (during a commit) catches up at full speed.
     let per_task = shape.rate as f64 / f64::from(shape.tasks.max(1));
@@ -164,7 +168,16 @@ async fn one_task(
     let mut puts = 0u64;
     loop {
         let now = Instant::now();
-        if now >= next_commit || now >= end {
+        if now >= tick.due() || now >= end {
+            if in_epoch == 0 {
+                // As the operator runtime's tasks: an epoch that holds
+                // nothing is not committed.
+                if now >= end {
+                    return Ok(out);
+                }
+                tick.skip(now);
+                continue;
+            }
             let started = Instant::now();
             // `commit` waits for the batches in flight first; done here,
             // the two parts of its latency are told apart.
@@ -194,7 +207,7 @@ async fn one_task(
                 }
             }
             in_epoch = 0;
-            next_commit = started + shape.checkpoint_interval;
+            tick.committed(started, Instant::now());
             if Instant::now() >= end {
                 return Ok(out);
             }
@@ -203,7 +216,7 @@ async fn one_task(
         if per_task > 0.0 {
             let due = paced_from + Duration::from_secs_f64(puts as f64 / per_task);
             if due > now {
-                tokio::time::sleep_until(due.min(next_commit).min(end).into()).await;
+                tokio::time::sleep_until(due.min(tick.due()).min(end).into()).await;
                 continue;
             }
         }
@@ -215,6 +228,44 @@ async fn one_task(
         // Let the pipeline's sends and the other tasks run between puts.
         if in_epoch.is_multiple_of(256) {
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// When a benchmark task commits next: as the operator runtime's
+/// checkpoint tick (`tokio::time::interval` with
+/// `MissedTickBehavior::Delay`), which commits only an epoch that holds
+/// something. A commit that outlasted the interval moves the next one an
+/// interval past its end; committing at once would commit an epoch of the
+/// few writes made since, or none.
+#[derive(Debug, Clone, Copy)]
+struct CheckpointTick {
+    due: Instant,
+    interval: Duration,
+}
+
+impl CheckpointTick {
+    fn new(now: Instant, interval: Duration) -> Self {
+        Self {
+            due: now + interval,
+            interval,
+        }
+    }
+
+    fn due(&self) -> Instant {
+        self.due
+    }
+
+    /// The tick came with nothing to commit.
+    fn skip(&mut self, now: Instant) {
+        self.due = now + self.interval;
+    }
+
+    /// A commit that started at `started` (on the tick) ended at `ended`.
+    fn committed(&mut self, started: Instant, ended: Instant) {
+        self.due = started + self.interval;
+        if self.due <= ended {
+            self.due = ended + self.interval;
         }
     }
 }
@@ -491,4 +542,41 @@ async fn small_until_stopped(
         tokio::time::sleep(shape.checkpoint_interval).await;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckpointTick;
+    use std::time::{Duration, Instant};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_commit_within_the_interval_keeps_the_cadence() {
+        let t0 = Instant::now();
+        let mut tick = CheckpointTick::new(t0, 100 * MS);
+        assert_eq!(tick.due(), t0 + 100 * MS);
+        tick.committed(t0 + 100 * MS, t0 + 130 * MS);
+        assert_eq!(tick.due(), t0 + 200 * MS);
+    }
+
+    #[test]
+    fn a_commit_longer_than_the_interval_leaves_a_whole_interval_after_it() {
+        let t0 = Instant::now();
+        let mut tick = CheckpointTick::new(t0, 100 * MS);
+        tick.committed(t0 + 100 * MS, t0 + 340 * MS);
+        assert_eq!(
+            tick.due(),
+            t0 + 440 * MS,
+            "not due at once: the next epoch gets an interval of writes"
+        );
+    }
+
+    #[test]
+    fn an_empty_tick_waits_a_whole_interval() {
+        let t0 = Instant::now();
+        let mut tick = CheckpointTick::new(t0, 100 * MS);
+        tick.skip(t0 + 150 * MS);
+        assert_eq!(tick.due(), t0 + 250 * MS);
+    }
 }
