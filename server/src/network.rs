@@ -47,6 +47,47 @@ pub struct PeerConnection {
     client: Option<RaftClient<Channel>>,
     addr: String,
     snapshot_chunk_bytes: usize,
+    redial: Redial,
+}
+
+/// How long to wait before opening a replication stream to a peer whose
+/// last ones could not be opened.
+///
+/// openraft paces its retries inside the request stream it hands to
+/// `stream_append`, so its backoff only applies once the transport polls
+/// that stream, after the connection is up. A peer that refuses
+/// connections (its process dead, its address's proxy gone) fails the call
+/// before that, and openraft opened the next stream at once: the leader
+/// spun at a whole core and wrote two warnings per attempt, about 10 MB of
+/// log a second for one dead follower (`server/tests/dead_peer.rs`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Redial {
+    /// Streams in a row that could not be opened.
+    failures: u32,
+}
+
+impl Redial {
+    const FIRST: Duration = Duration::from_millis(20);
+    /// About two heartbeats at the default 50 ms: a restarted follower
+    /// hears from its leader within this of coming back.
+    const MAX: Duration = Duration::from_millis(250);
+
+    fn delay(&self) -> Duration {
+        match self.failures {
+            0 => Duration::ZERO,
+            n => Self::FIRST
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(Self::MAX),
+        }
+    }
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn opened(&mut self) {
+        self.failures = 0;
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -80,6 +121,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client,
             addr,
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            redial: Redial::default(),
         }
     }
 }
@@ -315,7 +357,25 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                 inner: Some(requests),
                 ended,
             };
-            let replies = self.with_deadline(ttl, c.append_stream(requests)).await?;
+            let wait = self.redial.delay();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let replies = match self.with_deadline(ttl, c.append_stream(requests)).await {
+                Ok(r) => {
+                    self.redial.opened();
+                    r
+                }
+                Err(e) => {
+                    self.redial.failed();
+                    metrics::counter!(
+                        "streamshield_peer_stream_open_failures_total",
+                        "peer" => self.target.to_string()
+                    )
+                    .increment(1);
+                    return Err(e);
+                }
+            };
             let state = ReplyStream {
                 replies,
                 unanswered,
@@ -465,6 +525,24 @@ async fn stream_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redials_wait_longer_after_each_failure_and_not_after_success() {
+        let mut r = Redial::default();
+        assert_eq!(r.delay(), Duration::ZERO, "the first attempt goes at once");
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            r.failed();
+            waits.push(r.delay().as_millis());
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 250, 250, 250, 250]);
+        for _ in 0..100 {
+            r.failed();
+        }
+        assert_eq!(r.delay(), Redial::MAX, "no overflow after many failures");
+        r.opened();
+        assert_eq!(r.delay(), Duration::ZERO);
+    }
 
     #[test]
     fn a_large_request_gets_time_for_its_size() {
