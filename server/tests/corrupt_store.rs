@@ -31,10 +31,7 @@ fn refused_start(data: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn damaged_node_refuses_to_start_and_cluster_serves_on() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("disk", 8).await.expect("create job");
-    write_keys(&client, "disk", "s", 0..50, 4).await;
+    let (mut t, _) = TestCluster::with_keys(3, "disk", 8, 0..50, 4).await;
 
     let victim = 3;
     t.cluster.kill(victim).expect("kill");

@@ -27,10 +27,7 @@ fn cpu_time(pid: i32) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_follower_is_redialled_at_a_paced_rate() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("dead", 16).await.expect("create job");
-    write_keys(&client, "dead", "s", 0..50, 4).await;
+    let (mut t, _) = TestCluster::with_keys(3, "dead", 16, 0..50, 4).await;
 
     let (follower, rest) = t.pick_follower().await;
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;

@@ -11,10 +11,7 @@ use streamshield_client::Consistency;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_all_and_restart_keeps_every_acknowledged_write() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("durable", 16).await.expect("create job");
-    write_keys(&client, "durable", "s", 0..500, 16).await;
+    let (mut t, client) = TestCluster::with_keys(3, "durable", 16, 0..500, 16).await;
     // Overwrites too, so versions must survive as well.
     write_keys(&client, "durable", "s", 0..50, 4).await;
 

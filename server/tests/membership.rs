@@ -11,10 +11,7 @@ use streamshield_client::Consistency;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn add_learner_promote_and_remove() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("members", 32).await.expect("create job");
-    write_keys(&client, "members", "s", 0..200, 8).await;
+    let (mut t, client) = TestCluster::with_keys(3, "members", 32, 0..200, 8).await;
 
     // A node the cluster has never heard of cannot be made a voter: the
     // refusal names it and what to do, and nothing changes.

@@ -11,10 +11,7 @@ use streamshield_client::{ClientConfig, ClientError, Consistency};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_pause_without_a_majority_and_resume_after() {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("quorum", 8).await.expect("create job");
-    write_keys(&client, "quorum", "s", 0..100, 4).await;
+    let (mut t, client) = TestCluster::with_keys(3, "quorum", 8, 0..100, 4).await;
 
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();

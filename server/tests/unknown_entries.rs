@@ -48,10 +48,7 @@ fn unknown_command_entry() -> bytes::Bytes {
 }
 
 async fn a_follower_stops_at(payload: bytes::Bytes, expect_in_log: &str) {
-    let mut t = TestCluster::start(3, &[]).await;
-    let client = t.client();
-    client.create_job("j", 4).await.expect("create job");
-    write_keys(&client, "j", "s", 0..20, 2).await;
+    let (mut t, _) = TestCluster::with_keys(3, "j", 4, 0..20, 2).await;
     let (victim, rest) = t.pick_follower().await;
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
     let s = t

@@ -62,6 +62,26 @@ impl TestCluster {
         c
     }
 
+    /// A cluster of `nodes` whose job `job` (of `key_groups`) holds keys
+    /// `keys` of table `s` (`write_keys` with `writers` at once), and a
+    /// client of it.
+    pub async fn with_keys(
+        nodes: u64,
+        job: &str,
+        key_groups: u32,
+        keys: std::ops::Range<u64>,
+        writers: u64,
+    ) -> (Self, Client) {
+        let t = Self::start(nodes, &[]).await;
+        let client = t.client();
+        client
+            .create_job(job, key_groups)
+            .await
+            .expect("create job");
+        write_keys(&client, job, "s", keys, writers).await;
+        (t, client)
+    }
+
     /// Waits until every node names the same leader in the same term and
     /// that node says it leads. Every founding node starts an election when
     /// it initializes, so a leader seen first can still be deposed by a
