@@ -68,9 +68,9 @@ struct Redial {
 
 impl Redial {
     const FIRST: Duration = Duration::from_millis(20);
-    /// About two heartbeats at the default 50 ms: a restarted follower
-    /// hears from its leader within this of coming back.
-    const MAX: Duration = Duration::from_millis(250);
+    /// The default election timeout's lower bound (two heartbeats): a
+    /// restarted follower hears from its leader before it would campaign.
+    const MAX: Duration = Duration::from_millis(100);
 
     fn delay(&self) -> Duration {
         match self.failures {
@@ -535,7 +535,7 @@ mod tests {
             r.failed();
             waits.push(r.delay().as_millis());
         }
-        assert_eq!(waits, [20, 40, 80, 160, 250, 250, 250, 250]);
+        assert_eq!(waits, [20, 40, 80, 100, 100, 100, 100, 100]);
         for _ in 0..100 {
             r.failed();
         }

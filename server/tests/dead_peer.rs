@@ -60,7 +60,7 @@ async fn a_dead_follower_is_redialled_at_a_paced_rate() {
         "the leader used {busy:?} of CPU in {elapsed:?} with a dead follower"
     );
     // At most one attempt per 20 ms even at the start of the backoff;
-    // 250 ms apart once it has grown.
+    // 100 ms apart once it has grown.
     assert!(
         (1..=(elapsed.as_millis() / 20) as u64).contains(&failures),
         "{failures} failed dials of the dead follower in {elapsed:?}"
