@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // An epoch commit decodes every staged run it promotes: as slices
         // of the stored run, not a copy of each key and value.
         .bytes(".streamshield.v1.StagedEntry")
+        .bytes(".streamshield.v1.StagedOutput")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

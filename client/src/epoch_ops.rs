@@ -1,6 +1,7 @@
 //! The open epoch's ops as a session holds them until the commit.
 //!
-//! Op `i` has seq `i + 1`. Ops already sent sit in sealed batches behind
+//! Op `i` has seq `i + 1`: state writes and emitted records share the
+//! epoch's seqs, so records reach their partitions in the order emitted. Ops already sent sit in sealed batches behind
 //! an `Arc`, shared with the requests that carried them (a re-send reuses
 //! them as they are); the rest wait in `unsent`. `newest` indexes the
 //! newest write of each `(state, key)` by its position, hashed from the
@@ -38,6 +39,7 @@ pub(crate) fn op_bytes(o: &pb::Op) -> usize {
     o.key.len()
         + match &o.kind {
             Some(op::Kind::Put(p)) => p.value.len(),
+            Some(op::Kind::Emit(e)) => e.value.len(),
             _ => 0,
         }
 }
@@ -72,7 +74,12 @@ impl EpochOps {
         let at = self.len();
         let hash = hash_of(&self.hasher, &o.state, &o.key);
         self.unsent_bytes += op_bytes(&o);
+        // An emitted record is no write of a key: nothing reads it back.
+        let emitted = matches!(o.kind, Some(op::Kind::Emit(_)));
         self.unsent.push(o);
+        if emitted {
+            return;
+        }
         let (batches, starts, sealed, unsent) =
             (&self.batches, &self.starts, self.sealed, &self.unsent);
         let same = |&i: &usize| {
@@ -209,6 +216,25 @@ mod tests {
         e.clear();
         assert_eq!(e.len(), 0);
         assert!(e.newest("a", b"k").is_none());
+    }
+
+    #[test]
+    fn emitted_records_take_seqs_and_bytes_but_are_no_writes() {
+        let mut e = EpochOps::default();
+        e.push(put("", "k", "state"));
+        e.push(pb::Op {
+            state: String::new(),
+            key: b"k".to_vec(),
+            kind: Some(op::Kind::Emit(pb::Emit {
+                stream: "out".into(),
+                partition: 0,
+                value: b"record".to_vec(),
+            })),
+        });
+        assert_eq!(e.len(), 2);
+        assert_eq!(e.unsent_bytes(), 1 + 5 + 1 + 6);
+        // Reading the task's own write of "k" finds the put, not the record.
+        assert_eq!(value(e.newest("", b"k")), Some(&b"state"[..]));
     }
 
     #[test]

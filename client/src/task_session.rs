@@ -2,8 +2,9 @@
 //! as staged batches, made visible together at each epoch commit.
 //!
 //! [`Client::acquire`] takes a task's lease (fencing any earlier holder)
-//! and returns a [`TaskSession`] with the task's last checkpoint. `put`
-//! and `delete` return at once: ops gather in a buffer that goes out as
+//! and returns a [`TaskSession`] with the task's last checkpoint. `put`,
+//! `delete` and `emit` (a record for a stream partition, appended when
+//! the epoch commits) return at once: ops gather in a buffer that goes out as
 //! one `StageWrites` when it reaches `batch_bytes` or `batch_ops` or has
 //! waited `linger`, with at most `window` batches in flight (a full window
 //! makes the next `put` wait: backpressure). Every op of the open epoch is
@@ -109,9 +110,6 @@ pub struct TaskSession {
     epoch: u64,
     /// Every op of the open epoch.
     held: EpochOps,
-    /// Records the open epoch produced, per `(stream, partition)`: they
-    /// go out with the commit.
-    outputs: Vec<pb::PartitionOutput>,
     first_unsent_at: Option<Instant>,
     window: Arc<Semaphore>,
     /// The first error of a background send that the commit must report
@@ -161,7 +159,6 @@ impl Client {
             config,
             epoch,
             held: EpochOps::default(),
-            outputs: Vec::new(),
             first_unsent_at: None,
             failed: Arc::default(),
         };
@@ -226,6 +223,11 @@ impl TaskSession {
                 None => op::Kind::Delete(pb::Delete {}),
             }),
         });
+        self.flush_if_due().await
+    }
+
+    /// Sends the buffer once it is full or has waited its linger.
+    async fn flush_if_due(&mut self) -> Result<(), ClientError> {
         let now = Instant::now();
         let since = *self.first_unsent_at.get_or_insert(now);
         if self.held.unsent_bytes() >= self.config.batch_bytes
@@ -238,30 +240,29 @@ impl TaskSession {
     }
 
     /// Produces a record into `stream`'s `partition`: it becomes visible
-    /// downstream when (and only if) the open epoch commits.
-    pub fn emit(
+    /// downstream when (and only if) the open epoch commits, after the
+    /// records emitted before it. Records are staged with the epoch's
+    /// writes (batched and pipelined alike, a full window makes this
+    /// wait), so an epoch's outputs are bounded by the store's staging,
+    /// not by one request.
+    pub async fn emit(
         &mut self,
         stream: &str,
         partition: u32,
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
-    ) {
-        let record = pb::Record {
+    ) -> Result<(), ClientError> {
+        self.check_failed()?;
+        self.held.push(pb::Op {
+            state: String::new(),
             key: key.into(),
-            value: value.into(),
-        };
-        match self
-            .outputs
-            .iter_mut()
-            .find(|o| o.partition == partition && o.stream == stream)
-        {
-            Some(o) => o.records.push(record),
-            None => self.outputs.push(pb::PartitionOutput {
+            kind: Some(op::Kind::Emit(pb::Emit {
                 stream: stream.to_string(),
                 partition,
-                records: vec![record],
-            }),
-        }
+                value: value.into(),
+            })),
+        });
+        self.flush_if_due().await
     }
 
     /// The task's view of a key: its own uncommitted write if it has one,
@@ -380,7 +381,7 @@ impl TaskSession {
             last_seq: self.held.len() as u64,
             input_offsets,
             metadata,
-            outputs: self.outputs.clone(),
+            outputs: Vec::new(),
             ops: tail.map_or_else(Vec::new, |t| t.ops[t.range].to_vec()),
         };
         let mut rounds = 0;
@@ -404,7 +405,6 @@ impl TaskSession {
         };
         self.epoch += 1;
         self.held.clear();
-        self.outputs.clear();
         Ok(committed)
     }
 

@@ -157,7 +157,7 @@ pub async fn worker(
             continue;
         };
         let mut zombie_tries = 0;
-        while std::time::Instant::now() < until {
+        'epochs: while std::time::Instant::now() < until {
             let page = match client
                 .read_stream(JOB, "in", task as u32, at.offset, RECORDS_PER_EPOCH)
                 .await
@@ -177,7 +177,12 @@ pub async fn worker(
                 count += 1;
                 next = r.offset + 1;
                 let emitted = format!("{gen}:{}:{}", r.offset, String::from_utf8_lossy(&r.value));
-                s.emit("out", task as u32, Vec::new(), emitted);
+                if s.emit("out", task as u32, Vec::new(), emitted)
+                    .await
+                    .is_err()
+                {
+                    break 'epochs;
+                }
             }
             if s.put("count", count_key(task), count.to_string())
                 .await

@@ -39,10 +39,10 @@ pub struct Context {
     pub(crate) task: u32,
     /// Records emitted since the task started.
     pub(crate) emitted: u64,
-    /// Records and bytes emitted in the open epoch: a commit carries them
-    /// all, within the store's bounds on one entry.
-    pub(crate) epoch_records: usize,
-    pub(crate) epoch_bytes: usize,
+    /// Records emitted into the session and not yet handed to it
+    /// ([`Context::hand_over_emitted`]): `emit` is not async, the
+    /// session's `emit` is (a full window waits).
+    unsent: Vec<(u32, pb::Record)>,
 }
 
 impl Context {
@@ -61,8 +61,7 @@ impl Context {
             output,
             task,
             emitted: 0,
-            epoch_records: 0,
-            epoch_bytes: 0,
+            unsent: Vec::new(),
         }
     }
 
@@ -94,12 +93,27 @@ impl Context {
         let partition = out.layout.partition_of_key(&key);
         let record = envelope::data(key, value, event_time);
         self.emitted += 1;
-        self.epoch_records += 1;
-        self.epoch_bytes += record.key.len() + record.value.len();
         match &mut self.backing {
-            Backing::Session(s) => s.emit(&out.stream, partition, record.key, record.value),
+            Backing::Session(_) => self.unsent.push((partition, record)),
             Backing::Memory { emitted, .. } => emitted.push((partition, record)),
         }
+    }
+
+    /// Hands what the operator emitted to the session, in order: staged
+    /// with the epoch's writes, so an epoch's outputs are not bounded by
+    /// one request. Called after each record and each timer, and before a
+    /// commit.
+    pub(crate) async fn hand_over_emitted(&mut self) -> Result<(), RuntimeError> {
+        if self.unsent.is_empty() {
+            return Ok(());
+        }
+        let (Backing::Session(s), Some(out)) = (&mut self.backing, &self.output) else {
+            return Ok(());
+        };
+        for (partition, r) in std::mem::take(&mut self.unsent) {
+            s.emit(&out.stream, partition, r.key, r.value).await?;
+        }
+        Ok(())
     }
 
     /// Calls `on_timer` for the current key once the watermark reaches
@@ -176,6 +190,7 @@ pub(crate) async fn advance_watermark(
     while let Some((time, key)) = ctx.timers.pop_due(to) {
         ctx.key = key;
         op.on_timer_dyn(ctx, time).await?;
+        ctx.hand_over_emitted().await?;
         fired += 1;
     }
     Ok(fired)

@@ -196,12 +196,6 @@ struct Progress {
     committed_at: Option<std::time::Instant>,
 }
 
-/// An epoch is committed early once its outputs reach either bound: the
-/// store takes at most 10,000 output records and 4 MiB (`max_batch_bytes`)
-/// in one commit, and one input record may emit more than one.
-const EPOCH_MAX_OUTPUT_RECORDS: usize = 8_000;
-const EPOCH_MAX_OUTPUT_BYTES: usize = 2 << 20;
-
 pub struct TaskArgs<'a> {
     pub client: &'a Client,
     pub job: &'a JobDef,
@@ -366,11 +360,6 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
             Some((p, records)) = rx.recv() => {
                 tracing::debug!(partition = p, records = records.len(), "input batch");
                 for r in records {
-                    if ctx.epoch_records >= EPOCH_MAX_OUTPUT_RECORDS
-                        || ctx.epoch_bytes >= EPOCH_MAX_OUTPUT_BYTES
-                    {
-                        commit(&mut ctx, &mut progress, cfg, &def.name, events).await?;
-                    }
                     let next = progress.offsets.entry(p).or_insert(0);
                     if r.offset < *next {
                         continue;
@@ -381,6 +370,7 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
                         Ok(Envelope::Data { key, value, event_time }) => {
                             ctx.key.clone_from(&key);
                             op.process_dyn(&mut ctx, Input { key, value, event_time }).await?;
+                            ctx.hand_over_emitted().await?;
                             progress.records += 1;
                             if first_record {
                                 first_record = false;
@@ -433,12 +423,13 @@ async fn commit(
     let watermark = ctx.watermark;
     let stream = ctx.output.as_ref().map(|o| o.stream.clone());
     let timer_changes = ctx.timers.take_changes();
+    ctx.hand_over_emitted().await?;
     let session = ctx.session_mut().expect("a task runs on its session");
     if let Some(stream) = &stream {
         if watermark > progress.emitted_watermark {
             for p in 0..cfg.partitions {
                 let w = envelope::watermark(task, watermark);
-                session.emit(stream, p, w.key, w.value);
+                session.emit(stream, p, w.key, w.value).await?;
             }
             progress.emitted_watermark = watermark;
         }
@@ -490,8 +481,6 @@ async fn commit(
     };
     progress.dirty = false;
     progress.committed_at = Some(std::time::Instant::now());
-    ctx.epoch_records = 0;
-    ctx.epoch_bytes = 0;
     events(TaskEvent::Committed {
         epoch: committed.epoch,
         records: progress.records,

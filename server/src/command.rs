@@ -34,8 +34,10 @@ use streamshield_proto::v1 as pb;
 /// than 2 MiB or 16,384 writes promoted in steps after their commit
 /// (`EpochPromote`, `state_machine/apply/promotion.rs`), tables declared
 /// with a default write mode (`TableModeSet`, `CreateJob.tables`), leased
-/// sync writes deduplicated under the lease (`apply/leased_writes.rs`).
-pub const FORMAT: u32 = 4;
+/// sync writes deduplicated under the lease (`apply/leased_writes.rs`);
+/// 5: output records staged with an epoch's writes (`StagedOp.emit`),
+/// appended to their partitions by its promotion.
+pub const FORMAT: u32 = 5;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

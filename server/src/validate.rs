@@ -94,7 +94,7 @@ pub fn write(w: &pb::WriteRequest, limits: &Limits) -> Result<(), ServiceError> 
             format!("{} is above seq {}", w.acked_below, w.seq),
         ));
     }
-    let mut total = ops(&w.ops, limits)?;
+    let mut total = ops(&w.ops, OpsOf::SyncWrite, limits)?;
     for (i, c) in w.conditions.iter().enumerate() {
         name(&format!("conditions[{i}].state"), &c.state, limits)?;
         key(&format!("conditions[{i}].key"), &c.key, limits)?;
@@ -133,10 +133,34 @@ fn batch_bytes(total: usize, limits: &Limits) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Where ops come from: only a task's staged writes may emit records.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpsOf {
+    SyncWrite,
+    StagedWrites,
+}
+
 /// Each op well formed; the bytes of their keys and values.
-fn ops(ops: &[pb::Op], limits: &Limits) -> Result<usize, ServiceError> {
+fn ops(ops: &[pb::Op], of: OpsOf, limits: &Limits) -> Result<usize, ServiceError> {
     let mut total = 0usize;
     for (i, o) in ops.iter().enumerate() {
+        if let Some(op::Kind::Emit(e)) = &o.kind {
+            if of == OpsOf::SyncWrite {
+                return Err(ServiceError::invalid(
+                    format!("ops[{i}]"),
+                    "emit is for a task's staged writes (StageWrites, a commit's ops), not a sync write",
+                ));
+            }
+            if !o.state.is_empty() {
+                return Err(ServiceError::invalid(
+                    format!("ops[{i}].state"),
+                    "an emit names a stream, not a table: leave state empty",
+                ));
+            }
+            name(&format!("ops[{i}].emit.stream"), &e.stream, limits)?;
+            total += record(&format!("ops[{i}]"), &o.key, &e.value, limits)?;
+            continue;
+        }
         name(&format!("ops[{i}].state"), &o.state, limits)?;
         key(&format!("ops[{i}].key"), &o.key, limits)?;
         total += o.key.len();
@@ -144,7 +168,7 @@ fn ops(ops: &[pb::Op], limits: &Limits) -> Result<usize, ServiceError> {
             None => {
                 return Err(ServiceError::invalid(
                     format!("ops[{i}]"),
-                    "needs put or delete",
+                    "needs put, delete or (staged) emit",
                 ))
             }
             Some(op::Kind::Put(p)) => {
@@ -157,7 +181,7 @@ fn ops(ops: &[pb::Op], limits: &Limits) -> Result<usize, ServiceError> {
                 }
                 total += p.value.len();
             }
-            Some(op::Kind::Delete(_)) => {}
+            Some(op::Kind::Delete(_) | op::Kind::Emit(_)) => {}
         }
     }
     Ok(total)
@@ -259,7 +283,7 @@ fn staged_ops(batch: &[pb::Op], limits: &Limits) -> Result<(), ServiceError> {
             ),
         ));
     }
-    batch_bytes(ops(batch, limits)?, limits)
+    batch_bytes(ops(batch, OpsOf::StagedWrites, limits)?, limits)
 }
 
 pub fn commit(r: &pb::CommitEpochRequest, limits: &Limits) -> Result<(), ServiceError> {
@@ -304,23 +328,28 @@ pub fn release(r: &pb::ReleaseLeaseRequest, limits: &Limits) -> Result<(), Servi
 fn records(field: &str, records: &[pb::Record], limits: &Limits) -> Result<usize, ServiceError> {
     let mut total = 0usize;
     for (i, r) in records.iter().enumerate() {
-        if r.key.len() > limits.max_key_bytes {
-            return Err(ServiceError::TooLarge {
-                what: format!("{field}[{i}].key"),
-                size: r.key.len(),
-                limit: limits.max_key_bytes,
-            });
-        }
-        if r.value.len() > limits.max_value_bytes {
-            return Err(ServiceError::TooLarge {
-                what: format!("{field}[{i}].value"),
-                size: r.value.len(),
-                limit: limits.max_value_bytes,
-            });
-        }
-        total += r.key.len() + r.value.len();
+        total += record(&format!("{field}[{i}]"), &r.key, &r.value, limits)?;
     }
     Ok(total)
+}
+
+/// One record's key and value within bounds; their bytes.
+fn record(field: &str, key: &[u8], value: &[u8], limits: &Limits) -> Result<usize, ServiceError> {
+    if key.len() > limits.max_key_bytes {
+        return Err(ServiceError::TooLarge {
+            what: format!("{field}.key"),
+            size: key.len(),
+            limit: limits.max_key_bytes,
+        });
+    }
+    if value.len() > limits.max_value_bytes {
+        return Err(ServiceError::TooLarge {
+            what: format!("{field}.value"),
+            size: value.len(),
+            limit: limits.max_value_bytes,
+        });
+    }
+    Ok(key.len() + value.len())
 }
 
 pub fn create_stream(r: &pb::CreateStreamRequest, limits: &Limits) -> Result<(), ServiceError> {
@@ -434,6 +463,38 @@ mod tests {
             key: b"k".to_vec(),
             kind: None,
         };
-        assert!(err(req(vec![no_kind])).contains("needs put or delete"));
+        assert!(err(req(vec![no_kind])).contains("needs put, delete"));
+        let emit = |state: &str, stream: &str, value: Vec<u8>| pb::Op {
+            state: state.into(),
+            key: Vec::new(),
+            kind: Some(op::Kind::Emit(pb::Emit {
+                stream: stream.into(),
+                partition: 0,
+                value,
+            })),
+        };
+        assert!(err(req(vec![emit("", "out", vec![])])).contains("not a sync write"));
+        let staged = |ops: Vec<pb::Op>| {
+            let r = pb::StageWritesRequest {
+                job: "j".into(),
+                generation: 1,
+                epoch: 1,
+                seq_from: 1,
+                ops,
+                ..Default::default()
+            };
+            stage(&r, &l).map_err(|e| e.to_string())
+        };
+        // A record's key may be empty; the stream must be named, no table.
+        assert_eq!(staged(vec![emit("", "out", b"v".to_vec())]), Ok(()));
+        assert!(staged(vec![emit("s", "out", vec![])])
+            .unwrap_err()
+            .contains("ops[0].state"));
+        assert!(staged(vec![emit("", "", vec![])])
+            .unwrap_err()
+            .contains("ops[0].emit.stream"));
+        assert!(staged(vec![emit("", "out", vec![0u8; (1 << 20) + 1])])
+            .unwrap_err()
+            .contains("ops[0].value"));
     }
 }

@@ -221,14 +221,19 @@ async fn a_subscriber_sees_exactly_the_committed_outputs_once_across_a_leader_ki
         .acquire(spec.clone(), TaskSessionConfig::default())
         .await
         .unwrap();
-    zombie.emit("out", 0, "", "zombie-uncommitted");
+    zombie
+        .emit("out", 0, "", "zombie-uncommitted")
+        .await
+        .unwrap();
     let (mut task, _) = c.acquire(spec, TaskSessionConfig::default()).await.unwrap();
     for e in 1..=EPOCHS {
         for i in 0..PER_EPOCH {
             task.put("s", format!("k{i}"), format!("{e}"))
                 .await
                 .unwrap();
-            task.emit("out", 0, format!("k{i}"), format!("e{e}-{i}"));
+            task.emit("out", 0, format!("k{i}"), format!("e{e}-{i}"))
+                .await
+                .unwrap();
         }
         if e == EPOCHS / 2 {
             let leader = t.wait_for_leader(Duration::from_secs(60)).await;
@@ -240,7 +245,12 @@ async fn a_subscriber_sees_exactly_the_committed_outputs_once_across_a_leader_ki
         } else {
             task.commit(Vec::new(), Vec::new()).await.expect("commit");
         }
-        zombie.emit("out", 0, "", format!("zombie-{e}"));
+        // A fenced session may hear of it already here, or at the commit.
+        let emitted = zombie.emit("out", 0, "", format!("zombie-{e}")).await;
+        assert!(matches!(
+            emitted,
+            Ok(()) | Err(ClientError::StaleLease { .. })
+        ));
         assert!(matches!(
             zombie.commit(Vec::new(), Vec::new()).await,
             Err(ClientError::StaleLease { .. })
@@ -259,7 +269,7 @@ async fn a_subscriber_sees_exactly_the_committed_outputs_once_across_a_leader_ki
     assert_eq!(offsets, (0..want.len() as u64).collect::<Vec<_>>());
     // An output to a stream that does not exist refuses the whole commit.
     task.put("s", "k0", "never").await.unwrap();
-    task.emit("missing", 0, "", "x");
+    task.emit("missing", 0, "", "x").await.unwrap();
     let e = task.commit(Vec::new(), Vec::new()).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let kv = c

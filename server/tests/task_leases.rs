@@ -389,6 +389,66 @@ async fn bad_task_input_gets_a_precise_status_and_changes_nothing() {
         "nothing staged"
     );
 
+    // Emitted records: a stream the job lacks, a partition past its
+    // last, a table named besides the stream; and none in a sync write.
+    c.create_stream("strict", "out", 2, 0)
+        .await
+        .expect("stream");
+    let emit = |state: &str, stream: &str, partition: u32| {
+        let mut r = stage(0, g, 1, 1, 2);
+        r.ops[1] = pb::Op {
+            state: state.into(),
+            key: Vec::new(),
+            kind: Some(pb::op::Kind::Emit(pb::Emit {
+                stream: stream.into(),
+                partition,
+                value: b"r".to_vec(),
+            })),
+        };
+        r
+    };
+    assert_eq!(
+        missing(c.stage_writes(emit("", "nope", 0)).await),
+        Missing::Stream {
+            job: "strict".into(),
+            stream: "nope".into()
+        },
+        "an emit to a missing stream"
+    );
+    assert_eq!(
+        code(c.stage_writes(emit("", "out", u32::MAX)).await),
+        Code::InvalidArgument,
+        "an emit past the stream's partitions"
+    );
+    assert_eq!(
+        code(c.stage_writes(emit("s", "out", 0)).await),
+        Code::InvalidArgument,
+        "an emit naming a table"
+    );
+    let mut state = pb::state_client::StateClient::new(plain_channel(&t.addr(leader)).await);
+    let sync_emit = pb::WriteRequest {
+        job: "strict".into(),
+        ops: emit("", "out", 0).ops,
+        ..Default::default()
+    };
+    expect_code(
+        "an emit in a sync write",
+        state.write(sync_emit).await,
+        Code::InvalidArgument,
+    )
+    .await;
+    assert_eq!(
+        c.describe_stream("strict", "out")
+            .await
+            .expect("describe")
+            .partition_info
+            .iter()
+            .map(|p| p.end_offset)
+            .sum::<u64>(),
+        0,
+        "no record appended"
+    );
+
     let after = task0(&c, "strict").await;
     assert_eq!(after, before, "the task record is unchanged");
     assert!(c

@@ -46,6 +46,11 @@ fn staged_op(o: pb::Op) -> pb::StagedOp {
         kind: o.kind.map(|k| match k {
             op::Kind::Put(put) => pb::staged_op::Kind::Put(put.value),
             op::Kind::Delete(_) => pb::staged_op::Kind::Delete(true),
+            op::Kind::Emit(e) => pb::staged_op::Kind::Emit(pb::StagedEmit {
+                stream: e.stream,
+                partition: e.partition,
+                value: e.value,
+            }),
         }),
     }
 }

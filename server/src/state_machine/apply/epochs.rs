@@ -15,9 +15,14 @@
 //! record, so a commit knows without reading `staged` whether anything is
 //! missing, and names what.
 //!
+//! Records the task emits are staged the same way, as entries of the
+//! runs in the epoch's seqs (`StagedEntry.output`, the stream checked at
+//! staging), so an epoch's outputs are bounded like its writes.
+//!
 //! A commit promotes the epoch's writes into `data` and appends the
 //! records the epoch produced to their stream partitions (`streams.rs`,
-//! offsets assigned then), in the same RocksDB write batch as the
+//! offsets assigned then, in seq order; then any the commit itself
+//! carries), in the same RocksDB write batch as the
 //! checkpoint and the applied index: atomic on every replica, and a crash
 //! before that write replays the entry. Its cost is one read and one write
 //! per distinct key of the epoch, plus decoding its runs; an epoch of more
@@ -176,29 +181,69 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
     let mut job_changed = false;
     let mut runs: Vec<(u64, pb::StagedRun)> = Vec::new();
     let mut bytes = 0usize;
+    let mut outputs = 0u64;
+    // The streams the batch emits to, looked up once each.
+    let mut streams: Vec<pb::StreamRecord> = Vec::new();
     for (i, o) in s.ops.iter().enumerate() {
-        let value = match &o.kind {
-            Some(pb::staged_op::Kind::Put(v)) => Some(v),
-            Some(pb::staged_op::Kind::Delete(_)) => None,
-            None => return Ok(error_response(Code::InvalidArgument, "an op has no kind")),
-        };
-        let group = keys::key_group(&o.key, job.key_groups);
-        if !leases::owns(&task, group) {
-            return Ok(leases::outside_range(&task, group));
-        }
         let seq = s.seq_from + i as u64;
-        if covered(&before, seq) {
-            continue;
-        }
-        // A delete in a table that never existed deletes nothing, but its
-        // seq is staged like any other.
-        let data_key = jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
-            .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
-            .unwrap_or_default();
-        bytes += data_key.len() + value.map_or(0, Vec::len);
-        let entry = pb::StagedEntry {
-            data_key: data_key.into(),
-            value: value.map(|v| Bytes::copy_from_slice(v)),
+        let entry = match &o.kind {
+            Some(pb::staged_op::Kind::Emit(e)) => {
+                let at = match streams.iter().position(|r| r.name == e.stream) {
+                    Some(at) => at,
+                    None => match streams::stream_record(p, &job, &e.stream)? {
+                        Ok(r) => {
+                            streams.push(r);
+                            streams.len() - 1
+                        }
+                        Err(refused) => return Ok(refused),
+                    },
+                };
+                let stream = &streams[at];
+                if let Some(refused) = streams::missing_partition(stream, e.partition) {
+                    return Ok(refused);
+                }
+                if covered(&before, seq) {
+                    continue;
+                }
+                bytes += o.key.len() + e.value.len();
+                outputs += 1;
+                pb::StagedEntry {
+                    data_key: Bytes::new(),
+                    value: None,
+                    output: Some(pb::StagedOutput {
+                        stream_id: stream.stream_id,
+                        partition: e.partition,
+                        key: Bytes::copy_from_slice(&o.key),
+                        value: Bytes::copy_from_slice(&e.value),
+                    }),
+                }
+            }
+            Some(kind @ (pb::staged_op::Kind::Put(_) | pb::staged_op::Kind::Delete(_))) => {
+                let value = match kind {
+                    pb::staged_op::Kind::Put(v) => Some(v),
+                    _ => None,
+                };
+                let group = keys::key_group(&o.key, job.key_groups);
+                if !leases::owns(&task, group) {
+                    return Ok(leases::outside_range(&task, group));
+                }
+                if covered(&before, seq) {
+                    continue;
+                }
+                // A delete in a table that never existed deletes nothing,
+                // but its seq is staged like any other.
+                let data_key =
+                    jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
+                        .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
+                        .unwrap_or_default();
+                bytes += data_key.len() + value.map_or(0, Vec::len);
+                pb::StagedEntry {
+                    data_key: data_key.into(),
+                    value: value.map(|v| Bytes::copy_from_slice(v)),
+                    output: None,
+                }
+            }
+            None => return Ok(error_response(Code::InvalidArgument, "an op has no kind")),
         };
         match runs.last_mut() {
             Some((first, run)) if *first + run.entries.len() as u64 == seq => {
@@ -235,12 +280,14 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
         Some(i) => {
             task.staging[i].staged = after;
             task.staging[i].bytes = task.staging[i].bytes.saturating_add(bytes as u64);
+            task.staging[i].outputs = task.staging[i].outputs.saturating_add(outputs);
         }
         None => {
             task.staging.push(pb::EpochStaging {
                 epoch: s.epoch,
                 staged: after,
                 bytes: bytes as u64,
+                outputs,
             });
             task.staging.sort_by_key(|e| e.epoch);
         }
@@ -309,6 +356,20 @@ pub fn commit(
             Some(error_detail::Kind::MissingSeqs(pb::MissingSeqs { epoch: c.epoch, missing: gaps })),
         ));
     }
+    let staged_outputs = task
+        .staging
+        .iter()
+        .find(|e| e.epoch == c.epoch)
+        .map_or(0, |e| e.outputs);
+    if staged_outputs > 0 && !c.outputs.is_empty() {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            format!(
+                "epoch {} staged {staged_outputs} output record(s); its commit cannot carry outputs too (they would reach their partitions before the staged ones): stage them as emit ops",
+                c.epoch
+            ),
+        ));
+    }
     // Every output's partition must exist before anything changes.
     for out in &c.outputs {
         if let Err(refused) = streams::target(p, &job, &out.stream, out.partition)? {
@@ -349,8 +410,13 @@ pub fn commit(
         promotion::start(p, at, &job, &mut task, c.epoch, c.last_seq, staged_bytes)?;
         0
     } else {
-        promotion::promote_runs(p, &prefix, &end, 1, c.last_seq, at.index, promotion::WHOLE)?
-            .promoted
+        let runs = promotion::EpochRuns {
+            prefix: &prefix,
+            end: &end,
+            last_seq: c.last_seq,
+            mod_index: at.index,
+        };
+        promotion::promote_runs(p, at, &job, &runs, 1, promotion::WHOLE)?.promoted
     };
     for out in &c.outputs {
         // Loaded again for each: two outputs to one partition see each
@@ -359,7 +425,12 @@ pub fn commit(
             Ok(t) => t,
             Err(_) => return Err(corrupt("an output's partition vanished within its commit")),
         };
-        streams::append_records(p, at, &job, out.partition, &mut target, &out.records)?;
+        let records: Vec<(&[u8], &[u8])> = out
+            .records
+            .iter()
+            .map(|r| (r.key.as_slice(), r.value.as_slice()))
+            .collect();
+        streams::append_records(p, at, &job, out.partition, &mut target, &records)?;
     }
     task.staging.retain(|e| e.epoch > c.epoch);
     task.checkpoint = Some(pb::CheckpointRecord {

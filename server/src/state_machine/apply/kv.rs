@@ -192,6 +192,15 @@ pub(super) fn write_outcome(
             "an op or condition has no kind",
         ));
     }
+    if w.ops
+        .iter()
+        .any(|o| matches!(o.kind, Some(op::Kind::Emit(_))))
+    {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            "emit is for a task's staged writes, not a sync write",
+        ));
+    }
     if let Some(lease) = &w.lease {
         if let Err(refused) = leases::check_write(p, &job, owner, lease, w)? {
             return Ok(refused);
@@ -258,6 +267,8 @@ pub(super) fn write_outcome(
                 p.delete(CF_DATA, &dk)?;
                 versions.push(0);
             }
+            // Refused above.
+            op::Kind::Emit(_) => versions.push(0),
         }
     }
     if job_changed {

@@ -20,6 +20,8 @@ mod jobs;
 mod kv;
 mod leased_writes;
 mod leases;
+#[cfg(test)]
+mod output_tests;
 pub mod promotion;
 #[cfg(test)]
 mod promotion_tests;
@@ -134,7 +136,7 @@ pub fn apply_at(
         Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
-        Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, s),
+        Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, at, s),
         Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, s),
         Some(command::Kind::Commands(list)) => {
             let mut answers = Vec::with_capacity(list.commands.len());

@@ -1,4 +1,5 @@
-//! Promotion: moving a committed epoch's staged writes into `data`.
+//! Promotion: moving a committed epoch's staged writes into `data` and
+//! its staged output records into their stream partitions.
 //!
 //! An epoch within [`STEP`] (bytes staged and writes) is promoted by its
 //! commit, in the commit's own apply. A larger one would hold every entry behind
@@ -7,7 +8,9 @@
 //! the checkpoint and the outputs and a [`pb::Promotion`] in the task
 //! record instead; then `EpochPromote` entries, proposed one after another
 //! by the leader (`service::promotion`), each move the next
-//! [`STEP`] of staged runs, in seq order, into `data`. Other
+//! [`STEP`] of staged runs, in seq order, into `data`, and appends the
+//! output records among them to their partitions (a step's records come
+//! after the previous step's; other producers' may come between). Other
 //! entries apply between the steps, and no apply holds more than a step.
 //!
 //! From the commit to the last step the epoch is committed but not yet all
@@ -34,7 +37,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
-use super::{jobs, leases, refusal, At};
+use super::{jobs, leases, refusal, streams, At};
 use crate::keys::{self, meta, StoredValue, DEFAULT_SHARD};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_DATA, CF_META, CF_STAGED};
@@ -90,26 +93,42 @@ pub struct Progress {
     pub next_seq: Option<u64>,
 }
 
-/// Moves the runs under `prefix` from `from_seq` on (up to `end`, the next
-/// epoch's prefix), in seq order, up to `bound`, into `data`: the newest
-/// write of each key among them, with `mod_index`.
-/// Writes past `last_seq` are left out (staged beyond what the commit
-/// said the epoch holds). The runs it moved are deleted.
+/// Output records (key, value) per (stream id, partition), in seq order.
+type Outputs = Vec<((u32, u32), Vec<(Bytes, Bytes)>)>;
+
+/// One committed epoch's staged runs.
+pub struct EpochRuns<'a> {
+    /// Where the runs start (`keys::staged_prefix`) and end (the next
+    /// epoch's prefix).
+    pub prefix: &'a [u8],
+    pub end: &'a [u8],
+    /// Writes past it are left out (staged beyond what the commit said the
+    /// epoch holds).
+    pub last_seq: u64,
+    /// The index promoted keys record as their change: the commit's.
+    pub mod_index: u64,
+}
+
+/// Moves the runs from `from_seq` on, in seq order, up to `bound`: into
+/// `data` the newest write of each key among them, and to their stream
+/// partitions the output records, in seq order, at the time of `at`.
+/// The runs it moved are deleted.
 pub fn promote_runs(
     p: &mut PendingWrites,
-    prefix: &[u8],
-    end: &[u8],
+    at: At,
+    job: &pb::JobInfo,
+    epoch: &EpochRuns,
     from_seq: u64,
-    last_seq: u64,
-    mod_index: u64,
     bound: Bound,
 ) -> io::Result<Progress> {
+    let (prefix, end, last_seq) = (epoch.prefix, epoch.end, epoch.last_seq);
     let from = keys::staged_run_key(prefix, from_seq);
     let (runs, mut more) = p.scan_range(CF_STAGED, &from, end, bound.bytes)?;
     // The runs in seq order, each write over the ones before it: the
     // newest write of each key, then one version per key. Keys and values
     // stay slices of the runs read (`bytes` fields).
     let mut newest: foldhash::HashMap<Bytes, Option<Bytes>> = Default::default();
+    let mut outputs = Outputs::new();
     let mut bytes = 0u64;
     let mut writes = 0u64;
     let mut next = from_seq;
@@ -131,7 +150,13 @@ pub fn promote_runs(
             if first.saturating_add(i as u64) > last_seq {
                 break;
             }
-            if !e.data_key.is_empty() {
+            if let Some(o) = e.output {
+                let to = (o.stream_id, o.partition);
+                match outputs.iter_mut().find(|(t, _)| *t == to) {
+                    Some((_, records)) => records.push((o.key, o.value)),
+                    None => outputs.push((to, vec![(o.key, o.value)])),
+                }
+            } else if !e.data_key.is_empty() {
                 newest.insert(e.data_key, e.value);
             }
         }
@@ -144,12 +169,13 @@ pub fn promote_runs(
         match value {
             Some(value) => {
                 let version = p.version(&dk)? + 1;
-                let stored = StoredValue::encode_parts(version, mod_index, &value);
+                let stored = StoredValue::encode_parts(version, epoch.mod_index, &value);
                 p.put(CF_DATA, &dk, stored)?;
             }
             None => p.delete(CF_DATA, &dk)?,
         }
     }
+    append_outputs(p, at, job, outputs)?;
     if more {
         p.delete_range(CF_STAGED, &from, &keys::staged_run_key(prefix, next))?;
     } else {
@@ -160,6 +186,40 @@ pub fn promote_runs(
         bytes,
         next_seq: more.then_some(next),
     })
+}
+
+/// Appends staged output records to their partitions. Streams are never
+/// deleted, and staging checked each one's partition: one missing is
+/// damage.
+fn append_outputs(
+    p: &mut PendingWrites,
+    at: At,
+    job: &pb::JobInfo,
+    outputs: Outputs,
+) -> io::Result<()> {
+    if outputs.is_empty() {
+        return Ok(());
+    }
+    let known = streams::streams_by_id(p, job)?;
+    for ((stream_id, partition), records) in outputs {
+        let stream = known
+            .iter()
+            .find(|s| s.stream_id == stream_id && partition < s.partitions)
+            .cloned()
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "a staged output names partition {partition} of stream id {stream_id}, which job {:?} does not have",
+                    job.job
+                ))
+            })?;
+        let mut target = streams::partition_target(p, job, stream, partition)?;
+        let records: Vec<(&[u8], &[u8])> = records
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_ref()))
+            .collect();
+        streams::append_records(p, at, job, partition, &mut target, &records)?;
+    }
+    Ok(())
 }
 
 /// Starts the promotion of the task's epoch just committed at `at`: the
@@ -202,7 +262,11 @@ pub fn start(
 }
 
 /// Applies one `EpochPromote` step.
-pub fn step(p: &mut PendingWrites, s: &pb::EpochPromote) -> io::Result<pb::CommandResponse> {
+pub fn step(
+    p: &mut PendingWrites,
+    at: At,
+    s: &pb::EpochPromote,
+) -> io::Result<pb::CommandResponse> {
     let answer = |promoted, done| pb::CommandResponse {
         kind: Some(command_response::Kind::PromotionStep(pb::PromotionStep {
             promoted,
@@ -230,15 +294,13 @@ pub fn step(p: &mut PendingWrites, s: &pb::EpochPromote) -> io::Result<pb::Comma
         promo.epoch,
     );
     let end = epoch_end(job.job_id, task.task, &promo);
-    let done = promote_runs(
-        p,
-        &prefix,
-        &end,
-        promo.next_seq,
-        promo.last_seq,
-        promo.commit_index,
-        STEP,
-    )?;
+    let runs = EpochRuns {
+        prefix: &prefix,
+        end: &end,
+        last_seq: promo.last_seq,
+        mod_index: promo.commit_index,
+    };
+    let done = promote_runs(p, at, &job, &runs, promo.next_seq, STEP)?;
     metrics::counter!("streamshield_promotion_steps_total").increment(1);
     promo.promoted += done.promoted;
     promo.bytes_left = promo.bytes_left.saturating_sub(done.bytes);

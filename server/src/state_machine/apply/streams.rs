@@ -6,7 +6,8 @@
 //! `[shard][job_id][stream_id][partition][offset]`, in offset order. Offsets
 //! are assigned here, in apply, so every replica gives a record the same
 //! one: by `Append` (producers outside jobs, deduplicated per producer id)
-//! and by an epoch commit (`epochs.rs`) for the records a task produced.
+//! and by an epoch's commit and promotion (`epochs.rs`, `promotion.rs`)
+//! for the records a task produced.
 
 use std::io;
 
@@ -105,6 +106,56 @@ pub fn create(
     })
 }
 
+/// The record of `stream` in `job`, or the refusal.
+pub fn stream_record(
+    p: &mut PendingWrites,
+    job: &pb::JobInfo,
+    stream: &str,
+) -> io::Result<Result<pb::StreamRecord, pb::CommandResponse>> {
+    Ok(load::<pb::StreamRecord>(
+        p,
+        &meta::stream(DEFAULT_SHARD, job.job_id, stream),
+        "stream",
+    )?
+    .ok_or_else(|| {
+        not_found(ServiceError::StreamNotFound {
+            job: job.job.clone(),
+            stream: stream.to_string(),
+        })
+    }))
+}
+
+/// The refusal of a partition `stream` does not have.
+pub fn missing_partition(stream: &pb::StreamRecord, partition: u32) -> Option<pb::CommandResponse> {
+    if partition >= stream.partitions {
+        return Some(error_response(
+            Code::InvalidArgument,
+            format!(
+                "stream {:?} has partitions 0 to {}, not {partition}",
+                stream.name,
+                stream.partitions - 1
+            ),
+        ));
+    }
+    None
+}
+
+/// `partition` of a stream known to have it, with its state.
+pub fn partition_target(
+    p: &mut PendingWrites,
+    job: &pb::JobInfo,
+    stream: pb::StreamRecord,
+    partition: u32,
+) -> io::Result<Target> {
+    let state = load(
+        p,
+        &meta::partition(DEFAULT_SHARD, job.job_id, stream.stream_id, partition),
+        "partition",
+    )?
+    .unwrap_or_default();
+    Ok(Target { stream, state })
+}
+
 /// The stream and partition state `partition` of `stream` in `job`, or
 /// the refusal.
 pub fn target(
@@ -113,33 +164,30 @@ pub fn target(
     stream: &str,
     partition: u32,
 ) -> io::Result<Result<Target, pb::CommandResponse>> {
-    let Some(s) = load::<pb::StreamRecord>(
-        p,
-        &meta::stream(DEFAULT_SHARD, job.job_id, stream),
-        "stream",
-    )?
-    else {
-        return Ok(Err(not_found(ServiceError::StreamNotFound {
-            job: job.job.clone(),
-            stream: stream.to_string(),
-        })));
+    let s = match stream_record(p, job, stream)? {
+        Ok(s) => s,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if partition >= s.partitions {
-        return Ok(Err(error_response(
-            Code::InvalidArgument,
-            format!(
-                "stream {stream:?} has partitions 0 to {}, not {partition}",
-                s.partitions - 1
-            ),
-        )));
+    if let Some(refused) = missing_partition(&s, partition) {
+        return Ok(Err(refused));
     }
-    let state = load(
-        p,
-        &meta::partition(DEFAULT_SHARD, job.job_id, s.stream_id, partition),
-        "partition",
-    )?
-    .unwrap_or_default();
-    Ok(Ok(Target { stream: s, state }))
+    partition_target(p, job, s, partition).map(Ok)
+}
+
+/// Every stream of `job` by its id.
+pub fn streams_by_id(
+    p: &mut PendingWrites,
+    job: &pb::JobInfo,
+) -> io::Result<Vec<pb::StreamRecord>> {
+    let mut out = Vec::new();
+    for (_, raw) in p.scan_prefix(CF_META, &meta::stream_prefix(DEFAULT_SHARD, job.job_id))? {
+        out.push(
+            pb::StreamRecord::decode(raw.as_slice())
+                .map_err(|e| corrupt(format!("stream: {e}")))?,
+        );
+    }
+    out.sort_by_key(|s| s.stream_id);
+    Ok(out)
 }
 
 /// Appends `records` to the target partition at the entry's time; returns
@@ -151,7 +199,7 @@ pub fn append_records(
     job: &pb::JobInfo,
     partition: u32,
     t: &mut Target,
-    records: &[pb::StreamEntry],
+    records: &[(&[u8], &[u8])],
 ) -> io::Result<u64> {
     let job_id = job.job_id;
     let base = t.state.end_offset;
@@ -160,10 +208,10 @@ pub fn append_records(
         .checked_add(records.len() as u64)
         .ok_or_else(|| corrupt("a stream partition's offsets pass u64::MAX"))?;
     let sid = t.stream.stream_id;
-    for (i, r) in records.iter().enumerate() {
+    for (i, &(key, value)) in records.iter().enumerate() {
         let stored = pb::StoredRecord {
-            key: r.key.clone(),
-            value: r.value.clone(),
+            key: key.to_vec(),
+            value: value.to_vec(),
             timestamp_ms: at.time_ms,
         };
         p.put(
@@ -174,7 +222,7 @@ pub fn append_records(
         t.state.bytes = t
             .state
             .bytes
-            .saturating_add((r.key.len() + r.value.len()) as u64);
+            .saturating_add((key.len() + value.len()) as u64);
     }
     t.state.end_offset = end;
     metrics::counter!("streamshield_stream_records_appended_total").increment(records.len() as u64);
@@ -279,7 +327,12 @@ pub fn append(
             }
         }
     }
-    let base = append_records(p, at, &job, a.partition, &mut t, &a.records)?;
+    let records: Vec<(&[u8], &[u8])> = a
+        .records
+        .iter()
+        .map(|r| (r.key.as_slice(), r.value.as_slice()))
+        .collect();
+    let base = append_records(p, at, &job, a.partition, &mut t, &records)?;
     if a.producer_id != 0 {
         let state = pb::ProducerState {
             principal: a.principal.clone(),

@@ -356,13 +356,20 @@ mod fuzz {
             proptest::collection::vec(any::<u8>(), 0..8),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
             any::<bool>(),
+            // Some ops emit a record instead (refused in a sync write).
+            proptest::option::weighted(0.2, (stream_name(), prop_oneof![0u32..3, Just(u32::MAX)])),
         )
-            .prop_map(|(state, key, value, has_kind)| pb::Op {
+            .prop_map(|(state, key, value, has_kind, emit_to)| pb::Op {
                 state,
                 key,
-                kind: has_kind.then_some(match value {
-                    Some(value) => op::Kind::Put(pb::Put { value }),
-                    None => op::Kind::Delete(pb::Delete {}),
+                kind: has_kind.then_some(match (value, emit_to) {
+                    (Some(value), Some((stream, partition))) => op::Kind::Emit(pb::Emit {
+                        stream,
+                        partition,
+                        value,
+                    }),
+                    (Some(value), None) => op::Kind::Put(pb::Put { value }),
+                    (None, _) => op::Kind::Delete(pb::Delete {}),
                 }),
             })
     }
@@ -472,6 +479,11 @@ mod fuzz {
             kind: o.kind.map(|k| match k {
                 op::Kind::Put(p) => pb::staged_op::Kind::Put(p.value),
                 op::Kind::Delete(_) => pb::staged_op::Kind::Delete(true),
+                op::Kind::Emit(e) => pb::staged_op::Kind::Emit(pb::StagedEmit {
+                    stream: e.stream,
+                    partition: e.partition,
+                    value: e.value,
+                }),
             }),
         })
     }
