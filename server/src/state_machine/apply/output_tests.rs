@@ -27,6 +27,15 @@ fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
     );
 }
 
+/// A fixture whose job has stream "out" of `partitions` and whose task 0
+/// holds every key group at generation 1.
+fn task_with_stream(partitions: u32) -> Fixture {
+    let mut f = Fixture::new();
+    create_stream(&mut f, "out", partitions);
+    acquire(&mut f, 0, (0, 4), "");
+    f
+}
+
 fn emit(stream: &str, partition: u32, value: &str) -> pb::StagedOp {
     pb::StagedOp {
         state: String::new(),
@@ -75,9 +84,7 @@ fn committed(r: &pb::CommandResponse) {
 
 #[test]
 fn staged_outputs_appear_at_the_commit_in_seq_order_after_earlier_appends() {
-    let mut f = Fixture::new();
-    create_stream(&mut f, "out", 2);
-    acquire(&mut f, 0, (0, 4), "");
+    let mut f = task_with_stream(2);
     // A producer outside the job appends first: the epoch's records follow.
     let r = f.apply(pb::Command {
         kind: Some(command::Kind::Append(pb::StreamAppend {
@@ -138,9 +145,7 @@ fn staged_outputs_appear_at_the_commit_in_seq_order_after_earlier_appends() {
 
 #[test]
 fn an_emit_to_a_missing_stream_or_partition_refuses_its_whole_batch() {
-    let mut f = Fixture::new();
-    create_stream(&mut f, "out", 2);
-    acquire(&mut f, 0, (0, 4), "");
+    let mut f = task_with_stream(2);
     let r = stage(
         &mut f,
         lease(0, 1),
@@ -168,9 +173,7 @@ fn an_emit_to_a_missing_stream_or_partition_refuses_its_whole_batch() {
 
 #[test]
 fn an_epoch_with_staged_outputs_cannot_commit_outputs_of_its_own() {
-    let mut f = Fixture::new();
-    create_stream(&mut f, "out", 1);
-    acquire(&mut f, 0, (0, 4), "");
+    let mut f = task_with_stream(1);
     stage(&mut f, lease(0, 1), 1, 1, vec![emit("out", 0, "staged")]);
     let with_outputs = pb::EpochCommit {
         lease: Some(lease(0, 1)),
@@ -198,9 +201,7 @@ fn an_epoch_with_staged_outputs_cannot_commit_outputs_of_its_own() {
 
 #[test]
 fn a_new_lease_drops_the_outputs_its_predecessor_staged() {
-    let mut f = Fixture::new();
-    create_stream(&mut f, "out", 1);
-    acquire(&mut f, 0, (0, 4), "");
+    let mut f = task_with_stream(1);
     stage(&mut f, lease(0, 1), 1, 1, vec![emit("out", 0, "zombie")]);
     acquire(&mut f, 0, (0, 4), "");
     // The old generation can neither stage nor commit any more.
@@ -226,9 +227,7 @@ fn a_new_lease_drops_the_outputs_its_predecessor_staged() {
 
 #[test]
 fn outputs_of_an_epoch_promoted_in_steps_reach_their_partition_in_order() {
-    let mut f = Fixture::new();
-    create_stream(&mut f, "out", 1);
-    acquire(&mut f, 0, (0, 4), "");
+    let mut f = task_with_stream(1);
     // More records than one step moves (`STEP.writes`): 20,000 in 20 batches.
     let n = 20_000u64;
     for b in 0..20 {
