@@ -32,12 +32,12 @@
 use std::io;
 
 use bytes::Bytes;
-use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
 use super::leases::{self, held};
 use super::promotion;
+use super::run_encoder::RunEncoder;
 use super::streams;
 use super::{error_response, jobs, refusal, At};
 use crate::keys::{self, DEFAULT_SHARD};
@@ -179,14 +179,21 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
     // out (a re-send), so what is new falls into runs of consecutive seqs,
     // each stored as one value.
     let mut job_changed = false;
-    let mut runs: Vec<(u64, pb::StagedRun)> = Vec::new();
+    let mut runs: Vec<RunEncoder> = Vec::new();
     let mut bytes = 0usize;
     let mut outputs = 0u64;
     // The streams the batch emits to, looked up once each.
     let mut streams: Vec<pb::StreamRecord> = Vec::new();
     for (i, o) in s.ops.iter().enumerate() {
         let seq = s.seq_from + i as u64;
-        let entry = match &o.kind {
+        // The run this seq joins: re-sent seqs already staged split runs.
+        let run = |runs: &mut Vec<RunEncoder>| -> usize {
+            if runs.last().is_none_or(|r| r.next_seq() != seq) {
+                runs.push(RunEncoder::new(seq));
+            }
+            runs.len() - 1
+        };
+        match &o.kind {
             Some(pb::staged_op::Kind::Emit(e)) => {
                 let at = match streams.iter().position(|r| r.name == e.stream) {
                     Some(at) => at,
@@ -207,7 +214,8 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
                 }
                 bytes += o.key.len() + e.value.len();
                 outputs += 1;
-                pb::StagedEntry {
+                let r = run(&mut runs);
+                runs[r].push_entry(&pb::StagedEntry {
                     data_key: Bytes::new(),
                     value: None,
                     output: Some(pb::StagedOutput {
@@ -216,11 +224,11 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
                         key: Bytes::copy_from_slice(&o.key),
                         value: Bytes::copy_from_slice(&e.value),
                     }),
-                }
+                });
             }
             Some(kind @ (pb::staged_op::Kind::Put(_) | pb::staged_op::Kind::Delete(_))) => {
                 let value = match kind {
-                    pb::staged_op::Kind::Put(v) => Some(v),
+                    pb::staged_op::Kind::Put(v) => Some(v.as_slice()),
                     _ => None,
                 };
                 let group = keys::key_group(&o.key, job.key_groups);
@@ -236,25 +244,11 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
                     jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
                         .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
                         .unwrap_or_default();
-                bytes += data_key.len() + value.map_or(0, Vec::len);
-                pb::StagedEntry {
-                    data_key: data_key.into(),
-                    value: value.map(|v| Bytes::copy_from_slice(v)),
-                    output: None,
-                }
+                bytes += data_key.len() + value.map_or(0, <[u8]>::len);
+                let r = run(&mut runs);
+                runs[r].push_write(&data_key, value);
             }
             None => return Ok(error_response(Code::InvalidArgument, "an op has no kind")),
-        };
-        match runs.last_mut() {
-            Some((first, run)) if *first + run.entries.len() as u64 == seq => {
-                run.entries.push(entry)
-            }
-            _ => runs.push((
-                seq,
-                pb::StagedRun {
-                    entries: vec![entry],
-                },
-            )),
         }
     }
     let prefix = keys::staged_prefix(
@@ -264,12 +258,9 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
         task.generation,
         s.epoch,
     );
-    for (first, run) in runs {
-        p.put(
-            CF_STAGED,
-            &keys::staged_run_key(&prefix, first),
-            run.encode_to_vec(),
-        )?;
+    for run in runs {
+        let key = keys::staged_run_key(&prefix, run.first);
+        p.put(CF_STAGED, &key, run.into_bytes())?;
     }
     metrics::counter!("streamshield_staged_bytes_total").increment(bytes as u64);
     if job_changed {

@@ -25,6 +25,7 @@ mod output_tests;
 pub mod promotion;
 #[cfg(test)]
 mod promotion_tests;
+mod run_encoder;
 mod streams;
 #[cfg(test)]
 mod task_tests;
