@@ -129,6 +129,8 @@ pub fn promote_runs(
     // stay slices of the runs read (`bytes` fields).
     let mut newest: foldhash::HashMap<Bytes, Option<Bytes>> = Default::default();
     let mut outputs = Outputs::new();
+    // Where each partition's records are in `outputs`.
+    let mut partitions: foldhash::HashMap<(u32, u32), usize> = Default::default();
     let mut bytes = 0u64;
     let mut writes = 0u64;
     let mut next = from_seq;
@@ -152,10 +154,11 @@ pub fn promote_runs(
             }
             if let Some(o) = e.output {
                 let to = (o.stream_id, o.partition);
-                match outputs.iter_mut().find(|(t, _)| *t == to) {
-                    Some((_, records)) => records.push((o.key, o.value)),
-                    None => outputs.push((to, vec![(o.key, o.value)])),
-                }
+                let at = *partitions.entry(to).or_insert_with(|| {
+                    outputs.push((to, Vec::new()));
+                    outputs.len() - 1
+                });
+                outputs[at].1.push((o.key, o.value));
             } else if !e.data_key.is_empty() {
                 newest.insert(e.data_key, e.value);
             }
