@@ -327,12 +327,12 @@ pub fn commit(
             ),
         ));
     }
-    let staged: &[pb::StagedRange] = task
-        .staging
-        .iter()
-        .find(|e| e.epoch == c.epoch)
-        .map_or(&[], |e| &e.staged);
-    let gaps = missing(staged, c.last_seq);
+    // What the epoch staged: its seqs, bytes and output records.
+    let (gaps, staged_bytes, staged_outputs) =
+        match task.staging.iter().find(|e| e.epoch == c.epoch) {
+            Some(e) => (missing(&e.staged, c.last_seq), e.bytes, e.outputs),
+            None => (missing(&[], c.last_seq), 0, 0),
+        };
     if !gaps.is_empty() {
         let first = gaps[0];
         return Ok(refusal(
@@ -347,11 +347,6 @@ pub fn commit(
             Some(error_detail::Kind::MissingSeqs(pb::MissingSeqs { epoch: c.epoch, missing: gaps })),
         ));
     }
-    let staged_outputs = task
-        .staging
-        .iter()
-        .find(|e| e.epoch == c.epoch)
-        .map_or(0, |e| e.outputs);
     if staged_outputs > 0 && !c.outputs.is_empty() {
         return Ok(error_response(
             Code::InvalidArgument,
@@ -391,11 +386,6 @@ pub fn commit(
             &prefix,
         )?;
     }
-    let staged_bytes = task
-        .staging
-        .iter()
-        .find(|e| e.epoch == c.epoch)
-        .map_or(0, |e| e.bytes);
     let in_steps = promotion::in_steps(at.format, c.last_seq, staged_bytes);
     let promoted = if in_steps {
         promotion::start(p, at, &job, &mut task, c.epoch, c.last_seq, staged_bytes)?;

@@ -76,19 +76,18 @@ pub fn create(
             format!("stream {:?} of job {:?} already exists", c.stream, c.job),
         ));
     }
-    let existing = p.scan_prefix(CF_META, &meta::stream_prefix(DEFAULT_SHARD, job.job_id))?;
-    let mut stream_id = 1u32;
-    for (_, raw) in existing {
-        let s = pb::StreamRecord::decode(raw.as_slice())
-            .map_err(|e| corrupt(format!("stream: {e}")))?;
-        let Some(next) = s.stream_id.checked_add(1) else {
-            return Ok(error_response(
-                Code::ResourceExhausted,
-                format!("job {:?} has used up its stream ids", c.job),
-            ));
-        };
-        stream_id = stream_id.max(next);
-    }
+    let stream_id = match streams_by_id(p, &job)?.last() {
+        None => 1,
+        Some(s) => match s.stream_id.checked_add(1) {
+            Some(next) => next,
+            None => {
+                return Ok(error_response(
+                    Code::ResourceExhausted,
+                    format!("job {:?} has used up its stream ids", c.job),
+                ))
+            }
+        },
+    };
     let record = pb::StreamRecord {
         name: c.stream.clone(),
         stream_id,
@@ -174,7 +173,7 @@ pub fn target(
     partition_target(p, job, s, partition).map(Ok)
 }
 
-/// Every stream of `job` by its id.
+/// Every stream of `job`, in the order of their ids.
 pub fn streams_by_id(
     p: &mut PendingWrites,
     job: &pb::JobInfo,
