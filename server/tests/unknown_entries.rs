@@ -5,6 +5,8 @@
 //!
 //! The entry comes as a newer leader would send it: an AppendEntries of the
 //! current leader's term that extends the follower's log and commits it.
+//! A store holding entries of a newer format (a downgraded binary, or a
+//! snapshot from a newer node) is refused the same way.
 
 mod common;
 
@@ -115,4 +117,69 @@ async fn a_newer_format_stops_the_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_command_stops_the_replica() {
     a_follower_stops_at(unknown_command_entry(), "does not know").await;
+}
+
+/// The format record of the store a stopped node left in `data`.
+fn store_format(data: &std::path::Path, set: Option<u32>) -> u32 {
+    let sm = data.join("sm");
+    let gen = std::fs::read_to_string(sm.join("CURRENT")).unwrap_or_else(|_| "0".into());
+    let dir = sm.join(format!("gen-{}", gen.trim()));
+    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), &dir).expect("list cfs");
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &dir, &cfs).expect("open store");
+    let meta = db.cf_handle("meta").expect("meta cf");
+    if let Some(f) = set {
+        db.put_cf(meta, b"m/format", f.to_be_bytes())
+            .expect("stamp");
+        db.flush_cf(meta).expect("flush");
+    }
+    let raw = db
+        .get_cf(meta, b"m/format")
+        .expect("read")
+        .expect("a format record");
+    u32::from_be_bytes(raw.try_into().expect("4 bytes"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_of_a_newer_format_is_refused_at_start() {
+    let (mut t, _) = TestCluster::with_keys(3, "j", 4, 0..20, 2).await;
+    let (victim, rest) = t.pick_follower().await;
+    let leader = t.wait_for_leader(Duration::from_secs(10)).await;
+    t.wait_status(victim, Duration::from_secs(10), "catch up", |s| {
+        s.last_applied == s.last_log_index && s.leader_id == leader
+    })
+    .await;
+    t.cluster
+        .terminate(victim, Duration::from_secs(30))
+        .expect("stop");
+    let data = t.cluster.data_dir(victim);
+    assert_eq!(
+        store_format(&data, None),
+        FORMAT,
+        "the store records the format of the entries it applied"
+    );
+
+    // As if a newer binary had run on it before this one.
+    store_format(&data, Some(FORMAT + 1));
+    t.cluster.start_node(victim).expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = t.cluster.exit_status(victim).expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} still runs 30 s after start on a newer store"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(!status.success(), "node {victim} exited with {status}");
+    let log = std::fs::read_to_string(t.cluster.log_path(victim)).unwrap();
+    assert!(
+        log.contains(&format!("state-machine format {}", FORMAT + 1))
+            && log.contains("upgrade this node"),
+        "node {victim}'s log does not say why:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    let survivors = t.client_of(&rest);
+    survivors.put("j", "s", "after", "1").await.expect("put");
 }

@@ -10,6 +10,7 @@
 
 mod apply;
 pub mod auth;
+pub mod format;
 mod job_cache;
 mod memo;
 pub mod meta;
@@ -22,7 +23,7 @@ pub mod snapshot;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,8 @@ pub struct SmShared {
     /// Index of the last entry whose effects are in the store; kept here
     /// so that reads need not fetch it from RocksDB.
     applied: AtomicU64,
+    /// The newest entry format the live store holds (`format.rs`).
+    format: AtomicU32,
     jobs: JobCache,
     /// Grants and tokens of the live store.
     auth: RwLock<Arc<AuthTable>>,
@@ -159,7 +162,9 @@ impl StateMachineStore {
             }
         }
         snapshot::clean_scratch(&snap_root)?;
-        let db = open_store(&gen_dir(&sm_root, gen))?;
+        let live = gen_dir(&sm_root, gen);
+        let db = open_store(&live)?;
+        let format = format::readable(&db, &format!("the store {}", live.display()))?;
         let applied = read_applied_state(&db)?.0.map_or(0, |l| l.index);
         let auth = AuthTable::load(&db)?;
         let promoting = promotions::load(&db)?;
@@ -172,6 +177,7 @@ impl StateMachineStore {
                 snap_lock: Mutex::new(()),
                 snapshots_installed: AtomicU64::new(0),
                 applied: AtomicU64::new(applied),
+                format: AtomicU32::new(format),
                 jobs: JobCache::default(),
                 auth: RwLock::new(Arc::new(auth)),
                 memo: Mutex::new(ApplyMemo::default()),
@@ -278,16 +284,26 @@ impl SmShared {
         }
         snapshot::link_copy(&files.dir, &new_dir)?;
         let db = open_store(&new_dir)?;
-        let (applied, _) = read_applied_state(&db)?;
-        let auth = AuthTable::load(&db)?;
-        if applied != meta.last_log_id {
-            drop(db);
-            let _ = fs::remove_dir_all(&new_dir);
-            return Err(corrupt(format!(
-                "snapshot claims {:?} but its store has applied {:?}",
-                meta.last_log_id, applied
-            )));
-        }
+        let checked = (|| {
+            let what = format!("the snapshot {}", codec::snapshot_id(meta));
+            let format = format::readable(&db, &what)?;
+            let (applied, _) = read_applied_state(&db)?;
+            if applied != meta.last_log_id {
+                return Err(corrupt(format!(
+                    "snapshot claims {:?} but its store has applied {:?}",
+                    meta.last_log_id, applied
+                )));
+            }
+            Ok((format, applied, AuthTable::load(&db)?))
+        })();
+        let (format, applied, auth) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                drop(db);
+                let _ = fs::remove_dir_all(&new_dir);
+                return Err(e);
+            }
+        };
         snapshot::write_atomic(
             &self.sm_root.join("CURRENT"),
             new_gen.to_string().as_bytes(),
@@ -297,6 +313,7 @@ impl SmShared {
             self.jobs.invalidate();
             *self.auth.write().expect("auth lock") = Arc::new(auth);
             self.memo.lock().expect("apply memo lock").clear();
+            self.format.store(format, Ordering::Relaxed);
             self.applied
                 .store(applied.map_or(0, |l| l.index), Ordering::Release);
             Ok(std::mem::replace(&mut *g, Arc::new(db)))
@@ -495,6 +512,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         time_ms: cmd.header().leader_time_ms,
                         format: cmd.header().format,
                     };
+                    if at.format > self.shared.format.load(Ordering::Relaxed) {
+                        // With the chunk: a crash before its write
+                        // re-applies the entry and records it again.
+                        pending.put(CF_META, mk::FORMAT, format::record(at.format))?;
+                        self.shared.format.store(at.format, Ordering::Relaxed);
+                    }
                     apply::apply_at(&mut pending, at, cmd)?
                 }
                 EntryPayload::Membership(m) => {
