@@ -15,6 +15,7 @@
 //! commit writes thousands of data keys at once.
 
 use foldhash::{HashMap, HashMapExt};
+use hashbrown::hash_map::EntryRef;
 use std::io;
 use std::sync::Mutex;
 
@@ -29,8 +30,10 @@ use crate::rocks::{self, corrupt, io_err};
 #[derive(Default)]
 struct Known {
     /// Latest known value per key: written in this chunk, or read from the
-    /// store (`None` = absent or deleted).
-    values: HashMap<Vec<u8>, Cached>,
+    /// store (`None` = absent or deleted). hashbrown's map: a promotion
+    /// finds or adds each key with one hash and no copy of a key it has
+    /// ([`PendingWrites::write_versions`]).
+    values: hashbrown::HashMap<Vec<u8>, Cached, foldhash::fast::RandomState>,
     /// Range deletions staged in this chunk: `[from, to)`.
     deleted_ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -61,10 +64,14 @@ impl Cached {
 
 impl Known {
     fn in_deleted_range(&self, key: &[u8]) -> bool {
-        self.deleted_ranges
-            .iter()
-            .any(|(from, to)| key >= from.as_slice() && key < to.as_slice())
+        known_deleted(&self.deleted_ranges, key)
     }
+}
+
+fn known_deleted(ranges: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> bool {
+    ranges
+        .iter()
+        .any(|(from, to)| key >= from.as_slice() && key < to.as_slice())
 }
 
 /// The slot of a column family in [`PendingWrites::known`]. Kept per
@@ -149,6 +156,60 @@ impl<'a> PendingWrites<'a> {
         }
         let raw = self.get(CF_DATA, key)?;
         version_of(raw.as_deref())
+    }
+
+    /// Writes the next version of each data key (its version as the
+    /// entries applied so far left it, plus one), stamped `mod_index`, or
+    /// deletes it: an epoch's promotion. Same as [`PendingWrites::version`]
+    /// then [`PendingWrites::put`] per key, with one lookup of the chunk's
+    /// map and one lock of the memo for all of them.
+    pub fn write_versions<'k>(
+        &mut self,
+        writes: impl IntoIterator<Item = (&'k [u8], Option<&'k [u8]>)>,
+        mod_index: u64,
+    ) -> io::Result<()> {
+        let memo = self.memo();
+        let db = self.db;
+        let data = &mut self.known[slot(CF_DATA)];
+        let writes = writes.into_iter();
+        data.values.reserve(writes.size_hint().0);
+        let mut data_cf = None;
+        for (key, value) in writes {
+            let Some(value) = value else {
+                data.values.entry_ref(key).insert(Cached::written(None));
+                continue;
+            };
+            match data.values.entry_ref(key) {
+                EntryRef::Occupied(mut o) => {
+                    let version = version_of(o.get().value.as_deref())? + 1;
+                    o.insert(Cached::written(Some(StoredValue::encode_parts(
+                        version, mod_index, value,
+                    ))));
+                }
+                EntryRef::Vacant(v) => {
+                    let remembered = if known_deleted(&data.deleted_ranges, key) {
+                        Some(0)
+                    } else {
+                        memo.as_ref().and_then(|m| m.version(key))
+                    };
+                    let version = match remembered {
+                        Some(version) => version,
+                        None => {
+                            let cf = match data_cf {
+                                Some(cf) => cf,
+                                None => *data_cf.insert(rocks::cf(db, CF_DATA)?),
+                            };
+                            let raw = db.get_pinned_cf(cf, key).map_err(io_err)?;
+                            version_of(raw.as_deref())?
+                        }
+                    } + 1;
+                    v.insert(Cached::written(Some(StoredValue::encode_parts(
+                        version, mod_index, value,
+                    ))));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether an answer to `(client_id, seq)` may be stored or staged;

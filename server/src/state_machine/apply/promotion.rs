@@ -38,9 +38,9 @@ use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
 use super::{jobs, leases, refusal, streams, At};
-use crate::keys::{self, meta, StoredValue, DEFAULT_SHARD};
+use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::{CF_DATA, CF_META, CF_STAGED};
+use crate::state_machine::meta::{CF_META, CF_STAGED};
 use crate::state_machine::pending::PendingWrites;
 
 /// The first state-machine format whose commits promote large epochs in
@@ -168,16 +168,10 @@ pub fn promote_runs(
     metrics::counter!("streamshield_promoted_keys_total").increment(promoted);
     // In no particular order: the chunk's data writes reach RocksDB sorted
     // (`PendingWrites::write`).
-    for (dk, value) in newest {
-        match value {
-            Some(value) => {
-                let version = p.version(&dk)? + 1;
-                let stored = StoredValue::encode_parts(version, epoch.mod_index, &value);
-                p.put(CF_DATA, &dk, stored)?;
-            }
-            None => p.delete(CF_DATA, &dk)?,
-        }
-    }
+    p.write_versions(
+        newest.iter().map(|(k, v)| (k.as_ref(), v.as_deref())),
+        epoch.mod_index,
+    )?;
     append_outputs(p, at, job, outputs)?;
     if more {
         p.delete_range(CF_STAGED, &from, &keys::staged_run_key(prefix, next))?;
