@@ -49,6 +49,29 @@ fn unknown_command_entry() -> bytes::Bytes {
     envelope.into()
 }
 
+/// Waits up to 30 s for node `victim` to exit after `after`: it must exit
+/// with an error, and its log must say every one of `why`.
+async fn stops_saying(t: &mut TestCluster, victim: u64, after: &str, why: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = t.cluster.exit_status(victim).expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} still runs 30 s after {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert!(!status.success(), "node {victim} exited with {status}");
+    let log = std::fs::read_to_string(t.cluster.log_path(victim)).unwrap();
+    assert!(
+        why.iter().all(|w| log.contains(w)),
+        "node {victim}'s log does not say why:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}
+
 async fn a_follower_stops_at(payload: bytes::Bytes, expect_in_log: &str) {
     let (mut t, _) = TestCluster::with_keys(3, "j", 4, 0..20, 2).await;
     let (victim, rest) = t.pick_follower().await;
@@ -85,24 +108,13 @@ async fn a_follower_stops_at(payload: bytes::Bytes, expect_in_log: &str) {
         .append_entries(append)
         .await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = t.cluster.exit_status(victim).expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {victim} still runs 30 s after an entry it cannot apply"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert!(!status.success(), "node {victim} exited with {status}");
-    let log = std::fs::read_to_string(t.cluster.log_path(victim)).unwrap();
-    assert!(
-        log.contains(&format!("entry {next}")) && log.contains(expect_in_log),
-        "node {victim}'s log does not say why:\n{}",
-        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-    );
+    stops_saying(
+        &mut t,
+        victim,
+        "an entry it cannot apply",
+        &[&format!("entry {next}"), expect_in_log],
+    )
+    .await;
     // The others serve on, and never saw the entry.
     let survivors = t.client_of(&rest);
     survivors.put("j", "s", "after", "1").await.expect("put");
@@ -161,25 +173,16 @@ async fn a_store_of_a_newer_format_is_refused_at_start() {
     // As if a newer binary had run on it before this one.
     store_format(&data, Some(FORMAT + 1));
     t.cluster.start_node(victim).expect("start");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = t.cluster.exit_status(victim).expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {victim} still runs 30 s after start on a newer store"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
-    assert!(!status.success(), "node {victim} exited with {status}");
-    let log = std::fs::read_to_string(t.cluster.log_path(victim)).unwrap();
-    assert!(
-        log.contains(&format!("state-machine format {}", FORMAT + 1))
-            && log.contains("upgrade this node"),
-        "node {victim}'s log does not say why:\n{}",
-        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-    );
+    stops_saying(
+        &mut t,
+        victim,
+        "start on a newer store",
+        &[
+            &format!("state-machine format {}", FORMAT + 1),
+            "upgrade this node",
+        ],
+    )
+    .await;
     let survivors = t.client_of(&rest);
     survivors.put("j", "s", "after", "1").await.expect("put");
 }
