@@ -547,6 +547,61 @@ mod tests {
     }
 
     #[test]
+    fn write_versions_numbers_each_key_from_what_came_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::state_machine::open_store(dir.path()).unwrap();
+        let data = rocks::cf(&db, CF_DATA).unwrap();
+        let stored = |v| StoredValue::encode_parts(v, 1, b"old");
+        db.put_cf(data, b"stored", stored(4)).unwrap();
+        db.put_cf(data, b"ranged", stored(9)).unwrap();
+        db.put_cf(data, b"gone", stored(2)).unwrap();
+        let memo = Mutex::new(ApplyMemo::default());
+        // The memo knows better than the store (a chunk it saw).
+        memo.lock().unwrap().learn([(b"known".to_vec(), 6)], []);
+        db.put_cf(data, b"known", stored(1)).unwrap();
+
+        let mut p = PendingWrites::with_memo(&db, &memo);
+        p.put(CF_DATA, b"earlier", StoredValue::encode_parts(3, 2, b"x"))
+            .unwrap();
+        p.delete_range(CF_DATA, b"r", b"s").unwrap();
+        let writes: Vec<(&[u8], Option<&[u8]>)> = vec![
+            (b"stored", Some(b"a")),
+            (b"known", Some(b"b")),
+            (b"earlier", Some(b"c")),
+            (b"ranged", Some(b"d")),
+            (b"fresh", Some(b"e")),
+            (b"gone", None),
+        ];
+        p.write_versions(writes, 77).unwrap();
+        for (key, version) in [
+            (&b"stored"[..], 5),
+            (b"known", 7),
+            (b"earlier", 4),
+            (b"ranged", 1),
+            (b"fresh", 1),
+        ] {
+            assert_eq!(p.version(key).unwrap(), version, "{key:?} before the write");
+        }
+        p.write(&WriteOptions::default()).unwrap();
+        let read = |k: &[u8]| {
+            db.get_cf(data, k)
+                .unwrap()
+                .map(|r| StoredValue::decode(&r).unwrap())
+        };
+        let v = read(b"stored").unwrap();
+        assert_eq!(
+            (v.version, v.mod_index, v.value.as_slice()),
+            (5, 77, &b"a"[..])
+        );
+        assert_eq!(read(b"known").unwrap().version, 7);
+        assert_eq!(read(b"earlier").unwrap().version, 4);
+        assert_eq!(read(b"ranged").unwrap().version, 1);
+        assert_eq!(read(b"fresh").unwrap().value, b"e");
+        assert!(read(b"gone").is_none());
+        assert_eq!(memo.lock().unwrap().version(b"stored"), Some(5));
+    }
+
+    #[test]
     fn data_writes_held_to_the_end_of_the_chunk_keep_their_order_against_range_deletions() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::state_machine::open_store(dir.path()).unwrap();
