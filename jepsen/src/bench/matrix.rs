@@ -32,10 +32,11 @@ pub struct MatrixOptions {
     pub command: String,
 }
 
-/// The rows: (workload, clients, StreamShield's client). The last three
-/// repeat goal rows with a client that sends one call per operation, as
-/// etcd's does, to show what coalescing buys; the goals are judged on the
-/// client as shipped.
+/// The rows: (workload, clients, StreamShield's client), at the matrix's
+/// value size. The last three repeat goal rows with a client that sends
+/// one call per operation, as etcd's does, to show what coalescing buys;
+/// the goals are judged on the client as shipped. [`row_specs`] adds the
+/// task-session goal's baseline at its own value size.
 pub const ROWS: &[(WorkloadKind, u64, TargetKind)] = &[
     (WorkloadKind::SyncPut, 1, TargetKind::Streamshield),
     (WorkloadKind::SyncPut, 16, TargetKind::Streamshield),
@@ -66,6 +67,45 @@ pub const ROWS: &[(WorkloadKind, u64, TargetKind)] = &[
     // The same goal row on a cluster over mutual TLS: what TLS costs.
     (WorkloadKind::SyncPut, 64, TargetKind::StreamshieldTls),
 ];
+
+/// One row to run: a workload at a number of clients and a value size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowSpec {
+    pub kind: WorkloadKind,
+    pub clients: u64,
+    pub target: TargetKind,
+    pub value_size: usize,
+}
+
+/// [`ROWS`] at `value_size`, then sync put at 64 clients with the task
+/// sessions' values ([`TASK_SESSION_VALUE_SIZE`]), unless those are the
+/// same: the task-session goal compares committed updates with sync puts
+/// of the same values (the task layer's issue states it at 64 B), and the
+/// etcd figure comes from the same run. The TLS row stays last: it
+/// replaces the plaintext cluster.
+pub fn row_specs(value_size: usize) -> Vec<RowSpec> {
+    let spec = |&(kind, clients, target): &(WorkloadKind, u64, TargetKind)| RowSpec {
+        kind,
+        clients,
+        target,
+        value_size,
+    };
+    let (tls, plain): (Vec<_>, Vec<_>) = ROWS
+        .iter()
+        .map(spec)
+        .partition(|r| r.target == TargetKind::StreamshieldTls);
+    let mut all = plain;
+    if value_size != TASK_SESSION_VALUE_SIZE {
+        all.push(RowSpec {
+            kind: WorkloadKind::SyncPut,
+            clients: 64,
+            target: TargetKind::Streamshield,
+            value_size: TASK_SESSION_VALUE_SIZE,
+        });
+    }
+    all.extend(tls);
+    all
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -111,23 +151,33 @@ pub const REATTACH_STATE_BYTES: u64 = 10_000_000;
 /// The task-session row's shape.
 pub const TASK_SESSION_TASKS: u32 = 8;
 pub const TASK_SESSION_INTERVAL: Duration = Duration::from_millis(100);
+/// The task layer's issue states its throughput goals at 64 B values.
+pub const TASK_SESSION_VALUE_SIZE: usize = 64;
 
-fn find(rows: &[Row], w: WorkloadKind, clients: u64) -> Option<&Row> {
-    find_on(rows, TargetKind::Streamshield, w, clients)
+fn find(rows: &[Row], w: WorkloadKind, clients: u64, value_size: usize) -> Option<&Row> {
+    find_on(rows, TargetKind::Streamshield, w, clients, value_size)
 }
 
-fn find_on(rows: &[Row], target: TargetKind, w: WorkloadKind, clients: u64) -> Option<&Row> {
+fn find_on(
+    rows: &[Row],
+    target: TargetKind,
+    w: WorkloadKind,
+    clients: u64,
+    value_size: usize,
+) -> Option<&Row> {
     rows.iter().find(|r| {
         r.streamshield.target == target.name()
             && r.streamshield.workload == w.name()
             && r.streamshield.clients == clients
+            && r.streamshield.value_size == value_size
     })
 }
 
 /// The task-session goals: committed updates against sync put at 64
-/// clients, ours and etcd's, from the same run; commit p99.
+/// clients of the same values, ours and etcd's, from the same run; commit
+/// p99.
 fn judge_tasks(rows: &[Row], t: &TaskBenchReport) -> Vec<Goal> {
-    let Some(r) = find(rows, WorkloadKind::SyncPut, 64) else {
+    let Some(r) = find(rows, WorkloadKind::SyncPut, 64, t.value_size) else {
         return Vec::new();
     };
     let ours = t.ops_per_s / r.streamshield.ops_per_s.max(1.0);
@@ -135,8 +185,8 @@ fn judge_tasks(rows: &[Row], t: &TaskBenchReport) -> Vec<Goal> {
     vec![
         Goal {
             text: format!(
-                "task sessions ({} tasks, commit every {} ms): committed updates/s ≥ 10× our sync put at 64 clients and ≥ 20× etcd's",
-                t.tasks, t.checkpoint_interval_ms
+                "task sessions ({} tasks, {} B values, commit every {} ms): committed updates/s ≥ 10× our sync put at 64 clients and ≥ 20× etcd's, same values",
+                t.tasks, t.value_size, t.checkpoint_interval_ms
             ),
             measured: format!(
                 "{:.0} updates/s: {ours:.1}× ours ({:.0}), {etcd:.1}× etcd ({:.0})",
@@ -180,10 +230,11 @@ fn judge_reattach(runs: &[ReattachReport]) -> Vec<Goal> {
         .collect()
 }
 
-/// The issue's goals, judged on the medians.
-pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
+/// The issue's goals, judged on the medians of the rows at the matrix's
+/// `value_size`.
+pub fn judge(rows: &[Row], limits: &Limits, value_size: usize) -> Vec<Goal> {
     let mut goals = Vec::new();
-    if let Some(r) = find(rows, WorkloadKind::SyncPut, 64) {
+    if let Some(r) = find(rows, WorkloadKind::SyncPut, 64, value_size) {
         goals.push(Goal {
             text: "sync put, 64 clients: ≥ 2× etcd's ops/s at no worse p99".into(),
             measured: format!(
@@ -193,7 +244,7 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
             met: r.ratio >= 2.0 && r.streamshield.p99_us <= r.etcd.p99_us,
         });
     }
-    if let Some(r) = find(rows, WorkloadKind::SyncPut, 1) {
+    if let Some(r) = find(rows, WorkloadKind::SyncPut, 1, value_size) {
         let floor = limits.sync_put_floor_us as f64;
         let p50 = r.streamshield.p50_us as f64;
         goals.push(Goal {
@@ -218,7 +269,7 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
             "mixed 50/50 put/get, 64 clients: ≥ 2× etcd",
         ),
     ] {
-        if let Some(r) = find(rows, w, 64) {
+        if let Some(r) = find(rows, w, 64, value_size) {
             goals.push(Goal {
                 text: text.into(),
                 measured: format!("{:.2}×", r.ratio),
@@ -226,8 +277,14 @@ pub fn judge(rows: &[Row], limits: &Limits) -> Vec<Goal> {
             });
         }
     }
-    let plain = find(rows, WorkloadKind::SyncPut, 64);
-    let tls = find_on(rows, TargetKind::StreamshieldTls, WorkloadKind::SyncPut, 64);
+    let plain = find(rows, WorkloadKind::SyncPut, 64, value_size);
+    let tls = find_on(
+        rows,
+        TargetKind::StreamshieldTls,
+        WorkloadKind::SyncPut,
+        64,
+        value_size,
+    );
     if let (Some(plain), Some(tls)) = (plain, tls) {
         let cost = 1.0 - tls.streamshield.ops_per_s / plain.streamshield.ops_per_s.max(1.0);
         goals.push(Goal {
@@ -273,7 +330,8 @@ pub async fn run(
     let mut rows = Vec::new();
     let mut all = Vec::new();
     let mut floors = vec![first_floor];
-    let mut progress = Progress::new(ROWS.len() as u64 * u64::from(opts.rounds) * 2 + 3);
+    let specs = row_specs(opts.space.value_size);
+    let mut progress = Progress::new(specs.len() as u64 * u64::from(opts.rounds) * 2 + 3);
     progress.step("task sessions");
     let task_session = match &clusters.streamshield {
         Some(t) => {
@@ -284,7 +342,7 @@ pub async fn run(
                 linger: None,
                 window: None,
                 batch_bytes: None,
-                value_size: opts.space.value_size,
+                value_size: TASK_SESSION_VALUE_SIZE,
                 warmup: opts.warmup,
                 measure: opts.measure,
                 seed: opts.seed,
@@ -337,7 +395,12 @@ pub async fn run(
         }
     }
     progress.println(table_header());
-    for (i, &(kind, clients, ours)) in ROWS.iter().enumerate() {
+    for (i, row) in specs.iter().enumerate() {
+        let (kind, clients, ours) = (row.kind, row.clients, row.target);
+        let space = KeySpace {
+            value_size: row.value_size,
+            ..opts.space
+        };
         // The TLS rows come last: the plaintext cluster is gone by then.
         if ours == TargetKind::StreamshieldTls {
             clusters.switch_to_tls(spec, floor_dir).await?;
@@ -369,7 +432,7 @@ pub async fn run(
                     round + 1,
                     opts.rounds
                 ));
-                let r = clusters.measure(t, kind, opts.space, shape).await?;
+                let r = clusters.measure(t, kind, space, shape).await?;
                 progress.done();
                 progress.println(table_row(&r));
                 match t {
@@ -390,7 +453,7 @@ pub async fn run(
     }
     progress.finish();
     let limits = median_floor(&floors[1..]).unwrap_or_else(|| floors[0].clone());
-    let mut goals = judge(&rows, &limits);
+    let mut goals = judge(&rows, &limits, opts.space.value_size);
     if let Some(t) = &task_session {
         goals.extend(judge_tasks(&rows, t));
     }
@@ -412,9 +475,9 @@ pub fn summary_table(m: &MatrixResult) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| workload | clients | StreamShield client | StreamShield ops/s | etcd ops/s | ratio | StreamShield p50 / p99 µs | etcd p50 / p99 µs | CPU µs/op (ours / etcd) | errors (ours / etcd) |"
+        "| workload | clients | value B | StreamShield client | StreamShield ops/s | etcd ops/s | ratio | StreamShield p50 / p99 µs | etcd p50 / p99 µs | CPU µs/op (ours / etcd) | errors (ours / etcd) |"
     );
-    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     let cpu = |r: &Report| r.cpu_us_per_op.map_or("-".into(), |c| format!("{c:.0}"));
     for r in &m.rows {
         let client = match r.streamshield.target.as_str() {
@@ -424,9 +487,10 @@ pub fn summary_table(m: &MatrixResult) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.2}× | {} / {} | {} / {} | {} / {} | {} / {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2}× | {} / {} | {} / {} | {} / {} | {} / {} |",
             r.streamshield.workload,
             r.streamshield.clients,
+            r.streamshield.value_size,
             client,
             r.streamshield.ops_per_s,
             r.etcd.ops_per_s,
@@ -521,9 +585,10 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
     );
     let _ = writeln!(
         s,
-        "* Clients: closed loop, one process, one HTTP/2 connection per target (etcd: to its leader, StreamShield: the client follows the leader). StreamShield's client as shipped sends concurrent calls to a node together (`WriteMany`/`GetMany`, one call of each kind in flight per node); rows marked \"one call per op\" use it with that turned off, one call per operation as etcd's client makes. CPU µs/op: CPU time of the whole machine (all processes and the kernel, from `/proc/stat`) in the measured window per operation. {} keys, {} B random values. Each row: {} rounds of {} s warm-up + {} s measured per target, alternating which target goes first; the table shows the run with the median throughput.",
+        "* Clients: closed loop, one process, one HTTP/2 connection per target (etcd: to its leader, StreamShield: the client follows the leader). StreamShield's client as shipped sends concurrent calls to a node together (`WriteMany`/`GetMany`, one call of each kind in flight per node); rows marked \"one call per op\" use it with that turned off, one call per operation as etcd's client makes. CPU µs/op: CPU time of the whole machine (all processes and the kernel, from `/proc/stat`) in the measured window per operation. {} keys, {} B random values (the task sessions' baseline row: {} B, theirs). Each row: {} rounds of {} s warm-up + {} s measured per target, alternating which target goes first; the table shows the run with the median throughput.",
         opts.space.keys,
         opts.space.value_size,
+        TASK_SESSION_VALUE_SIZE,
         opts.rounds,
         opts.warmup.as_secs_f64(),
         opts.measure.as_secs_f64()
@@ -680,7 +745,7 @@ mod tests {
                 report("get-linearizable", 64, 1000.0, 1, 1),
             ),
         ];
-        let g = judge(&rows, &limits(1000));
+        let g = judge(&rows, &limits(1000), 256);
         assert_eq!(g.len(), 3);
         assert!(g[0].met, "{:?}", g[0]);
         // Within 1.5× of the floor but slower than etcd: not met.
@@ -691,11 +756,79 @@ mod tests {
             report("sync-put", 64, 3000.0, 10, 1100),
             report("sync-put", 64, 1000.0, 10, 1000),
         )];
-        assert!(!judge(&worse_tail, &limits(1000))[0].met);
+        assert!(!judge(&worse_tail, &limits(1000), 256)[0].met);
         // Goals are judged on the client as shipped only.
         let mut uncoalesced = report("mixed", 64, 3000.0, 10, 10);
         uncoalesced.target = TargetKind::StreamshieldUncoalesced.name().into();
         let only_uncoalesced = vec![row(uncoalesced, report("mixed", 64, 1000.0, 10, 10))];
-        assert!(judge(&only_uncoalesced, &limits(1000)).is_empty());
+        assert!(judge(&only_uncoalesced, &limits(1000), 256).is_empty());
+    }
+
+    #[test]
+    fn the_task_goal_is_judged_against_sync_puts_of_its_own_values() {
+        let specs = row_specs(256);
+        let baseline = specs
+            .iter()
+            .position(|r| r.value_size == TASK_SESSION_VALUE_SIZE)
+            .expect("a baseline row at the task sessions' values");
+        assert_eq!(specs[baseline].kind, WorkloadKind::SyncPut);
+        assert_eq!(specs[baseline].clients, 64);
+        // Before the TLS row, which replaces the plaintext cluster.
+        assert_eq!(specs.last().unwrap().target, TargetKind::StreamshieldTls);
+        assert!(baseline < specs.len() - 1);
+        // At the task sessions' values already: no second row.
+        assert_eq!(row_specs(TASK_SESSION_VALUE_SIZE).len(), ROWS.len());
+
+        let row = |ss: Report, et: Report| Row {
+            ratio: ss.ops_per_s / et.ops_per_s,
+            streamshield: ss,
+            etcd: et,
+        };
+        let mut small = report("sync-put", 64, 30_000.0, 10, 10);
+        small.value_size = TASK_SESSION_VALUE_SIZE;
+        let mut small_etcd = report("sync-put", 64, 10_000.0, 10, 10);
+        small_etcd.value_size = TASK_SESSION_VALUE_SIZE;
+        let rows = vec![
+            row(
+                report("sync-put", 64, 20_000.0, 10, 10),
+                report("sync-put", 64, 5_000.0, 10, 10),
+            ),
+            row(small, small_etcd),
+        ];
+        let t = TaskBenchReport {
+            workload: "task-session".into(),
+            target: TargetKind::Streamshield.name().into(),
+            tasks: TASK_SESSION_TASKS,
+            checkpoint_interval_ms: 100,
+            offered_per_s: 0,
+            value_size: TASK_SESSION_VALUE_SIZE,
+            seconds: 1.0,
+            ops: 250_000,
+            ops_per_s: 250_000.0,
+            commits: 10,
+            commit_p50_us: 1,
+            commit_p99_us: 1,
+            commit_max_us: 1,
+            staged_wait_p50_us: 1,
+            staged_wait_p99_us: 1,
+            cpu_us_per_update: None,
+            steal_pct: None,
+            errors: 0,
+            first_error: None,
+        };
+        let g = judge_tasks(&rows, &t);
+        // 250,000 is 12.5× the 256 B row and 50× its etcd, but 8.3× the
+        // 64 B row: judged on the latter.
+        assert!(!g[0].met, "{:?}", g[0]);
+        assert!(
+            g[0].measured.contains("8.3× ours (30000)"),
+            "{}",
+            g[0].measured
+        );
+        assert!(
+            g[0].measured.contains("25.0× etcd (10000)"),
+            "{}",
+            g[0].measured
+        );
     }
 }
