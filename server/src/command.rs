@@ -36,8 +36,10 @@ use streamshield_proto::v1 as pb;
 /// with a default write mode (`TableModeSet`, `CreateJob.tables`), leased
 /// sync writes deduplicated under the lease (`apply/leased_writes.rs`);
 /// 5: output records staged with an epoch's writes (`StagedOp.emit`),
-/// appended to their partitions by its promotion.
-pub const FORMAT: u32 = 5;
+/// appended to their partitions by its promotion; 6: records a promotion
+/// in steps appends are held back from readers until its last step
+/// (`PromotingTask.held`, `apply/promotion.rs`).
+pub const FORMAT: u32 = 6;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

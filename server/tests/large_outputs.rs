@@ -1,14 +1,19 @@
 //! An epoch's outputs are staged with its writes, so one epoch may produce
 //! far more than one request holds (24 MiB here, against the 4 MiB of
 //! `max_batch_bytes`): on a real 3-node cluster they reach their
-//! partitions once each, in the order emitted, with the epoch's state.
+//! partitions once each, in the order emitted, with the epoch's state,
+//! and readers see them whole although they are appended in steps.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use streamshield_client::{Consistency, TaskSessionConfig, TaskSpec};
+use streamshield_proto::v1 as pb;
 
 const JOB: &str = "big";
 /// Records of 1 KiB, alternating between two partitions: 24 MiB.
@@ -46,10 +51,10 @@ async fn read_all(c: &streamshield_client::Client, partition: u32, n: usize) -> 
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_epoch_emits_more_than_one_request_holds() {
-    let t = TestCluster::start(3, &[]).await;
-    let c = t.client();
+/// A job with a stream `out` of two partitions, and its task 0's session
+/// with `RECORDS` records emitted alternately to them (and a write every
+/// 1,024), not yet committed.
+async fn task_with_big_epoch(c: &streamshield_client::Client) -> streamshield_client::TaskSession {
     c.create_job(JOB, 4).await.expect("job");
     c.create_stream(JOB, "out", 2, 0).await.expect("stream");
     let spec = TaskSpec {
@@ -72,6 +77,14 @@ async fn an_epoch_emits_more_than_one_request_holds() {
                 .expect("put");
         }
     }
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_epoch_emits_more_than_one_request_holds() {
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    let mut task = task_with_big_epoch(&c).await;
     let first = task
         .commit(Vec::new(), Vec::new())
         .await
@@ -113,4 +126,76 @@ async fn an_epoch_emits_more_than_one_request_holds() {
         .expect("get")
         .expect("the epoch's state is visible");
     assert_eq!(kv.value, b"23552".to_vec());
+}
+
+/// Kafka's read-committed consumers see a transaction's records all at
+/// once; so do ours an epoch's, although a promotion in steps appends
+/// them a step at a time: readers of a partition stop where the
+/// promotion began appending until its last step. Polled and subscribed
+/// on every node while the promotion runs, a partition's end is the one
+/// before the epoch or the one after it, nothing between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readers_see_an_epoch_promoted_in_steps_whole() {
+    let t = TestCluster::start(3, &[]).await;
+    let c = t.client();
+    let mut task = task_with_big_epoch(&c).await;
+    let half = RECORDS / 2;
+    let done = Arc::new(AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    for node in t.cluster.specs().map(|s| s.id).collect::<Vec<_>>() {
+        let mut nc = pb::streams_client::StreamsClient::new(plain_channel(&t.addr(node)).await);
+        let done = done.clone();
+        // Polls this node as it has applied: every end offset it reported.
+        watchers.push(tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            while !done.load(Ordering::SeqCst) {
+                let page = nc
+                    .read(pb::ReadRequest {
+                        job: JOB.into(),
+                        stream: "out".into(),
+                        max_records: 1,
+                        consistency: pb::Consistency::Stale as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("read")
+                    .into_inner();
+                seen.insert(page.end_offset);
+            }
+            (node, seen)
+        }));
+    }
+    let mut sub = c.subscribe(JOB, "out", 0, 0).await.expect("subscribe");
+    let subscribed = tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut got = 0u64;
+        while got < half {
+            let page = sub.message().await.expect("subscription").expect("a page");
+            got += page.records.len() as u64;
+            seen.insert(page.end_offset);
+        }
+        seen
+    });
+    let first = task
+        .commit(Vec::new(), Vec::new())
+        .await
+        .expect("an epoch of 24 MiB of outputs commits");
+    assert!(first.promoting, "24 MiB is promoted in steps: {first:?}");
+    let from_subscription = tokio::time::timeout(Duration::from_secs(120), subscribed)
+        .await
+        .expect("the subscription got the epoch")
+        .expect("subscriber");
+    done.store(true, Ordering::SeqCst);
+    for w in watchers {
+        let (node, seen) = w.await.expect("poller");
+        assert!(
+            seen.iter().all(|&e| e == 0 || e == half),
+            "node {node}: readers saw the partition end at {seen:?}, not only 0 or {half}"
+        );
+    }
+    assert_eq!(
+        from_subscription,
+        BTreeSet::from([half]),
+        "every page of the subscription saw the whole epoch"
+    );
 }

@@ -69,7 +69,9 @@ impl StreamsService {
 
     fn describe(&self, job: &str, stream: &str) -> Result<pb::StreamInfo, ServiceError> {
         let (db, info) = self.ctx.sm.job(0, job)?;
-        read::describe_stream(&db, info.as_deref(), 0, job, stream)
+        self.ctx.sm.read_with_promotions(|promoting| {
+            read::describe_stream(&db, info.as_deref(), 0, job, stream, promoting)
+        })
     }
 
     fn read_page(&self, r: &pb::ReadRequest) -> Result<pb::ReadResponse, ServiceError> {
@@ -92,7 +94,9 @@ impl StreamsService {
             max_records,
             max_bytes,
         };
-        let (records, st) = read::read_records(&db, info.as_deref(), r.shard, &r.job, range)?;
+        let (records, st) = self.ctx.sm.read_with_promotions(|promoting| {
+            read::read_records(&db, info.as_deref(), r.shard, &r.job, range, promoting)
+        })?;
         metrics::counter!("streamshield_stream_records_read_total").increment(records.len() as u64);
         let next_offset = records
             .last()

@@ -1,5 +1,6 @@
 //! What readers of this replica know of the promotions under way
-//! (`apply/promotion.rs`): which key groups of which jobs to wait for.
+//! (`apply/promotion.rs`): which key groups of which jobs to wait for, and
+//! where in which stream partitions to stop.
 //!
 //! The set is read from the store whenever a chunk changed a job's
 //! `JobPromotions` record (a promotion started or ended) and after a
@@ -29,6 +30,24 @@ use crate::rocks::{self, corrupt, io_err};
 pub struct JobPromoting {
     pub shard: u32,
     pub record: pb::JobPromotions,
+}
+
+/// Where readers of a partition stop while a promotion holds back the
+/// records it appended there: the first of them.
+pub fn held_from(
+    promoting: &[JobPromoting],
+    shard: u32,
+    job_id: u32,
+    stream_id: u32,
+    partition: u32,
+) -> Option<u64> {
+    promoting
+        .iter()
+        .filter(|j| j.shard == shard && j.record.job_id == job_id)
+        .flat_map(|j| j.record.tasks.iter().flat_map(|t| t.held.iter()))
+        .filter(|h| h.stream_id == stream_id && h.partition == partition)
+        .map(|h| h.from_offset)
+        .min()
 }
 
 /// Every `JobPromotions` record of a store.
@@ -83,6 +102,28 @@ impl SmShared {
     /// The promotions under way, as this replica has applied them.
     pub fn promotions(&self) -> Arc<Vec<JobPromoting>> {
         self.promoting.read().expect("promotions lock").clone()
+    }
+
+    /// Runs `read` with the promotions under way, again while a promotion
+    /// started or ended as it ran (that chunk's records may have been
+    /// appended, or let go, under it): a sequence lock, as for reads of
+    /// state. While such a chunk is being written it waits, briefly: the
+    /// set is read again right after the write.
+    pub fn read_with_promotions<T, E>(
+        &self,
+        mut read: impl FnMut(&[JobPromoting]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        loop {
+            let seq = *self.promotion_seq.borrow();
+            if self.promotions_changing.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+                continue;
+            }
+            let out = read(&self.promotions())?;
+            if self.promotions_unchanged(seq) {
+                return Ok(out);
+            }
+        }
     }
 
     /// Changes whenever promotions start or end here.

@@ -6,6 +6,7 @@ use rocksdb::{Direction, IteratorMode, DB};
 use streamshield_proto::v1 as pb;
 
 use super::meta::{self as m, CF_DATA, CF_META};
+use super::promotions;
 use crate::error::ServiceError;
 use crate::keys::{self, StoredValue};
 use crate::rocks::{self, corrupt, io_err};
@@ -302,18 +303,37 @@ fn partition_state(
     }
 }
 
-/// A stream with the bounds of each partition.
+/// A partition's state with its end where readers stop: before the
+/// records a promotion under way holds back.
+fn readable_state(
+    db: &DB,
+    shard: u32,
+    job_id: u32,
+    stream_id: u32,
+    partition: u32,
+    promoting: &[promotions::JobPromoting],
+) -> Result<pb::PartitionState, ServiceError> {
+    let mut st = partition_state(db, shard, job_id, stream_id, partition)?;
+    if let Some(held) = promotions::held_from(promoting, shard, job_id, stream_id, partition) {
+        st.end_offset = st.end_offset.min(held);
+    }
+    Ok(st)
+}
+
+/// A stream with the bounds of each partition, as readers see them (each
+/// end where a promotion under way holds records back).
 pub fn describe_stream(
     db: &DB,
     info: Option<&pb::JobInfo>,
     shard: u32,
     job: &str,
     stream: &str,
+    promoting: &[promotions::JobPromoting],
 ) -> Result<pb::StreamInfo, ServiceError> {
     let (job_id, s) = stream_of(db, info, shard, job, stream)?;
     let mut partition_info = Vec::with_capacity(s.partitions as usize);
     for partition in 0..s.partitions {
-        let st = partition_state(db, shard, job_id, s.stream_id, partition)?;
+        let st = readable_state(db, shard, job_id, s.stream_id, partition, promoting)?;
         partition_info.push(pb::PartitionInfo {
             partition,
             start_offset: st.start_offset,
@@ -331,6 +351,7 @@ pub fn describe_stream(
 }
 
 /// Where and how much one read of a partition takes.
+#[derive(Clone, Copy)]
 pub struct RecordRange<'a> {
     pub stream: &'a str,
     pub partition: u32,
@@ -340,15 +361,18 @@ pub struct RecordRange<'a> {
 }
 
 /// Committed records of one partition from `from_offset` (or its start,
-/// if that was trimmed); a page stops before the record that would pass
-/// `max_bytes` (the first always comes). Returns the page and the
-/// partition's state.
+/// if that was trimmed) up to where a promotion under way holds them back
+/// (`promoting`, [`promotions::held_from`]); a page stops before the
+/// record that would pass `max_bytes` (the first always comes). Returns
+/// the page and the partition's state as readers see it (its end where
+/// the records are held).
 pub fn read_records(
     db: &DB,
     info: Option<&pb::JobInfo>,
     shard: u32,
     job: &str,
     r: RecordRange,
+    promoting: &[promotions::JobPromoting],
 ) -> Result<(Vec<pb::RecordAt>, pb::PartitionState), ServiceError> {
     use prost::Message;
     let (job_id, s) = stream_of(db, info, shard, job, r.stream)?;
@@ -363,7 +387,7 @@ pub fn read_records(
         ));
     }
     // The bounds first: the records then hold at least up to them.
-    let st = partition_state(db, shard, job_id, s.stream_id, r.partition)?;
+    let st = readable_state(db, shard, job_id, s.stream_id, r.partition, promoting)?;
     let from = r.from_offset.max(st.start_offset);
     let prefix = keys::record_prefix(shard, job_id, s.stream_id, r.partition);
     let cf = rocks::cf(db, m::CF_STREAMS)?;

@@ -399,6 +399,7 @@ pub fn commit(
         };
         promotion::promote_runs(p, at, &job, &runs, 1, promotion::WHOLE)?.promoted
     };
+    let mut appended = Vec::new();
     for out in &c.outputs {
         // Loaded again for each: two outputs to one partition see each
         // other's offsets through the pending writes.
@@ -411,7 +412,17 @@ pub fn commit(
             .iter()
             .map(|r| (r.key.as_slice(), r.value.as_slice()))
             .collect();
-        streams::append_records(p, at, &job, out.partition, &mut target, &records)?;
+        let from_offset =
+            streams::append_records(p, at, &job, out.partition, &mut target, &records)?;
+        appended.push(pb::HeldPartition {
+            stream_id: target.stream.stream_id,
+            partition: out.partition,
+            from_offset,
+        });
+    }
+    if in_steps {
+        // Readable with the epoch's state, after the last step.
+        promotion::hold(p, at, &job, task.task, &appended)?;
     }
     task.staging.retain(|e| e.epoch > c.epoch);
     task.checkpoint = Some(pb::CheckpointRecord {

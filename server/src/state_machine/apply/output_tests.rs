@@ -11,6 +11,7 @@ use super::task_tests::{acquire, commit, lease, put, refused, stage, staged_keys
 use crate::keys;
 use crate::rocks;
 use crate::state_machine::meta::CF_STREAMS;
+use crate::state_machine::promotions;
 
 fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
     let r = f.apply(pb::Command {
@@ -66,6 +67,14 @@ fn records(f: &Fixture) -> Vec<(u32, u32, u64, String)> {
             )
         })
         .collect()
+}
+
+/// Where readers of partition `partition` of the job's first stream stop
+/// now, if a promotion holds its records back.
+fn held(f: &Fixture, partition: u32) -> Option<u64> {
+    let promoting = promotions::load(&f.db).unwrap();
+    let job_id = promoting.first().map_or(0, |j| j.record.job_id);
+    promotions::held_from(&promoting, 0, job_id, 1, partition)
 }
 
 fn staged_through(r: &pb::CommandResponse) -> u64 {
@@ -266,10 +275,83 @@ fn outputs_of_an_epoch_promoted_in_steps_reach_their_partition_in_order() {
         }
         if s.done {
             assert_eq!(got.len() as u64, n);
+            assert_eq!(held(&f, 0), None, "the last step lets the records go");
             break;
         }
         assert!((got.len() as u64) < n);
+        // Readers stop where the promotion began appending.
+        assert_eq!(held(&f, 0), Some(0), "after step {steps}");
     }
     assert!(steps >= 2, "promoted in {steps} step(s)");
     assert_eq!(staged_keys(&f), 0);
+}
+
+/// A commit that carries its outputs (`EpochCommit.outputs`) appends them
+/// in its own apply; when its writes are promoted in steps, readers get
+/// those records with the last step too. Entries of a format before
+/// holds show them at once, as they did when they were written.
+#[test]
+fn outputs_carried_by_a_commit_promoted_in_steps_are_held_to_the_last_step() {
+    for (format, holds) in [
+        (crate::command::FORMAT, true),
+        (super::promotion::HOLD_FORMAT - 1, false),
+    ] {
+        let mut f = task_with_stream(2);
+        // One record before the epoch: readers keep seeing it.
+        stage(&mut f, lease(0, 1), 1, 1, vec![emit("out", 1, "before")]);
+        committed(&commit(&mut f, lease(0, 1), 1, 1));
+        // More writes than one step moves (`STEP.writes`).
+        for b in 0..20u64 {
+            let ops = (0..1_000)
+                .map(|i| put(&format!("k{}", b * 1_000 + i), "v"))
+                .collect();
+            stage(&mut f, lease(0, 1), 2, b * 1_000 + 1, ops);
+        }
+        f.format = format;
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+                lease: Some(lease(0, 1)),
+                epoch: 2,
+                last_seq: 20_000,
+                input_offsets: Vec::new(),
+                metadata: Vec::new(),
+                outputs: vec![pb::PartitionEntries {
+                    stream: "out".into(),
+                    partition: 1,
+                    records: vec![pb::StreamEntry {
+                        key: b"k".to_vec(),
+                        value: b"carried".to_vec(),
+                    }],
+                }],
+            })),
+        });
+        match r.kind {
+            Some(command_response::Kind::EpochCommitted(c)) => assert!(c.promoting, "{c:?}"),
+            other => panic!("not committed: {other:?}"),
+        }
+        assert_eq!(records(&f).len(), 2, "both appended");
+        assert_eq!(held(&f, 1), holds.then_some(1), "format {format}");
+        assert_eq!(held(&f, 0), None, "a partition it did not append to");
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 10, "the promotion does not end");
+            let r = f.apply(pb::Command {
+                kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
+                    job: "j".into(),
+                    task: 0,
+                    generation: 1,
+                    epoch: 2,
+                })),
+            });
+            let Some(command_response::Kind::PromotionStep(s)) = r.kind else {
+                panic!("not a step: {r:?}");
+            };
+            if s.done {
+                break;
+            }
+            assert_eq!(held(&f, 1), holds.then_some(1), "format {format}");
+        }
+        assert_eq!(held(&f, 1), None);
+    }
 }

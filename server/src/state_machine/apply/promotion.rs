@@ -15,10 +15,16 @@
 //!
 //! From the commit to the last step the epoch is committed but not yet all
 //! in `data`. So that nobody sees part of it, the job's
-//! [`pb::JobPromotions`] record names the task's key groups, and:
+//! [`pb::JobPromotions`] record names the task's key groups and the
+//! partitions its records went to, and:
 //!
 //! * reads of those key groups wait until the promotion is over, on every
 //!   replica (`SmShared::settled`);
+//! * readers of those partitions see records up to where the promotion
+//!   began appending, and the rest when it is over ([`hold`],
+//!   `SmShared::promotions_stable`): a consumer gets an epoch's outputs
+//!   whole, when its state becomes readable, as with an epoch within a
+//!   step;
 //! * sync writes to them, the task's next commit and a lease of another
 //!   task over them are refused with `UNAVAILABLE` and a pause to retry
 //!   after: a later step would overwrite such a write with an older one;
@@ -79,6 +85,12 @@ pub fn in_steps(format: u32, writes: u64, bytes: u64) -> bool {
     format >= FORMAT && (bytes > STEP.bytes as u64 || writes > STEP.writes)
 }
 
+/// The first state-machine format whose promotions in steps hold their
+/// records back from readers until the last step: an older entry's steps
+/// showed them as they came, and a log replayed by a newer node applies
+/// alike.
+pub const HOLD_FORMAT: u32 = 6;
+
 /// What a refused write or commit is told to wait before it tries again:
 /// about one step.
 pub const RETRY_AFTER_MS: u32 = 20;
@@ -91,6 +103,9 @@ pub struct Progress {
     pub bytes: u64,
     /// The first seq of the next run; `None` when none is left.
     pub next_seq: Option<u64>,
+    /// The partitions records were appended to, each from its first
+    /// offset.
+    pub appended: Vec<pb::HeldPartition>,
 }
 
 /// Output records (key, value) per (stream id, partition), in seq order.
@@ -172,7 +187,7 @@ pub fn promote_runs(
         newest.iter().map(|(k, v)| (k.as_ref(), v.as_deref())),
         epoch.mod_index,
     )?;
-    append_outputs(p, at, job, outputs)?;
+    let appended = append_outputs(p, at, job, outputs)?;
     if more {
         p.delete_range(CF_STAGED, &from, &keys::staged_run_key(prefix, next))?;
     } else {
@@ -182,21 +197,23 @@ pub fn promote_runs(
         promoted,
         bytes,
         next_seq: more.then_some(next),
+        appended,
     })
 }
 
-/// Appends staged output records to their partitions. Streams are never
-/// deleted, and staging checked each one's partition: one missing is
-/// damage.
+/// Appends staged output records to their partitions; returns where each
+/// partition's records begin. Streams are never deleted, and staging
+/// checked each one's partition: one missing is damage.
 fn append_outputs(
     p: &mut PendingWrites,
     at: At,
     job: &pb::JobInfo,
     outputs: Outputs,
-) -> io::Result<()> {
+) -> io::Result<Vec<pb::HeldPartition>> {
     if outputs.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut appended = Vec::with_capacity(outputs.len());
     let known = streams::streams_by_id(p, job)?;
     for ((stream_id, partition), records) in outputs {
         let stream = known
@@ -214,7 +231,48 @@ fn append_outputs(
             .iter()
             .map(|(k, v)| (k.as_ref(), v.as_ref()))
             .collect();
-        streams::append_records(p, at, job, partition, &mut target, &records)?;
+        let from_offset = streams::append_records(p, at, job, partition, &mut target, &records)?;
+        appended.push(pb::HeldPartition {
+            stream_id,
+            partition,
+            from_offset,
+        });
+    }
+    Ok(appended)
+}
+
+/// Holds back from readers the records a promotion in steps appended at
+/// `appended` (and every record after them in those partitions) until
+/// its last step. A partition held already keeps its first offset.
+pub fn hold(
+    p: &mut PendingWrites,
+    at: At,
+    job: &pb::JobInfo,
+    task: u32,
+    appended: &[pb::HeldPartition],
+) -> io::Result<()> {
+    if appended.is_empty() || at.format < HOLD_FORMAT {
+        return Ok(());
+    }
+    let Some(mut list) = load(p, job)? else {
+        return Err(corrupt("a promotion's records are held without its record"));
+    };
+    let Some(entry) = list.tasks.iter_mut().find(|t| t.task == task) else {
+        return Err(corrupt("a promotion's records are held without its task"));
+    };
+    let mut changed = false;
+    for a in appended {
+        let held = entry
+            .held
+            .iter()
+            .any(|h| h.stream_id == a.stream_id && h.partition == a.partition);
+        if !held {
+            entry.held.push(*a);
+            changed = true;
+        }
+    }
+    if changed {
+        store(p, job.job_id, &list)?;
     }
     Ok(())
 }
@@ -252,6 +310,7 @@ pub fn start(
         key_group_end: task.key_group_end,
         generation: task.generation,
         epoch,
+        held: Vec::new(),
     });
     store(p, job.job_id, &list)?;
     metrics::counter!("streamshield_promotions_started_total").increment(1);
@@ -299,6 +358,9 @@ pub fn step(
     };
     let done = promote_runs(p, at, &job, &runs, promo.next_seq, STEP)?;
     metrics::counter!("streamshield_promotion_steps_total").increment(1);
+    if done.next_seq.is_some() {
+        hold(p, at, &job, task.task, &done.appended)?;
+    }
     promo.promoted += done.promoted;
     promo.bytes_left = promo.bytes_left.saturating_sub(done.bytes);
     match done.next_seq {
@@ -332,6 +394,14 @@ fn finish(p: &mut PendingWrites, job: &pb::JobInfo, task: u32) -> io::Result<()>
     let Some(mut list) = load(p, job)? else {
         return Ok(());
     };
+    if list
+        .tasks
+        .iter()
+        .any(|t| t.task == task && !t.held.is_empty())
+    {
+        // Subscribers of the held partitions wake to what they may read now.
+        p.streams_appended();
+    }
     list.tasks.retain(|t| t.task != task);
     if list.tasks.is_empty() {
         p.delete(CF_META, &meta::promotions(DEFAULT_SHARD, job.job_id))
