@@ -12,6 +12,8 @@
 //! the README). The memo holds:
 //!
 //! * the version of every data key a committed chunk touched, and
+//! * the size of the last chunk's RocksDB write batch, so the next one
+//!   starts that large ([`ApplyMemo::batch_bytes`]), and
 //! * per client, a bound no stored answer's `seq` exceeds. A write above
 //!   it is new for certain; one at or below it is looked up as before
 //!   (a retry). The bound of a client seen for the first time comes from
@@ -33,7 +35,15 @@ pub const MAX_ENTRIES: usize = 1 << 18;
 pub struct ApplyMemo {
     versions: HashMap<Vec<u8>, u64>,
     max_seq: HashMap<u64, u64>,
+    /// The last chunk's batch size, up to [`MAX_BATCH_HINT`]: RocksDB's
+    /// batch is one string, copied whole each time it outgrows itself (a
+    /// chunk holds staged runs of 128 KiB and thousands of promoted keys).
+    pub batch_bytes: usize,
 }
+
+/// A chunk that wrote more (a large epoch's step) does not make every
+/// later batch start that large.
+pub const MAX_BATCH_HINT: usize = 8 << 20;
 
 impl ApplyMemo {
     /// The current version of a data key (0: absent), if known.

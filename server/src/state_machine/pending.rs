@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
-use super::memo::ApplyMemo;
+use super::memo::{ApplyMemo, MAX_BATCH_HINT};
 use super::meta::{CF_DATA, CF_META, CF_STAGED};
 use crate::keys::{meta, StoredValue};
 use crate::rocks::{self, corrupt, io_err};
@@ -125,10 +125,13 @@ impl<'a> PendingWrites<'a> {
         }
     }
 
-    /// Like [`PendingWrites::new`], answering from and teaching `memo`.
+    /// Like [`PendingWrites::new`], answering from and teaching `memo`;
+    /// the batch starts as large as the last chunk's.
     pub fn with_memo(db: &'a DB, memo: &'a Mutex<ApplyMemo>) -> Self {
+        let capacity = memo.lock().expect("apply memo lock").batch_bytes;
         Self {
             memo: Some(memo),
+            batch: WriteBatch::with_capacity_bytes(capacity),
             ..Self::new(db)
         }
     }
@@ -476,11 +479,13 @@ impl<'a> PendingWrites<'a> {
                 None => self.batch.delete_cf(data_cf, k),
             }
         }
+        let batch_bytes = self.batch.size_in_bytes();
         self.db.write_opt(self.batch, wo).map_err(io_err)?;
         let Some(memo) = self.memo else {
             return Ok(());
         };
         let mut memo = memo.lock().expect("apply memo lock");
+        memo.batch_bytes = batch_bytes.min(MAX_BATCH_HINT);
         let [data, ..] = self.known;
         if !data.deleted_ranges.is_empty() {
             memo.forget_versions();
