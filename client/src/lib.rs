@@ -14,7 +14,9 @@
 //! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
 //! what went wrong by what the caller can do. [`local`] starts and stops
 //! clusters of real server processes on loopback for the CLI, the demo and
-//! tests, over TLS with a throwaway CA from [`certs`] when asked. The
+//! tests, over TLS with a throwaway CA from [`certs`] when asked; those of
+//! tests and benches die with the process that started them
+//! ([`tied_child`]). The
 //! `streamshield` binary (`src/main.rs`, `src/cli/`) is the CLI
 //! over all of it.
 
@@ -29,6 +31,7 @@ pub mod local;
 mod session;
 mod shared_stage;
 mod task_session;
+pub mod tied_child;
 mod transport;
 
 pub use auth::{role_name, Role};

@@ -555,7 +555,14 @@ impl LocalCluster {
             let _ = exited.kill();
             let _ = exited.wait();
         }
-        let child = cmd.spawn().map_err(|e| {
+        // A cluster of a test, bench or lab run dies with that process,
+        // even when it is killed before its `Drop` runs.
+        let spawned = if self.detached {
+            cmd.spawn()
+        } else {
+            crate::tied_child::spawn(cmd)
+        };
+        let child = spawned.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot start {}: {e}", self.server_bin.display()),
@@ -656,7 +663,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Leaves the processes running when this handle is dropped.
+    /// Leaves the processes running when this handle is dropped. Nodes
+    /// are started to outlive this process only if the cluster was laid
+    /// out detached: the others still die with it.
     pub fn detach(&mut self) {
         self.detached = true;
         self.children.clear();

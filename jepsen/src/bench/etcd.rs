@@ -53,8 +53,8 @@ impl EtcdCluster {
             let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
             let curl = format!("http://127.0.0.1:{client}");
             let purl = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(etcd_bin())
-                .arg(format!("--name=e{i}"))
+            let mut cmd = Command::new(etcd_bin());
+            cmd.arg(format!("--name=e{i}"))
                 .arg(format!("--data-dir={}", data.display()))
                 .arg(format!("--listen-client-urls={curl}"))
                 .arg(format!("--advertise-client-urls={curl}"))
@@ -68,14 +68,14 @@ impl EtcdCluster {
                 .arg("--log-level=warn")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| {
-                    format!(
-                        "cannot start {} (Debian: apt-get install etcd-server, or set ETCD_BIN)",
-                        etcd_bin().display()
-                    )
-                })?;
+                .stderr(log);
+            // Gone with the bench, even when it is killed.
+            let child = streamshield_client::tied_child::spawn(cmd).with_context(|| {
+                format!(
+                    "cannot start {} (Debian: apt-get install etcd-server, or set ETCD_BIN)",
+                    etcd_bin().display()
+                )
+            })?;
             c.children.push(child);
             c.client_urls.push(format!("127.0.0.1:{client}"));
         }
