@@ -109,6 +109,27 @@ fn version_of(raw: Option<&[u8]>) -> io::Result<u64> {
     raw.map_or(Ok(0), |r| StoredValue::version_of(r).map_err(corrupt))
 }
 
+/// The version of a data key the chunk has not written or read: 0 in a
+/// range the chunk deleted, else what the memo remembers, else what the
+/// store holds.
+fn untouched_version(
+    db: &DB,
+    deleted_ranges: &[(Vec<u8>, Vec<u8>)],
+    memo: Option<&ApplyMemo>,
+    key: &[u8],
+) -> io::Result<u64> {
+    if known_deleted(deleted_ranges, key) {
+        return Ok(0);
+    }
+    if let Some(v) = memo.and_then(|m| m.version(key)) {
+        return Ok(v);
+    }
+    let raw = db
+        .get_pinned_cf(rocks::cf(db, CF_DATA)?, key)
+        .map_err(io_err)?;
+    version_of(raw.as_deref())
+}
+
 impl<'a> PendingWrites<'a> {
     pub fn new(db: &'a DB) -> Self {
         Self {
@@ -149,16 +170,10 @@ impl<'a> PendingWrites<'a> {
     /// (0: absent).
     pub fn version(&mut self, key: &[u8]) -> io::Result<u64> {
         let data = &self.known[slot(CF_DATA)];
-        if let Some(v) = data.values.get(key) {
-            return version_of(v.value.as_deref());
+        match data.values.get(key) {
+            Some(v) => version_of(v.value.as_deref()),
+            None => untouched_version(self.db, &data.deleted_ranges, self.memo().as_deref(), key),
         }
-        if !data.in_deleted_range(key) {
-            if let Some(v) = self.memo().and_then(|m| m.version(key)) {
-                return Ok(v);
-            }
-        }
-        let raw = self.get(CF_DATA, key)?;
-        version_of(raw.as_deref())
     }
 
     /// Writes the next version of each data key (its version as the
@@ -176,7 +191,6 @@ impl<'a> PendingWrites<'a> {
         let data = &mut self.known[slot(CF_DATA)];
         let writes = writes.into_iter();
         data.values.reserve(writes.size_hint().0);
-        let mut data_cf = None;
         for (key, value) in writes {
             let Some(value) = value else {
                 data.values.entry_ref(key).insert(Cached::written(None));
@@ -190,22 +204,8 @@ impl<'a> PendingWrites<'a> {
                     ))));
                 }
                 EntryRef::Vacant(v) => {
-                    let remembered = if known_deleted(&data.deleted_ranges, key) {
-                        Some(0)
-                    } else {
-                        memo.as_ref().and_then(|m| m.version(key))
-                    };
-                    let version = match remembered {
-                        Some(version) => version,
-                        None => {
-                            let cf = match data_cf {
-                                Some(cf) => cf,
-                                None => *data_cf.insert(rocks::cf(db, CF_DATA)?),
-                            };
-                            let raw = db.get_pinned_cf(cf, key).map_err(io_err)?;
-                            version_of(raw.as_deref())?
-                        }
-                    } + 1;
+                    let version =
+                        untouched_version(db, &data.deleted_ranges, memo.as_deref(), key)? + 1;
                     v.insert(Cached::written(Some(StoredValue::encode_parts(
                         version, mod_index, value,
                     ))));
