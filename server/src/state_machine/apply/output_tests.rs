@@ -77,6 +77,52 @@ fn held(f: &Fixture, partition: u32) -> Option<u64> {
     promotions::held_from(&promoting, 0, job_id, 1, partition)
 }
 
+/// Task 0's (generation 1) commit of `epoch` through `last_seq`, carrying
+/// one record for partition `partition` of "out" itself.
+fn commit_carrying(epoch: u64, last_seq: u64, partition: u32, value: &str) -> pb::Command {
+    pb::Command {
+        kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
+            lease: Some(lease(0, 1)),
+            epoch,
+            last_seq,
+            input_offsets: Vec::new(),
+            metadata: Vec::new(),
+            outputs: vec![pb::PartitionEntries {
+                stream: "out".into(),
+                partition,
+                records: vec![pb::StreamEntry {
+                    key: Vec::new(),
+                    value: value.as_bytes().to_vec(),
+                }],
+            }],
+        })),
+    }
+}
+
+/// Panics unless `r` committed an epoch to be promoted in steps.
+fn committed_in_steps(r: &pb::CommandResponse) {
+    match &r.kind {
+        Some(command_response::Kind::EpochCommitted(c)) => assert!(c.promoting, "{c:?}"),
+        other => panic!("not committed: {other:?}"),
+    }
+}
+
+/// The next step of task 0's (generation 1) promotion of `epoch`.
+fn promotion_step(f: &mut Fixture, epoch: u64) -> pb::PromotionStep {
+    let r = f.apply(pb::Command {
+        kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
+            job: "j".into(),
+            task: 0,
+            generation: 1,
+            epoch,
+        })),
+    });
+    match r.kind {
+        Some(command_response::Kind::PromotionStep(s)) => s,
+        other => panic!("not a step: {other:?}"),
+    }
+}
+
 fn staged_through(r: &pb::CommandResponse) -> u64 {
     match r.kind {
         Some(command_response::Kind::StagedThrough(n)) => n,
@@ -184,24 +230,7 @@ fn an_emit_to_a_missing_stream_or_partition_refuses_its_whole_batch() {
 fn an_epoch_with_staged_outputs_cannot_commit_outputs_of_its_own() {
     let mut f = task_with_stream(1);
     stage(&mut f, lease(0, 1), 1, 1, vec![emit("out", 0, "staged")]);
-    let with_outputs = pb::EpochCommit {
-        lease: Some(lease(0, 1)),
-        epoch: 1,
-        last_seq: 1,
-        input_offsets: Vec::new(),
-        metadata: Vec::new(),
-        outputs: vec![pb::PartitionEntries {
-            stream: "out".into(),
-            partition: 0,
-            records: vec![pb::StreamEntry {
-                key: Vec::new(),
-                value: b"inline".to_vec(),
-            }],
-        }],
-    };
-    let r = f.apply(pb::Command {
-        kind: Some(command::Kind::CommitEpoch(with_outputs)),
-    });
+    let r = f.apply(commit_carrying(1, 1, 0, "inline"));
     assert_eq!(refused(&r).0, Code::InvalidArgument);
     assert!(records(&f).is_empty(), "a refused commit appends nothing");
     committed(&commit(&mut f, lease(0, 1), 1, 1));
@@ -246,25 +275,12 @@ fn outputs_of_an_epoch_promoted_in_steps_reach_their_partition_in_order() {
         stage(&mut f, lease(0, 1), 1, b * 1_000 + 1, ops);
     }
     let r = commit(&mut f, lease(0, 1), 1, n);
-    match r.kind {
-        Some(command_response::Kind::EpochCommitted(c)) => assert!(c.promoting, "{c:?}"),
-        other => panic!("not committed: {other:?}"),
-    }
+    committed_in_steps(&r);
     let mut steps = 0;
     loop {
         steps += 1;
         assert!(steps < 10, "the promotion does not end");
-        let r = f.apply(pb::Command {
-            kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
-                job: "j".into(),
-                task: 0,
-                generation: 1,
-                epoch: 1,
-            })),
-        });
-        let Some(command_response::Kind::PromotionStep(s)) = r.kind else {
-            panic!("not a step: {r:?}");
-        };
+        let s = promotion_step(&mut f, 1);
         let got = records(&f);
         // Each step appends a prefix of the epoch's records, in order.
         for (i, (_, _, offset, v)) in got.iter().enumerate() {
@@ -308,27 +324,8 @@ fn outputs_carried_by_a_commit_promoted_in_steps_are_held_to_the_last_step() {
             stage(&mut f, lease(0, 1), 2, b * 1_000 + 1, ops);
         }
         f.format = format;
-        let r = f.apply(pb::Command {
-            kind: Some(command::Kind::CommitEpoch(pb::EpochCommit {
-                lease: Some(lease(0, 1)),
-                epoch: 2,
-                last_seq: 20_000,
-                input_offsets: Vec::new(),
-                metadata: Vec::new(),
-                outputs: vec![pb::PartitionEntries {
-                    stream: "out".into(),
-                    partition: 1,
-                    records: vec![pb::StreamEntry {
-                        key: b"k".to_vec(),
-                        value: b"carried".to_vec(),
-                    }],
-                }],
-            })),
-        });
-        match r.kind {
-            Some(command_response::Kind::EpochCommitted(c)) => assert!(c.promoting, "{c:?}"),
-            other => panic!("not committed: {other:?}"),
-        }
+        let r = f.apply(commit_carrying(2, 20_000, 1, "carried"));
+        committed_in_steps(&r);
         assert_eq!(records(&f).len(), 2, "both appended");
         assert_eq!(held(&f, 1), holds.then_some(1), "format {format}");
         assert_eq!(held(&f, 0), None, "a partition it did not append to");
@@ -336,17 +333,7 @@ fn outputs_carried_by_a_commit_promoted_in_steps_are_held_to_the_last_step() {
         loop {
             steps += 1;
             assert!(steps < 10, "the promotion does not end");
-            let r = f.apply(pb::Command {
-                kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
-                    job: "j".into(),
-                    task: 0,
-                    generation: 1,
-                    epoch: 2,
-                })),
-            });
-            let Some(command_response::Kind::PromotionStep(s)) = r.kind else {
-                panic!("not a step: {r:?}");
-            };
+            let s = promotion_step(&mut f, 2);
             if s.done {
                 break;
             }
