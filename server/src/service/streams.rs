@@ -113,9 +113,7 @@ impl StreamsService {
             applied_index,
         })
     }
-}
 
-impl StreamsService {
     /// A page off the async workers: it may hold many records, and a read
     /// waits out a chunk that starts or ends a promotion.
     async fn page_off_workers(&self, r: pb::ReadRequest) -> Result<pb::ReadResponse, ServiceError> {

@@ -22,7 +22,7 @@
 //!   replica (`SmShared::settled`);
 //! * readers of those partitions see records up to where the promotion
 //!   began appending, and the rest when it is over ([`hold`],
-//!   `SmShared::promotions_stable`): a consumer gets an epoch's outputs
+//!   `SmShared::read_with_promotions`): a consumer gets an epoch's outputs
 //!   whole, when its state becomes readable, as with an epoch within a
 //!   step;
 //! * sync writes to them, the task's next commit and a lease of another
