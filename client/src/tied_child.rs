@@ -47,8 +47,9 @@ pub fn spawn(mut cmd: Command) -> io::Result<Child> {
                 return Err(io::Error::last_os_error());
             }
             // The parent died before the line above: nobody would kill us.
+            // (An OS error code: no allocation in the forked child.)
             if libc::getppid() as u32 != parent {
-                return Err(io::Error::other("the parent process is gone"));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
