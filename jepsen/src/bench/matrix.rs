@@ -215,6 +215,14 @@ fn judge_tasks(rows: &[Row], t: &TaskBenchReport) -> Vec<Goal> {
     ]
 }
 
+/// A task-session run's offered rate, as the report prints it.
+fn offered(t: &TaskBenchReport) -> String {
+    match t.offered_per_s {
+        0 => "all they can".to_string(),
+        r => r.to_string(),
+    }
+}
+
 /// The commit goal again, with the cluster's queues not full.
 fn judge_paced_tasks(t: &TaskBenchReport) -> Goal {
     Goal {
@@ -406,12 +414,9 @@ pub async fn run(
     progress.done();
     for t in task_session.iter().chain(&task_session_paced) {
         progress.println(format!(
-            "task-session: {} tasks, offered {}, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
+            "task-session: {} tasks, offered {} updates/s, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
             t.tasks,
-            match t.offered_per_s {
-                0 => "all they can".to_string(),
-                r => format!("{r}/s"),
-            },
+            offered(t),
             t.ops_per_s,
             t.commit_p50_us,
             t.commit_p99_us
@@ -692,8 +697,7 @@ pub fn markdown(m: &MatrixResult, opts: &MatrixOptions, date: &str, dir: &Path) 
     if let Some(t) = &m.task_session_paced {
         let _ = writeln!(
             s,
-            "
-The same tasks offered half that ({} updates/s in all, `--task-rate {}`), {} runs, the one with the median commit p99: {:.0} committed updates/s, commit p50 {} µs, p99 {} µs, max {} µs ({} commits, {} errors). Unpaced, each task writes all it can and the cluster's queues stay full: a commit waits behind the other tasks' batches.",
+            "\nThe same tasks offered half that ({} updates/s in all, `--task-rate {}`), {} runs, the one with the median commit p99: {:.0} committed updates/s, commit p50 {} µs, p99 {} µs, max {} µs ({} commits, {} errors). Unpaced, each task writes all it can and the cluster's queues stay full: a commit waits behind the other tasks' batches.",
             t.offered_per_s, t.offered_per_s, opts.rounds, t.ops_per_s, t.commit_p50_us, t.commit_p99_us, t.commit_max_us, t.commits, t.errors
         );
     }
@@ -706,10 +710,7 @@ The same tasks offered half that ({} updates/s in all, `--task-rate {}`), {} run
             let _ = writeln!(
                 s,
                 "| {} | {:.0} | {} | {} / {} / {} | {} / {} | {} | {} |",
-                match t.offered_per_s {
-                    0 => "all they can".to_string(),
-                    r => r.to_string(),
-                },
+                offered(t),
                 t.ops_per_s,
                 t.commits,
                 t.commit_p50_us,
