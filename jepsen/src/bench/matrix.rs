@@ -414,7 +414,7 @@ pub async fn run(
     progress.done();
     for t in task_session.iter().chain(&task_session_paced) {
         progress.println(format!(
-            "task-session: {} tasks, offered {} updates/s, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
+            "task-session: {} tasks, updates/s offered: {}, {:.0} committed updates/s, commit p50 {} µs p99 {} µs",
             t.tasks,
             offered(t),
             t.ops_per_s,
