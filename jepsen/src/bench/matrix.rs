@@ -17,7 +17,7 @@ use super::target::TargetKind;
 use super::task_session::{self, TaskBenchReport, TaskBenchShape};
 use super::workload::{KeySpace, WorkloadKind};
 use super::ClusterSpec;
-use super::{median_report, table_header, table_row, Clusters};
+use super::{lower_middle_by, median_report, table_header, table_row, Clusters};
 
 #[derive(Debug, Clone)]
 pub struct MatrixOptions {
@@ -344,11 +344,7 @@ pub const FLOOR_TIME: Duration = Duration::from_secs(3);
 /// The floor with the median `sync_put_floor_us` (the lower of the two
 /// middle ones for an even count).
 fn median_floor(floors: &[Limits]) -> Option<Limits> {
-    let mut sorted: Vec<&Limits> = floors.iter().collect();
-    sorted.sort_by_key(|l| l.sync_put_floor_us);
-    sorted
-        .get(sorted.len().saturating_sub(1) / 2)
-        .map(|l| (*l).clone())
+    lower_middle_by(floors, |a, b| a.sync_put_floor_us.cmp(&b.sync_put_floor_us))
 }
 
 /// Runs every row. `first_floor` was measured before the clusters started;
@@ -390,8 +386,7 @@ pub async fn run(
                 task_session::release_all(&t.client).await;
             }
             task_session_runs.extend(runs.iter().cloned());
-            runs.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
-            let saturated = runs.get(runs.len().saturating_sub(1) / 2).cloned();
+            let saturated = lower_middle_by(&runs, |a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
             progress.done();
             progress.step("task sessions, paced");
             let mut paced = Vec::new();
@@ -402,12 +397,10 @@ pub async fn run(
                     task_session::release_all(&t.client).await;
                 }
             }
-            task_session_runs.extend(paced.iter().cloned());
-            paced.sort_by_key(|r| r.commit_p99_us);
-            (
-                saturated,
-                paced.get(paced.len().saturating_sub(1) / 2).cloned(),
-            )
+            let paced_median =
+                lower_middle_by(&paced, |a, b| a.commit_p99_us.cmp(&b.commit_p99_us));
+            task_session_runs.extend(paced);
+            (saturated, paced_median)
         }
         None => (None, None),
     };

@@ -260,9 +260,20 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
 /// The report whose throughput is the median of `runs`, so its latency
 /// figures come from one real run rather than a mix.
 pub fn median_report(runs: &[Report]) -> Option<Report> {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(|a, b| a.ops_per_s.total_cmp(&b.ops_per_s));
-    sorted.get((sorted.len().max(1) - 1) / 2).cloned()
+    lower_middle_by(runs, |a, b| a.ops_per_s.total_cmp(&b.ops_per_s))
+}
+
+/// The middle item in `order` (the lower of the two middle ones of an even
+/// count), whole: a run's figures stay together.
+pub fn lower_middle_by<T: Clone>(
+    items: &[T],
+    order: impl FnMut(&&T, &&T) -> std::cmp::Ordering,
+) -> Option<T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    sorted.sort_by(order);
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .map(|t| (*t).clone())
 }
 
 pub fn table_header() -> String {
