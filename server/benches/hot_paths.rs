@@ -9,26 +9,26 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::EntryPayload;
 use prost::Message;
-use streamshield_proto::v1::{self as pb, command, op};
+use streamshield_proto::v1::{self as pb, command, sync_op};
 use streamshield_server::codec;
 use streamshield_server::command::SharedCommand;
 use streamshield_server::keys;
 use streamshield_server::state_machine::{apply_chunk, StateMachineStore};
 use streamshield_server::types::{Entry, LeaderId};
 
-fn put(i: u64, value: &[u8]) -> pb::Op {
-    pb::Op {
+fn put(i: u64, value: &[u8]) -> pb::SyncOp {
+    pb::SyncOp {
         state: "counts".into(),
         key: format!("user-{i:08}").into_bytes(),
-        kind: Some(op::Kind::Put(pb::Put {
+        kind: Some(sync_op::Kind::Put(pb::SyncPut {
             value: value.to_vec(),
         })),
     }
 }
 
-fn write(ops: Vec<pb::Op>, client_id: u64, seq: u64) -> pb::Command {
+fn write(ops: Vec<pb::SyncOp>, client_id: u64, seq: u64) -> pb::Command {
     pb::Command {
-        kind: Some(command::Kind::Write(pb::WriteRequest {
+        kind: Some(command::Kind::Write(pb::SyncWrite {
             job: "bench".into(),
             ops,
             client_id,

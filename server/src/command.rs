@@ -29,7 +29,7 @@ use streamshield_proto::v1 as pb;
 ///
 /// 1: the envelope; 2: writes carry their principal (`OwnedWrites`);
 /// 3: task leases, staged writes and epoch commits, sync writes fenced by
-/// a lease (`WriteRequest.lease`), streams, and command lists (the write
+/// a lease (`SyncWrite.lease`), streams, and command lists (the write
 /// batcher's proposals of several kinds of command); 4: epochs of more
 /// than 2 MiB or 16,384 writes promoted in steps after their commit
 /// (`EpochPromote`, `state_machine/apply/promotion.rs`), tables declared
@@ -179,7 +179,7 @@ mod tests {
 
     fn write() -> pb::Command {
         pb::Command {
-            kind: Some(command::Kind::Write(pb::WriteRequest {
+            kind: Some(command::Kind::Write(pb::SyncWrite {
                 job: "j".into(),
                 seq: 7,
                 ..Default::default()

@@ -5,7 +5,8 @@
 //! purge point in RocksDB; bounded in bytes by [`log_bound`] as well as
 //! in entries) and a RocksDB state machine ([`state_machine`]:
 //! keyed state, jobs, snapshots as checkpoints). Every normal entry is a
-//! versioned envelope around one command ([`command`]). Peers talk over
+//! versioned envelope around one command ([`command`]); a client's write
+//! is replicated as the log's own [`sync_write`]. Peers talk over
 //! [`network`] (sending) and [`service::raft`] (receiving, behind
 //! [`service::peer_guard`]); clients use [`service::state`], operators
 //! [`service::admin`] and [`service::auth`] (grants and tokens, checked
@@ -34,6 +35,7 @@ pub mod segment_log;
 pub mod service;
 pub mod state_machine;
 pub mod storage_fault;
+pub mod sync_write;
 pub mod telemetry;
 pub mod tls;
 pub mod types;

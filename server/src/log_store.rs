@@ -485,7 +485,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use openraft::EntryPayload;
-    use streamshield_proto::v1::{command, op};
+    use streamshield_proto::v1::{command, sync_op};
 
     use super::*;
     use crate::command::SharedCommand;
@@ -493,10 +493,10 @@ mod tests {
 
     /// An entry carrying one put of `value_bytes` bytes.
     fn big_entry(index: u64, value_bytes: usize) -> Entry {
-        let put = pb::Op {
+        let put = pb::SyncOp {
             state: "s".into(),
             key: b"k".to_vec(),
-            kind: Some(op::Kind::Put(pb::Put {
+            kind: Some(sync_op::Kind::Put(pb::SyncPut {
                 value: vec![7; value_bytes],
             })),
         };
@@ -509,7 +509,7 @@ mod tests {
                 index,
             ),
             payload: EntryPayload::Normal(SharedCommand::fixed(pb::Command {
-                kind: Some(command::Kind::Write(pb::WriteRequest {
+                kind: Some(command::Kind::Write(pb::SyncWrite {
                     job: "j".into(),
                     ops: vec![put],
                     ..Default::default()

@@ -3,7 +3,7 @@
 
 use openraft::EntryPayload;
 use prost::Message;
-use streamshield_proto::v1::{self as pb, command, op};
+use streamshield_proto::v1::{self as pb, command, sync_op};
 
 use super::*;
 use crate::codec;
@@ -22,12 +22,12 @@ fn entry(term: u64, index: u64, fill: usize) -> (LogId, Vec<u8>) {
     let e = Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(SharedCommand::fixed(pb::Command {
-            kind: Some(command::Kind::Write(pb::WriteRequest {
+            kind: Some(command::Kind::Write(pb::SyncWrite {
                 job: "j".into(),
-                ops: vec![pb::Op {
+                ops: vec![pb::SyncOp {
                     state: "s".into(),
                     key: b"k".to_vec(),
-                    kind: Some(op::Kind::Put(pb::Put {
+                    kind: Some(sync_op::Kind::Put(pb::SyncPut {
                         value: vec![index as u8; fill],
                     })),
                 }],

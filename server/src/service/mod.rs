@@ -241,7 +241,7 @@ impl NodeContext {
     pub async fn write(
         &self,
         principal: String,
-        w: pb::WriteRequest,
+        w: pb::SyncWrite,
     ) -> Result<pb::WriteResponse, ServiceError> {
         self.writes.submit(principal, w).await
     }

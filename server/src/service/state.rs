@@ -82,7 +82,9 @@ impl StateService {
         self.ctx.check_shard(w.shard)?;
         validate::write(&w, &self.ctx.limits)?;
         let who = self.ctx.authorize(ext, Action::Write { job: &w.job })?;
-        self.ctx.write(who.principal, w).await
+        self.ctx
+            .write(who.principal, crate::sync_write::from_request(w))
+            .await
     }
 
     /// Linearizable reads wait for read-index on the leader; stale reads

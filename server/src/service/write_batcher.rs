@@ -314,7 +314,7 @@ impl WriteBatcher {
 
     /// Proposes `write` on behalf of `principal`, who will own its client
     /// id.
-    pub async fn submit(&self, principal: String, write: pb::WriteRequest) -> Answer {
+    pub async fn submit(&self, principal: String, write: pb::SyncWrite) -> Answer {
         let (reply, answer) = oneshot::channel();
         let write = pb::OwnedWrite {
             principal,

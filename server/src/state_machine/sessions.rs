@@ -189,7 +189,7 @@ pub fn expire(p: &mut PendingWrites, db: &DB, now_ms: u64, idle_ms: u64) -> io::
 #[cfg(test)]
 mod tests {
     use rocksdb::WriteOptions;
-    use streamshield_proto::v1::{self as pb, command, command_response, op};
+    use streamshield_proto::v1::{self as pb, command, command_response, sync_op};
 
     use super::*;
     use crate::state_machine::apply::{apply_at, At, SESSION_EXPIRED};
@@ -243,12 +243,12 @@ mod tests {
             seq: u64,
             acked_below: u64,
         ) -> pb::CommandResponse {
-            let w = pb::WriteRequest {
+            let w = pb::SyncWrite {
                 job: "j".into(),
-                ops: vec![pb::Op {
+                ops: vec![pb::SyncOp {
                     state: "s".into(),
                     key: format!("k{seq}").into_bytes(),
-                    kind: Some(op::Kind::Put(pb::Put {
+                    kind: Some(sync_op::Kind::Put(pb::SyncPut {
                         value: principal.as_bytes().to_vec(),
                     })),
                 }],

@@ -76,7 +76,7 @@ impl Fixture {
         out
     }
 
-    pub fn write(&mut self, w: pb::WriteRequest) -> pb::CommandResponse {
+    pub fn write(&mut self, w: pb::SyncWrite) -> pb::CommandResponse {
         self.apply(pb::Command {
             kind: Some(command::Kind::Write(w)),
         })

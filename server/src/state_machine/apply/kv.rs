@@ -4,7 +4,7 @@
 use std::io;
 
 use prost::Message;
-use streamshield_proto::v1::{self as pb, command_response, condition, op};
+use streamshield_proto::v1::{self as pb, command_response, sync_condition, sync_op};
 use tonic::Code;
 
 use super::{error_response, jobs, leased_writes, leases, not_found, promotion, At};
@@ -25,7 +25,7 @@ pub fn apply_write(
     p: &mut PendingWrites,
     at: At,
     owner: Option<&str>,
-    w: &pb::WriteRequest,
+    w: &pb::SyncWrite,
 ) -> io::Result<pb::CommandResponse> {
     let index = at.index;
     if w.client_id == 0 {
@@ -154,7 +154,7 @@ pub(super) fn first_outcome(
     p: &mut PendingWrites,
     index: u64,
     owner: Option<&str>,
-    w: &pb::WriteRequest,
+    w: &pb::SyncWrite,
     forgotten: u64,
 ) -> io::Result<Result<pb::CommandResponse, pb::CommandResponse>> {
     if w.seq < forgotten {
@@ -178,7 +178,7 @@ pub(super) fn write_outcome(
     p: &mut PendingWrites,
     index: u64,
     owner: Option<&str>,
-    w: &pb::WriteRequest,
+    w: &pb::SyncWrite,
 ) -> io::Result<pb::CommandResponse> {
     let shard = w.shard;
     let Some(mut job) = jobs::load_job(p, shard, &w.job)? else {
@@ -186,19 +186,12 @@ pub(super) fn write_outcome(
     };
     // Nothing is staged before every op is known to be well formed, so a
     // bad op can never leave half a request behind.
+    // A kind this format does not know decodes as none (an emit, which
+    // validation refuses in a sync write, among them).
     if w.ops.iter().any(|o| o.kind.is_none()) || w.conditions.iter().any(|c| c.test.is_none()) {
         return Ok(error_response(
             Code::InvalidArgument,
             "an op or condition has no kind",
-        ));
-    }
-    if w.ops
-        .iter()
-        .any(|o| matches!(o.kind, Some(op::Kind::Emit(_))))
-    {
-        return Ok(error_response(
-            Code::InvalidArgument,
-            "emit is for a task's staged writes, not a sync write",
         ));
     }
     if let Some(lease) = &w.lease {
@@ -217,9 +210,11 @@ pub(super) fn write_outcome(
             None => None,
         };
         let holds = match c.test.as_ref().expect("checked above") {
-            condition::Test::Absent(_) => current.is_none(),
-            condition::Test::ValueEquals(v) => current.as_ref().is_some_and(|cur| &cur.value == v),
-            condition::Test::VersionEquals(n) => {
+            sync_condition::Test::Absent(_) => current.is_none(),
+            sync_condition::Test::ValueEquals(v) => {
+                current.as_ref().is_some_and(|cur| &cur.value == v)
+            }
+            sync_condition::Test::VersionEquals(n) => {
                 current.as_ref().map_or(0, |cur| cur.version) == *n
             }
         };
@@ -243,7 +238,7 @@ pub(super) fn write_outcome(
     let mut versions = Vec::with_capacity(w.ops.len());
     let mut job_changed = false;
     for o in &w.ops {
-        let is_put = matches!(o.kind, Some(op::Kind::Put(_)));
+        let is_put = matches!(o.kind, Some(sync_op::Kind::Put(_)));
         let Some(sid) = jobs::state_id(&mut job, &o.state, is_put, &mut job_changed) else {
             // A delete in a table that never existed.
             versions.push(0);
@@ -251,7 +246,7 @@ pub(super) fn write_outcome(
         };
         let dk = data_key(&job, sid, &o.key);
         match o.kind.as_ref().expect("checked above") {
-            op::Kind::Put(put) => {
+            sync_op::Kind::Put(put) => {
                 // Earlier ops of this request and earlier entries of this
                 // chunk are visible through the pending writes.
                 let version = p.version(&dk)? + 1;
@@ -263,12 +258,10 @@ pub(super) fn write_outcome(
                 p.put(CF_DATA, &dk, stored.encode())?;
                 versions.push(version);
             }
-            op::Kind::Delete(_) => {
+            sync_op::Kind::Delete(_) => {
                 p.delete(CF_DATA, &dk)?;
                 versions.push(0);
             }
-            // Refused above.
-            op::Kind::Emit(_) => versions.push(0),
         }
     }
     if job_changed {

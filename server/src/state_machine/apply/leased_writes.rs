@@ -35,8 +35,8 @@ pub fn apply(
     p: &mut PendingWrites,
     at: At,
     owner: Option<&str>,
-    w: &pb::WriteRequest,
-    lease: &pb::TaskLease,
+    w: &pb::SyncWrite,
+    lease: &pb::SyncLease,
 ) -> io::Result<pb::CommandResponse> {
     let Some(job) = jobs::load_job(p, w.shard, &w.job)? else {
         return Ok(not_found(ServiceError::JobNotFound { job: w.job.clone() }));
@@ -119,20 +119,20 @@ mod tests {
         seq: u64,
         acked_below: u64,
         v: &str,
-    ) -> pb::WriteRequest {
-        pb::WriteRequest {
+    ) -> pb::SyncWrite {
+        pb::SyncWrite {
             job: "j".into(),
-            ops: vec![pb::Op {
+            ops: vec![pb::SyncOp {
                 state: "s".into(),
                 key: b"k".to_vec(),
-                kind: Some(pb::op::Kind::Put(pb::Put {
+                kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
                     value: v.as_bytes().to_vec(),
                 })),
             }],
             client_id: 9,
             seq,
             acked_below,
-            lease: Some(pb::TaskLease { task, generation }),
+            lease: Some(pb::SyncLease { task, generation }),
             ..Default::default()
         }
     }

@@ -263,8 +263,8 @@ pub fn check_write(
     p: &mut PendingWrites,
     job: &pb::JobInfo,
     principal: Option<&str>,
-    lease: &pb::TaskLease,
-    w: &pb::WriteRequest,
+    lease: &pb::SyncLease,
+    w: &pb::SyncWrite,
 ) -> io::Result<Checked<()>> {
     let record = match check(p, job, principal, lease.task, lease.generation)? {
         Ok(r) => r,

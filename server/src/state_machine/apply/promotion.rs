@@ -432,7 +432,7 @@ fn store(p: &mut PendingWrites, job_id: u32, list: &pb::JobPromotions) -> io::Re
 /// transient refusal: callers do not record it as the write's answer.
 pub fn refuse_write(
     p: &mut PendingWrites,
-    w: &pb::WriteRequest,
+    w: &pb::SyncWrite,
 ) -> io::Result<Option<pb::CommandResponse>> {
     let Some(job) = jobs::load_job(p, w.shard, &w.job)? else {
         return Ok(None);

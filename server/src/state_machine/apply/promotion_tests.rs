@@ -125,13 +125,13 @@ fn busy(r: &pb::CommandResponse) {
     }
 }
 
-fn sync_put(key: &str, v: &str) -> pb::WriteRequest {
-    pb::WriteRequest {
+fn sync_put(key: &str, v: &str) -> pb::SyncWrite {
+    pb::SyncWrite {
         job: "j".into(),
-        ops: vec![pb::Op {
+        ops: vec![pb::SyncOp {
             state: "s".into(),
             key: key.as_bytes().to_vec(),
-            kind: Some(pb::op::Kind::Put(pb::Put {
+            kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
                 value: v.as_bytes().to_vec(),
             })),
         }],
@@ -256,7 +256,7 @@ fn while_promoting_writes_commits_and_overlapping_leases_wait_and_a_new_lease_ke
     busy(&f.write(sync_put(&mine, "sync")));
     // Refusals for now are not recorded as a deduplicated write's answer:
     // its retry after the promotion applies.
-    let deduplicated = pb::WriteRequest {
+    let deduplicated = pb::SyncWrite {
         client_id: 5,
         seq: 1,
         acked_below: 1,

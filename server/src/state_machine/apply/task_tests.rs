@@ -342,16 +342,16 @@ fn a_lease_belongs_to_its_principal_and_sync_writes_carrying_it_are_fenced() {
         refused(&stage(&mut f, as_bob, 1, 1, vec![put("a", "1")])).0,
         Code::PermissionDenied
     );
-    let write = |generation| pb::WriteRequest {
+    let write = |generation| pb::SyncWrite {
         job: "j".into(),
-        ops: vec![pb::Op {
+        ops: vec![pb::SyncOp {
             state: "s".into(),
             key: b"a".to_vec(),
-            kind: Some(pb::op::Kind::Put(pb::Put {
+            kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
                 value: b"sync".to_vec(),
             })),
         }],
-        lease: Some(pb::TaskLease {
+        lease: Some(pb::SyncLease {
             task: 0,
             generation,
         }),
