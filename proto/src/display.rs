@@ -84,6 +84,7 @@ impl fmt::Display for Command {
                 "promote_epoch(job={}, task={}, gen={}, epoch={})",
                 p.job, p.task, p.generation, p.epoch
             ),
+            Some(command::Kind::RegisterClient(_)) => write!(f, "register_client"),
             None => write!(f, "empty"),
         }
     }
@@ -136,6 +137,9 @@ impl fmt::Display for CommandResponse {
                     "promotion_step(promoted={}, done={})",
                     p.promoted, p.done
                 )
+            }
+            Some(command_response::Kind::ClientRegistered(id)) => {
+                write!(f, "client_registered({id})")
             }
             Some(command_response::Kind::None(_)) | None => write!(f, "none"),
         }

@@ -38,8 +38,11 @@ use streamshield_proto::v1 as pb;
 /// 5: output records staged with an epoch's writes (`StagedOp.emit`),
 /// appended to their partitions by its promotion; 6: records a promotion
 /// in steps appends are held back from readers until its last step
-/// (`PromotingTask.held`, `apply/promotion.rs`).
-pub const FORMAT: u32 = 6;
+/// (`PromotingTask.held`, `apply/promotion.rs`); 7: deduplication
+/// sessions handed out by the cluster (`ClientRegister`), and a write under
+/// a client id it did not hand out, or whose session expired, refused
+/// (`state_machine/sessions.rs`).
+pub const FORMAT: u32 = 7;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

@@ -181,7 +181,8 @@ pub struct Limits {
     pub min_free_disk_bytes: u64,
     /// A client's deduplication session (its recorded answers and the
     /// principal owning its id) is forgotten after this long without a
-    /// write; its next write then starts a new one. Default 24 h.
+    /// write; writes under its id are then refused, and the client
+    /// registers again. Default 24 h.
     pub dedupe_session_ttl_ms: u64,
     /// How often the leader looks for such sessions. Default 60 s.
     pub session_sweep_interval_ms: u64,

@@ -156,6 +156,8 @@ pub mod meta {
     pub const APPLIED: &[u8] = b"m/applied";
     pub const MEMBERSHIP: &[u8] = b"m/membership";
     pub const NEXT_JOB_ID: &[u8] = b"m/next_job_id";
+    /// The counter `RegisterClient` hands client ids out from.
+    pub const NEXT_CLIENT_ID: &[u8] = b"m/next_client_id";
     /// The newest state-machine format of any entry applied into the
     /// store (`state_machine/format.rs`).
     pub const FORMAT: &[u8] = b"m/format";

@@ -426,9 +426,10 @@ async fn seqs_at_the_top_of_the_range_apply_and_the_cluster_lives() {
     let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
     let ch = plain_channel(&t.addr(leader)).await;
     let mut state = StateClient::new(ch);
+    let id = register_client(&t.addr(leader)).await;
     let extreme = |seq: u64, value: &[u8]| {
         let mut w = write("good", vec![put("s", b"k", value.to_vec())]);
-        w.client_id = 777;
+        w.client_id = id;
         w.seq = seq;
         w.acked_below = seq;
         w

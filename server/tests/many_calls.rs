@@ -83,6 +83,7 @@ async fn each_item_is_answered_as_its_own_call() {
     client.put("j", "s", "taken", "x").await.expect("put");
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
     let mut state = state_client(&t.addr(leader)).await;
+    let id = register_client(&t.addr(leader)).await;
 
     let cas_on_taken = pb::WriteRequest {
         conditions: vec![pb::Condition {
@@ -90,19 +91,19 @@ async fn each_item_is_answered_as_its_own_call() {
             key: b"taken".to_vec(),
             test: Some(pb::condition::Test::Absent(true)),
         }],
-        ..write(vec![put(b"taken", b"y")], 7, 3)
+        ..write(vec![put(b"taken", b"y")], id, 3)
     };
     let r = state
         .write_many(pb::WriteManyRequest {
             writes: vec![
-                write(vec![put(b"a", b"1")], 7, 1),
+                write(vec![put(b"a", b"1")], id, 1),
                 // An empty key: INVALID_ARGUMENT for this item only.
-                write(vec![put(b"", b"1")], 7, 2),
+                write(vec![put(b"", b"1")], id, 2),
                 cas_on_taken,
                 // The same (client_id, seq) as the first: applied once,
                 // answered with the first one's answer.
-                write(vec![put(b"a", b"1")], 7, 1),
-                write(vec![put(b"b", b"2")], 7, 4),
+                write(vec![put(b"a", b"1")], id, 1),
+                write(vec![put(b"b", b"2")], id, 4),
             ],
         })
         .await

@@ -29,11 +29,11 @@ fn put(key: &[u8], value: &[u8]) -> pb::Op {
     }
 }
 
-fn write(key: &[u8], value: &[u8], seq: u64) -> pb::WriteRequest {
+fn write(client_id: u64, key: &[u8], value: &[u8], seq: u64) -> pb::WriteRequest {
     pb::WriteRequest {
         job: "j".into(),
         ops: vec![put(key, value)],
-        client_id: 11,
+        client_id,
         seq,
         ..Default::default()
     }
@@ -116,6 +116,7 @@ async fn pipelined_calls_are_each_answered_as_their_unary_call() {
     let t = TestCluster::start(3, &[]).await;
     t.client().create_job("j", 16).await.expect("create job");
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
+    let id = register_client(&t.addr(leader)).await;
     let mut s = RawSession::open(&t.addr(leader)).await;
 
     // 40 writes of one key sent before any answer: each is applied once,
@@ -123,7 +124,7 @@ async fn pipelined_calls_are_each_answered_as_their_unary_call() {
     for seq in 1..=40u64 {
         s.send(
             seq,
-            Some(session_request::Call::Write(write(b"hot", b"v", seq))),
+            Some(session_request::Call::Write(write(id, b"hot", b"v", seq))),
         );
     }
     let first = s.answers(40).await;
@@ -143,16 +144,16 @@ async fn pipelined_calls_are_each_answered_as_their_unary_call() {
     s.send(100, None);
     s.send(
         101,
-        Some(session_request::Call::Write(write(b"", b"v", 41))),
+        Some(session_request::Call::Write(write(id, b"", b"v", 41))),
     );
     s.send(
         102,
-        Some(session_request::Call::Write(write(b"hot", b"v", 1))),
+        Some(session_request::Call::Write(write(id, b"hot", b"v", 1))),
     );
     s.send(
         103,
         Some(session_request::Call::WriteMany(pb::WriteManyRequest {
-            writes: vec![write(b"a", b"1", 42), write(b"b", b"2", 43)],
+            writes: vec![write(id, b"a", b"1", 42), write(id, b"b", b"2", 43)],
         })),
     );
     let answers = s.answers(4).await;
@@ -188,7 +189,10 @@ async fn pipelined_calls_are_each_answered_as_their_unary_call() {
     // leader, as its unary call would.
     let (follower, _) = t.pick_follower().await;
     let mut f = RawSession::open(&t.addr(follower)).await;
-    f.send(7, Some(session_request::Call::Write(write(b"c", b"3", 44))));
+    f.send(
+        7,
+        Some(session_request::Call::Write(write(id, b"c", b"3", 44))),
+    );
     let e = error(&f.answers(1).await[&7]).clone();
     assert_eq!(e.code, Code::Unavailable as i32, "{e:?}");
     assert!(!e.details.is_empty(), "a NotLeader hint: {e:?}");
@@ -199,15 +203,17 @@ async fn a_message_too_large_ends_the_session_after_the_answers_before_it() {
     let t = TestCluster::start(1, &[]).await;
     let client = t.client();
     client.create_job("j", 16).await.expect("create job");
+    let id = register_client(&t.addr(1)).await;
     let mut s = RawSession::open(&t.addr(1)).await;
     s.send(
         1,
-        Some(session_request::Call::Write(write(b"k", b"small", 1))),
+        Some(session_request::Call::Write(write(id, b"k", b"small", 1))),
     );
     // Far above any message the node takes from a client.
     s.send(
         2,
         Some(session_request::Call::Write(write(
+            id,
             b"k",
             &vec![7; 40 << 20],
             2,
@@ -239,8 +245,12 @@ async fn a_message_too_large_ends_the_session_after_the_answers_before_it() {
 async fn a_node_shutting_down_ends_its_sessions() {
     let mut t = TestCluster::start(1, &[]).await;
     t.client().create_job("j", 16).await.expect("create job");
+    let id = register_client(&t.addr(1)).await;
     let mut s = RawSession::open(&t.addr(1)).await;
-    s.send(1, Some(session_request::Call::Write(write(b"k", b"v", 1))));
+    s.send(
+        1,
+        Some(session_request::Call::Write(write(id, b"k", b"v", 1))),
+    );
     assert!(written(&s.answers(1).await[&1]).succeeded);
 
     // The client keeps its side open; the node must not wait for it.

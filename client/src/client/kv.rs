@@ -53,40 +53,72 @@ pub struct ScanPage {
 }
 
 impl Client {
+    /// The client id of this client's dedupe session: registered with the
+    /// cluster by the first sync write, and again when the session of
+    /// `expired` was forgotten (unless another write registered already).
+    async fn client_id(&self, expired: Option<u64>) -> Result<u64, ClientError> {
+        let usable = |id: u64| id != 0 && Some(id) != expired;
+        let id = self.inner.client_id.load(Ordering::Acquire);
+        if usable(id) {
+            return Ok(id);
+        }
+        let _one = self.inner.registering.lock().await;
+        let id = self.inner.client_id.load(Ordering::Acquire);
+        if usable(id) {
+            return Ok(id);
+        }
+        // A registration whose answer was lost leaves a session nobody
+        // writes under; it expires after the session TTL.
+        let r = self
+            .with_retries(Route::Leader, |conn| async move {
+                state_client(conn.channel.clone())
+                    .register_client(pb::RegisterClientRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        self.inner.client_id.store(r.client_id, Ordering::Release);
+        Ok(r.client_id)
+    }
+
     /// Applies `batch` atomically. A condition that does not hold is
     /// [`ClientError::ConditionFailed`]. Retries after an unknown outcome
     /// carry the same sequence number, so the write applies at most once.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteResult, ClientError> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::enter(&self.inner.in_flight, seq);
+        let leased = batch.lease.is_some();
+        let mut client_id = if leased {
+            self.inner.lease_writer_id
+        } else {
+            self.client_id(None).await?
+        };
         // A session the cluster forgot (idle past its TTL) refuses the
         // write, which so was not applied. If no earlier attempt of this
-        // seq went out, none can have been applied either: the write starts
-        // a new session (acked_below 0) and goes again. After an unknown
-        // outcome the refusal is the caller's to see.
-        let mut restart = false;
+        // seq went out, none can have been applied either: the client
+        // registers again and the write goes under the new id. After an
+        // unknown outcome the refusal is the caller's to see.
+        let mut registered_again = false;
         let result = loop {
             let mut sent = 0u32;
             let r = self
                 .with_retries(Route::Leader, |conn| {
                     sent += 1;
-                    let acked_below = if restart {
-                        0
-                    } else {
-                        *self
-                            .inner
-                            .in_flight
-                            .lock()
-                            .expect("in flight")
-                            .first()
-                            .unwrap_or(&seq)
-                    };
+                    // Every seq below the oldest in flight is answered,
+                    // whichever session it went under: seqs only grow.
+                    let acked_below = *self
+                        .inner
+                        .in_flight
+                        .lock()
+                        .expect("in flight")
+                        .first()
+                        .unwrap_or(&seq);
                     let req = pb::WriteRequest {
                         shard: 0,
                         job: batch.job.clone(),
                         ops: batch.ops.clone(),
                         conditions: batch.conditions.clone(),
-                        client_id: self.inner.client_id,
+                        client_id,
                         seq,
                         acked_below,
                         mode: pb::WriteMode::Sync as i32,
@@ -97,7 +129,12 @@ impl Client {
                 })
                 .await;
             match r {
-                Err(ClientError::SessionExpired(_)) if sent == 1 && !restart => restart = true,
+                Err(ClientError::SessionExpired(_))
+                    if sent == 1 && !registered_again && !leased =>
+                {
+                    client_id = self.client_id(Some(client_id)).await?;
+                    registered_again = true;
+                }
                 other => break other,
             }
         };

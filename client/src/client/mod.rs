@@ -107,7 +107,15 @@ struct Inner {
     channels: Mutex<HashMap<String, Arc<Conn>>>,
     leader: Mutex<Option<String>>,
     next_endpoint: AtomicUsize,
-    client_id: u64,
+    /// The client id the cluster handed out for this client's sync writes
+    /// (`RegisterClient`), 0 until the first; registered again when its
+    /// session expired, by one write at a time (`registering`).
+    client_id: AtomicU64,
+    registering: tokio::sync::Mutex<()>,
+    /// The id under which writes that carry a task's lease are
+    /// deduplicated: they are scoped to the lease, so any id that tells
+    /// this client's writes apart from the holder's other clients' does.
+    lease_writer_id: u64,
     next_seq: AtomicU64,
     in_flight: Mutex<BTreeSet<u64>>,
 }
@@ -200,7 +208,7 @@ impl Client {
                 reason: "no endpoints given".into(),
             });
         }
-        let client_id = loop {
+        let lease_writer_id = loop {
             let id: u64 = rand::rng().random();
             if id != 0 {
                 break id;
@@ -212,7 +220,9 @@ impl Client {
                 channels: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 next_endpoint: AtomicUsize::new(0),
-                client_id,
+                client_id: AtomicU64::new(0),
+                registering: tokio::sync::Mutex::new(()),
+                lease_writer_id,
                 next_seq: AtomicU64::new(1),
                 in_flight: Mutex::new(BTreeSet::new()),
             }),

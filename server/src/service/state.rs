@@ -275,6 +275,32 @@ impl State for StateService {
         Ok(Response::new(pb::WriteManyResponse { outcomes }))
     }
 
+    async fn register_client(
+        &self,
+        request: Request<pb::RegisterClientRequest>,
+    ) -> Result<Response<pb::RegisterClientResponse>, Status> {
+        // Any authenticated caller may write some job; a session is small
+        // and expires when idle, as a made-up id's did.
+        let who = self
+            .ctx
+            .authorize(request.extensions(), Action::Authenticated)?;
+        let register = pb::command::Kind::RegisterClient(pb::ClientRegister {
+            principal: who.principal,
+        });
+        let client_id = match self.ctx.propose_kind(register).await? {
+            (_, pb::command_response::Kind::ClientRegistered(id)) => id,
+            (_, other) => {
+                return Err(
+                    ServiceError::Unavailable(format!("a registration answered {other:?}")).into(),
+                )
+            }
+        };
+        Ok(Response::new(pb::RegisterClientResponse {
+            client_id,
+            idle_ttl_ms: self.ctx.limits.dedupe_session_ttl_ms,
+        }))
+    }
+
     type SessionStream = session::ReplyStream;
 
     async fn session(

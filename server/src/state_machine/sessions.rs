@@ -1,20 +1,27 @@
 //! Deduplication sessions: which principal owns a client id, up to which
 //! seq its answers are forgotten, and when it last wrote.
 //!
-//! A client id's first write creates its session, owned by the principal
-//! that sent it; another principal's write under that id is refused before
-//! any recorded answer is looked up, so nobody can read or spoil someone
-//! else's deduplicated answers. A session idle for the configured time
+//! A session is opened by `RegisterClient` ([`register`]), as the Raft
+//! dissertation's client sessions are (§6.3): the cluster hands out the
+//! client id, owned by the principal that asked, and a write under an id
+//! it never handed out is refused. Before state-machine format
+//! [`REGISTERED_FORMAT`] any id a caller made up opened a session with its
+//! first write; such sessions live on until they expire. Another
+//! principal's write under an id is refused before any recorded answer is
+//! looked up, so nobody can read or spoil someone else's deduplicated
+//! answers. A session idle for the configured time
 //! (`limits.dedupe_session_ttl_ms`) is expired by an `ExpireSessions`
 //! entry the leader proposes now and then; its time is the entries' leader
 //! time, so every replica expires the same sessions.
 //!
-//! Expiry drops a session's answers and leaves a mark: a write under the
-//! id that says it follows earlier ones (`acked_below > 0`) is refused with
-//! "dedupe session expired", because a retry whose answer is gone could
-//! apply twice; one with `acked_below = 0` starts a new session. The mark
-//! itself is dropped after another TTL, so what a client id costs is
-//! bounded in time either way.
+//! Expiry drops a session's answers and leaves a mark, and a write under
+//! the id is refused with "dedupe session expired", because a retry whose
+//! answer is gone could apply twice: the client registers again and knows
+//! which of its writes may have applied. (Before format 7 a write with
+//! `acked_below = 0`, saying it follows none, started a new session under
+//! the same id.) The mark itself is dropped after another TTL, so what a
+//! client id costs is bounded in time either way; the id is never handed
+//! out again.
 //!
 //! Record (`s/<client>`): `forgotten u64 | last_used_ms u64 | expired u8 |
 //! owner`. Before owners existed it was `forgotten` alone (8 bytes): such
@@ -39,6 +46,10 @@ pub const TOUCH_MS: u64 = 60_000;
 /// Sessions one `ExpireSessions` entry forgets at most, so its apply stays
 /// short; the leader proposes another at once when one was full.
 pub const MAX_EXPIRED_PER_ENTRY: u64 = 4096;
+
+/// The first state-machine format whose deduplicated writes need a
+/// registered session; entries before it open one with their first write.
+pub const REGISTERED_FORMAT: u32 = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -123,6 +134,40 @@ pub fn store(
     Ok(())
 }
 
+/// Opens a session owned by `principal` at leader time `now_ms`, under
+/// the counter's next client id that no session holds (ids that callers
+/// made up before registration may hold any value); `None` once the
+/// counter has run out of ids.
+pub fn register(p: &mut PendingWrites, now_ms: u64, principal: &str) -> io::Result<Option<u64>> {
+    let mut id = match p.get(CF_META, meta::NEXT_CLIENT_ID)? {
+        None => 1,
+        Some(raw) => u64::from_be_bytes(
+            raw.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("the next client id is not 8 bytes"))?,
+        ),
+    };
+    while load(p, id)?.is_some() {
+        let Some(next) = id.checked_add(1) else {
+            return Ok(None);
+        };
+        id = next;
+    }
+    let Some(next) = id.checked_add(1) else {
+        return Ok(None);
+    };
+    let session = Session {
+        forgotten: 0,
+        last_used_ms: now_ms,
+        expired: false,
+        owner: Some(principal.to_string()),
+    };
+    store(p, id, None, &session)?;
+    p.put(CF_META, meta::NEXT_CLIENT_ID, next.to_be_bytes().to_vec())?;
+    metrics::counter!("streamshield_clients_registered_total").increment(1);
+    Ok(Some(id))
+}
+
 /// Drops every answer recorded for `client_id`.
 fn drop_answers(p: &mut PendingWrites, client_id: u64) -> io::Result<()> {
     p.delete_range(
@@ -198,6 +243,8 @@ mod tests {
         _dir: tempfile::TempDir,
         db: DB,
         index: u64,
+        /// The state-machine format of the next entries.
+        format: u32,
     }
 
     impl Store {
@@ -208,6 +255,7 @@ mod tests {
                 _dir: dir,
                 db,
                 index: 0,
+                format: crate::command::FORMAT,
             };
             s.apply(
                 0,
@@ -227,7 +275,7 @@ mod tests {
             let at = At {
                 index: self.index,
                 time_ms,
-                format: crate::command::FORMAT,
+                format: self.format,
             };
             let r = apply_at(&mut p, at, &pb::Command { kind: Some(kind) }).unwrap();
             p.write(&WriteOptions::default()).unwrap();
@@ -272,6 +320,20 @@ mod tests {
             }
         }
 
+        /// The client id the cluster hands `principal` at `time_ms`.
+        fn register(&mut self, time_ms: u64, principal: &str) -> u64 {
+            let r = self.apply(
+                time_ms,
+                command::Kind::RegisterClient(pb::ClientRegister {
+                    principal: principal.into(),
+                }),
+            );
+            match r.kind {
+                Some(command_response::Kind::ClientRegistered(id)) => id,
+                other => panic!("{other:?}"),
+            }
+        }
+
         fn expire(&mut self, time_ms: u64, idle_ms: u64) -> u64 {
             match self
                 .apply(
@@ -309,24 +371,26 @@ mod tests {
     }
 
     #[test]
-    fn a_client_id_belongs_to_the_principal_that_wrote_under_it_first() {
+    fn a_client_id_belongs_to_the_principal_it_was_handed_to() {
         let mut s = Store::new();
-        let first = s.write(1_000, "alice", 5, 1, 1);
+        assert_eq!(s.register(1_000, "alice"), 1);
+        assert_eq!(s.register(1_000, "alice"), 2);
+        let first = s.write(1_000, "alice", 2, 1, 1);
         assert_eq!(error_of(&first), None);
         // Bob retrying alice's seq is refused, not handed alice's answer;
         // a new seq of his under her id is refused too, and changes nothing.
         for seq in [1, 2] {
-            let r = s.write(1_001, "bob", 5, seq, 1);
+            let r = s.write(1_001, "bob", 2, seq, 1);
             assert_eq!(
                 error_of(&r).map(|e| e.0),
                 Some(tonic::Code::PermissionDenied),
                 "{r:?}"
             );
         }
-        assert!(!s.has_answer(5, 2));
-        assert_eq!(s.session(5).unwrap().owner.as_deref(), Some("alice"));
+        assert!(!s.has_answer(2, 2));
+        assert_eq!(s.session(2).unwrap().owner.as_deref(), Some("alice"));
         assert_eq!(
-            s.write(1_002, "alice", 5, 1, 1),
+            s.write(1_002, "alice", 2, 1, 1),
             first,
             "her retry is deduplicated"
         );
@@ -346,8 +410,60 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_session_expires_at_the_entries_time_and_its_client_starts_anew() {
+    fn a_client_id_the_cluster_did_not_hand_out_is_refused_and_none_is_handed_out_twice() {
         let mut s = Store::new();
+        for id in [1, 12_345, u64::MAX] {
+            let r = s.write(1_000, "alice", id, 1, 0);
+            let (code, message) = error_of(&r).expect("refused");
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.starts_with(SESSION_EXPIRED), "{message}");
+            assert!(!s.has_answer(id, 1) && s.session(id).is_none());
+        }
+        // Ids a caller made up before registration (format 6) keep their
+        // sessions, and the counter steps over them.
+        s.format = REGISTERED_FORMAT - 1;
+        assert_eq!(error_of(&s.write(1_000, "bob", 2, 1, 1)), None);
+        s.format = crate::command::FORMAT;
+        assert_eq!(s.register(1_001, "alice"), 1);
+        assert_eq!(s.register(1_001, "alice"), 3, "2 is bob's");
+        assert_eq!(error_of(&s.write(1_002, "bob", 2, 2, 2)), None);
+        assert_eq!(error_of(&s.write(1_002, "alice", 3, 1, 1)), None);
+        // Expired and forgotten, an id is still never handed out again.
+        assert_eq!(s.expire(10_000, 500), 3);
+        assert_eq!(s.expire(20_000, 500), 3);
+        assert_eq!(s.session(1), None);
+        assert_eq!(s.register(20_001, "carol"), 4);
+        assert!(error_of(&s.write(20_002, "carol", 1, 1, 0)).is_some());
+    }
+
+    #[test]
+    fn an_idle_session_expires_and_its_client_registers_again() {
+        let mut s = Store::new();
+        let (alice, bob) = (s.register(1_000, "alice"), s.register(1_000, "bob"));
+        assert_eq!(error_of(&s.write(1_000, "alice", alice, 1, 1)), None);
+        assert_eq!(s.expire(1_400, 500), 0, "not idle long enough");
+        // A session registered and never written under expires as well.
+        assert_eq!(s.expire(2_000, 500), 2);
+        assert!(!s.has_answer(alice, 1), "answers dropped");
+        assert!(s.session(alice).unwrap().expired && s.session(bob).unwrap().expired);
+        // Whatever it says of earlier seqs, a write under the expired id is
+        // refused: the client registers again.
+        for acked_below in [0, 2] {
+            let r = s.write(2_100, "alice", alice, 2, acked_below);
+            let (code, message) = error_of(&r).expect("refused");
+            assert_eq!(code, tonic::Code::FailedPrecondition);
+            assert!(message.starts_with(SESSION_EXPIRED), "{message}");
+        }
+        assert!(!s.has_answer(alice, 2));
+        let again = s.register(2_200, "alice");
+        assert!(again > bob);
+        assert_eq!(error_of(&s.write(2_200, "alice", again, 2, 2)), None);
+    }
+
+    #[test]
+    fn before_registration_an_idle_session_expires_and_its_client_starts_anew() {
+        let mut s = Store::new();
+        s.format = REGISTERED_FORMAT - 1;
         assert_eq!(error_of(&s.write(1_000, "alice", 9, 1, 1)), None);
         assert_eq!(error_of(&s.write(1_000, "bob", 10, 1, 1)), None);
         assert_eq!(s.expire(1_400, 500), 0, "not idle long enough");
@@ -390,12 +506,13 @@ mod tests {
     #[test]
     fn a_busy_session_is_touched_once_a_minute_and_does_not_expire() {
         let mut s = Store::new();
+        let id = s.register(100_000, "alice");
         for (i, t) in (0..10u64).map(|i| (i, 100_000 + i * 20_000)) {
-            assert_eq!(error_of(&s.write(t, "alice", 3, i + 1, i + 1)), None);
+            assert_eq!(error_of(&s.write(t, "alice", id, i + 1, i + 1)), None);
             assert_eq!(s.expire(t, 70_000), 0, "at {t}");
         }
         // Touched at 100 s, 160 s, 220 s and 280 s.
-        assert_eq!(s.session(3).unwrap().last_used_ms, 280_000);
+        assert_eq!(s.session(id).unwrap().last_used_ms, 280_000);
         // One index key per session, however often it was touched.
         let cf = rocks::cf(&s.db, CF_META).unwrap();
         let keys =

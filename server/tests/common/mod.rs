@@ -342,6 +342,17 @@ pub async fn plain_channel(addr: &str) -> tonic::transport::Channel {
         .expect("connect")
 }
 
+/// A client id the cluster hands out (`RegisterClient`) through the node
+/// at `addr`, the leader, for raw writes that are deduplicated.
+pub async fn register_client(addr: &str) -> u64 {
+    streamshield_proto::v1::state_client::StateClient::new(plain_channel(addr).await)
+        .register_client(streamshield_proto::v1::RegisterClientRequest {})
+        .await
+        .expect("register a client")
+        .into_inner()
+        .client_id
+}
+
 /// Panics unless `r` failed with `code`; `what` names the call.
 pub async fn expect_code<T: std::fmt::Debug>(
     what: &str,

@@ -82,6 +82,19 @@ impl Fixture {
         })
     }
 
+    /// A client id handed out to `principal` (`RegisterClient`).
+    pub fn register(&mut self, principal: &str) -> u64 {
+        let r = self.apply(pb::Command {
+            kind: Some(command::Kind::RegisterClient(pb::ClientRegister {
+                principal: principal.into(),
+            })),
+        });
+        match r.kind {
+            Some(command_response::Kind::ClientRegistered(id)) => id,
+            other => panic!("registration answered {other:?}"),
+        }
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<pb::KeyValue> {
         let info = crate::state_machine::meta::load_job(&self.db, 0, "j").unwrap();
         crate::state_machine::read::get(&self.db, info.as_ref(), 0, "j", "s", key).unwrap()

@@ -60,6 +60,32 @@ pub fn apply_write(
             ));
         }
     }
+    if at.format >= sessions::REGISTERED_FORMAT {
+        match &stored {
+            None => {
+                return Ok(error_response(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{SESSION_EXPIRED}: client id {} was not handed out by this cluster, \
+                         or its session expired and was forgotten; register a client \
+                         (RegisterClient) and write under its id",
+                        w.client_id
+                    ),
+                ))
+            }
+            Some(s) if s.expired => {
+                return Ok(error_response(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{SESSION_EXPIRED}: client {} was idle past the dedupe session TTL; \
+                         register a client again (RegisterClient)",
+                        w.client_id
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     if stored.as_ref().is_some_and(|s| s.expired) && w.acked_below > 0 {
         // The client says it sent seqs before this one, but their answers
         // expired with the session: this could be a retry of one that

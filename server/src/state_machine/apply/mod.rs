@@ -139,6 +139,14 @@ pub fn apply_at(
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
         Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, at, s),
         Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, s),
+        Some(command::Kind::RegisterClient(r)) => {
+            Ok(match sessions::register(p, at.time_ms, &r.principal)? {
+                Some(id) => pb::CommandResponse {
+                    kind: Some(command_response::Kind::ClientRegistered(id)),
+                },
+                None => error_response(Code::ResourceExhausted, "no client id is left to hand out"),
+            })
+        }
         Some(command::Kind::Commands(list)) => {
             let mut answers = Vec::with_capacity(list.commands.len());
             for c in &list.commands {

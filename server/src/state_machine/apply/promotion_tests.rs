@@ -257,7 +257,7 @@ fn while_promoting_writes_commits_and_overlapping_leases_wait_and_a_new_lease_ke
     // Refusals for now are not recorded as a deduplicated write's answer:
     // its retry after the promotion applies.
     let deduplicated = pb::SyncWrite {
-        client_id: 5,
+        client_id: f.register(""),
         seq: 1,
         acked_below: 1,
         ..sync_put(&mine, "retried")

@@ -88,9 +88,10 @@ fn versions_are_the_same_from_the_memo_and_from_the_store() {
 #[test]
 fn a_retry_is_answered_from_its_record_even_after_a_restart_and_newer_writes() {
     let mut f = Fixture::new();
+    let id = f.register("");
     let write = |seq: u64, value: &[u8]| {
         let mut w = req(vec![put(b"k", value)]);
-        w.client_id = 9;
+        w.client_id = id;
         w.seq = seq;
         w
     };
@@ -144,8 +145,9 @@ fn only_creating_a_job_or_a_state_table_marks_job_records_changed() {
 #[test]
 fn a_retried_request_applies_once() {
     let mut f = Fixture::new();
+    let id = f.register("");
     let mut w = req(vec![put(b"k", b"x")]);
-    w.client_id = 42;
+    w.client_id = id;
     w.seq = 7;
     let first = f.write(w.clone());
     let again = f.write(w.clone());
@@ -154,10 +156,10 @@ fn a_retried_request_applies_once() {
     // Once acknowledged (acked_below passes it by a step), it is dropped.
     let recorded = |f: &Fixture, seq: u64| {
         let cf = rocks::cf(&f.db, CF_META).unwrap();
-        f.db.get_cf(cf, meta::dedupe(42, seq)).unwrap().is_some()
+        f.db.get_cf(cf, meta::dedupe(id, seq)).unwrap().is_some()
     };
     let mut next = req(vec![put(b"other", b"y")]);
-    next.client_id = 42;
+    next.client_id = id;
     next.seq = 8;
     next.acked_below = 8;
     f.write(next.clone());
@@ -169,7 +171,7 @@ fn a_retried_request_applies_once() {
     assert!(recorded(&f, FORGET_STEP + 1));
     // A seq below the mark cannot be told apart from a replay: refused.
     let mut stale = req(vec![put(b"k", b"again")]);
-    stale.client_id = 42;
+    stale.client_id = id;
     stale.seq = 7;
     match f.write(stale).kind {
         Some(command_response::Kind::Error(e)) => {
@@ -183,16 +185,17 @@ fn a_retried_request_applies_once() {
 #[test]
 fn seqs_and_marks_at_the_top_of_the_range_apply_and_keep_the_mark() {
     let mut f = Fixture::new();
+    let id = f.register("");
     let write = |seq: u64, acked_below: u64| {
         let mut w = req(vec![put(b"k", b"v")]);
-        w.client_id = 777;
+        w.client_id = id;
         w.seq = seq;
         w.acked_below = acked_below;
         w
     };
     assert!(succeeded(&f.write(write(u64::MAX - 1, u64::MAX - 1))));
     assert!(succeeded(&f.write(write(u64::MAX, u64::MAX))));
-    let mark = sessions::load(&mut PendingWrites::new(&f.db), 777)
+    let mark = sessions::load(&mut PendingWrites::new(&f.db), id)
         .unwrap()
         .unwrap()
         .forgotten;
@@ -276,7 +279,7 @@ fn unknown_job_is_not_found_and_job_names_are_unique() {
 fn entries_of_one_chunk_see_each_other() {
     let mut f = Fixture::new();
     let mut retried = req(vec![put(b"k", b"b")]);
-    retried.client_id = 9;
+    retried.client_id = f.register("");
     retried.seq = 1;
     retried.acked_below = 1;
     let write = |w: pb::SyncWrite| pb::Command {
@@ -436,6 +439,14 @@ mod fuzz {
                 kind: Some(command::Kind::SetTableMode(t))
             }),
             Just(pb::Command { kind: None }),
+            // Hands out ids from 1 on, which `extreme` writes under.
+            prop_oneof![Just(String::new()), Just("p".to_string())].prop_map(|principal| {
+                pb::Command {
+                    kind: Some(command::Kind::RegisterClient(pb::ClientRegister {
+                        principal,
+                    })),
+                }
+            }),
             task_command(),
         ]
         .boxed()
@@ -649,7 +660,7 @@ mod fuzz {
                         | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_)
                         | command::Kind::CreateStream(_) | command::Kind::Append(_)
                         | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_)
-                        | command::Kind::SetTableMode(_))
+                        | command::Kind::SetTableMode(_) | command::Kind::RegisterClient(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);
