@@ -7,7 +7,8 @@
 //! through [`recorder`] as a [`history`] in Jepsen's JSON-lines shape;
 //! [`checker`] judges the history (linearizability per key, set, bank);
 //! [`run`] ties one test together and [`report`] writes its directory
-//! (history, results, plots, index.html). The `streamshield-jepsen` binary
+//! (history, results, plots, index.html); [`recovery`] measures how soon
+//! clients got answers again after each fault healed. The `streamshield-jepsen` binary
 //! is the CLI (`test`, `sweep`, `bench`, `matrix`, `soak`); [`soak`] is the
 //! hour under load and faults that watches every node's memory.
 //!
@@ -22,6 +23,7 @@ pub mod nemesis;
 pub mod progress;
 pub mod proxy;
 pub mod recorder;
+pub mod recovery;
 pub mod report;
 pub mod run;
 pub mod soak;

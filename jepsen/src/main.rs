@@ -104,7 +104,7 @@ fn print(o: &Outcome) {
 
 fn line(o: &Outcome) -> String {
     format!(
-        "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  elections {:>3}  seed {}  {}",
+        "{:<9} {:<28} {:<8} ops {:>6} (ok {:>6} fail {:>5} info {:>4})  nemesis events {:>3}  elections {:>3}  pause after heal {:>5}  seed {}  {}",
         o.workload,
         o.nemesis,
         o.verdict.name(),
@@ -114,6 +114,7 @@ fn line(o: &Outcome) -> String {
         o.counts.info,
         o.nemesis_events,
         o.elections,
+        o.heal_pause_ms.map_or("-".to_string(), |ms| format!("{ms} ms")),
         o.seed,
         o.dir.join("index.html").display()
     )

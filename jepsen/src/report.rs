@@ -244,8 +244,10 @@ fn index_html(o: &Outcome, events: &[Event], plotted: bool) -> String {
     } else {
         "<p>No plots: no font found (install fonts-dejavu-core).</p>".to_string()
     };
-    let summary =
-        json!({"counts": o.counts, "operations": o.operations, "nemesis_events": o.nemesis_events});
+    let summary = json!({
+        "counts": o.counts, "operations": o.operations, "nemesis_events": o.nemesis_events,
+        "elections": o.elections, "heal_pause_ms": o.heal_pause_ms,
+    });
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{w} / {n}: {verdict}</title>\
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 8px;text-align:left}} .v{{font-size:2em}}</style></head><body>\

@@ -57,6 +57,10 @@ pub struct Outcome {
     /// the end, less the one after setup): each is an election, won or
     /// not. Under `latency` alone every one of them is spurious.
     pub elections: u64,
+    /// The longest pause between completed operations in the 3 s after a
+    /// fault healed (`recovery::longest_pause_after_heal`), in ms; `None`
+    /// when no heal had that much of the run after it.
+    pub heal_pause_ms: Option<u64>,
     pub checker: Value,
     pub command: String,
     pub dir: PathBuf,
@@ -169,6 +173,8 @@ pub async fn run_test(o: &TestOptions) -> anyhow::Result<Outcome> {
         counts: counts(&history),
         nemesis_events: events.len(),
         elections,
+        heal_pause_ms: crate::recovery::longest_pause_after_heal(&history, &events)
+            .map(|d| d.as_millis() as u64),
         checker,
         command: o.command.clone(),
         dir: dir.clone(),
@@ -197,6 +203,6 @@ pub fn summary_line(o: &Outcome) -> Value {
     json!({
         "workload": o.workload, "nemesis": o.nemesis, "verdict": o.verdict,
         "operations": o.operations, "nemesis_events": o.nemesis_events,
-        "elections": o.elections, "seed": o.seed,
+        "elections": o.elections, "heal_pause_ms": o.heal_pause_ms, "seed": o.seed,
     })
 }
