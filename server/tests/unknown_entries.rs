@@ -156,10 +156,16 @@ async fn a_store_of_a_newer_format_is_refused_at_start() {
     let (mut t, _) = TestCluster::with_keys(3, "j", 4, 0..20, 2).await;
     let (victim, rest) = t.pick_follower().await;
     let leader = t.wait_for_leader(Duration::from_secs(10)).await;
-    t.wait_status(victim, Duration::from_secs(10), "catch up", |s| {
-        s.last_applied == s.last_log_index && s.leader_id == leader
-    })
-    .await;
+    // The leader's log, not the follower's own: a follower that has not
+    // yet heard of the writes has applied all of its own log too, and its
+    // store would hold no entry's format.
+    let written = t
+        .status(leader)
+        .await
+        .expect("leader status")
+        .last_log_index;
+    t.wait_applied(victim, written, Duration::from_secs(10))
+        .await;
     t.cluster
         .terminate(victim, Duration::from_secs(30))
         .expect("stop");
