@@ -10,11 +10,12 @@ use crate::nemesis::Event;
 /// How long after a heal pauses are looked for.
 pub const WINDOW: Duration = Duration::from_secs(3);
 
-/// The longest time, over every heal that the workload outlived by
-/// [`WINDOW`], from the heal or a completed operation to the next
-/// completed operation within [`WINDOW`] after the heal (the whole window
-/// if none completed). `None` when no heal was followed by that much of
-/// the run.
+/// The longest time, over the heals, from the heal or a completed
+/// operation to the next completed operation, within the heal's window:
+/// [`WINDOW`] after it, cut short where the next fault starts (a pause
+/// there is that fault's, not the heal's), or the whole window when
+/// nothing completed in it. Heals whose window the workload did not outlive
+/// are left out; `None` when none is left.
 pub fn longest_pause_after_heal(history: &[Op], events: &[Event]) -> Option<Duration> {
     let mut done: Vec<u64> = history
         .iter()
@@ -22,21 +23,31 @@ pub fn longest_pause_after_heal(history: &[Op], events: &[Event]) -> Option<Dura
         .map(|o| o.time)
         .collect();
     done.sort_unstable();
-    let window = WINDOW.as_nanos() as u64;
     let last = *done.last()?;
     events
         .iter()
-        .filter(|e| e.end.saturating_add(window) <= last)
-        .map(|e| {
-            let until = e.end + window;
-            let from = done.partition_point(|&t| t < e.end);
-            let mut prev = e.end;
+        .filter_map(|e| {
+            let next_fault = events
+                .iter()
+                .map(|n| n.start)
+                .filter(|&s| s >= e.end)
+                .min()
+                .unwrap_or(u64::MAX);
+            let until = e
+                .end
+                .saturating_add(WINDOW.as_nanos() as u64)
+                .min(next_fault);
+            (until <= last).then_some((e.end, until))
+        })
+        .map(|(healed, until)| {
+            let from = done.partition_point(|&t| t < healed);
+            let mut prev = healed;
             let mut longest = 0;
             for &t in done[from..].iter().take_while(|&&t| t <= until) {
                 longest = longest.max(t - prev);
                 prev = t;
             }
-            longest.max(until - prev).min(window)
+            longest.max(until - prev)
         })
         .max()
         .map(Duration::from_nanos)
@@ -56,11 +67,15 @@ mod tests {
     }
 
     fn healed_at(ms: u64) -> Event {
+        fault(0, ms)
+    }
+
+    fn fault(start_ms: u64, end_ms: u64) -> Event {
         Event {
             fault: Fault::Partition,
             detail: String::new(),
-            start: 0,
-            end: ms * MS,
+            start: start_ms * MS,
+            end: end_ms * MS,
         }
     }
 
@@ -88,6 +103,27 @@ mod tests {
         assert_eq!(
             longest_pause_after_heal(&with_fail, &[healed_at(1_000)]),
             Some(Duration::from_millis(400))
+        );
+    }
+
+    #[test]
+    fn the_window_ends_where_the_next_fault_starts() {
+        // Healed at 1 s, answers every 10 ms until the next fault at 1.5 s
+        // stops them for 400 ms: that pause is the fault's, not the heal's.
+        let mut times: Vec<u64> = (0..=150).map(|i| i * 10).collect();
+        times.extend((0..300).map(|i| 1_900 + i * 10));
+        let history: Vec<Op> = times.iter().map(|&t| ok_at(t)).collect();
+        let events = [fault(500, 1_000), fault(1_500, 1_800)];
+        assert_eq!(
+            longest_pause_after_heal(&history, &events[..1]),
+            Some(Duration::from_millis(400)),
+            "without the next fault the pause falls in the window"
+        );
+        // With it, the first heal's window is 1.0-1.5 s (10 ms pauses); the
+        // second heal's, 1.8-4.8 s, waits 100 ms for its first answer.
+        assert_eq!(
+            longest_pause_after_heal(&history, &events),
+            Some(Duration::from_millis(100))
         );
     }
 

@@ -57,9 +57,10 @@ pub struct Outcome {
     /// the end, less the one after setup): each is an election, won or
     /// not. Under `latency` alone every one of them is spurious.
     pub elections: u64,
-    /// The longest pause between completed operations in the 3 s after a
-    /// fault healed (`recovery::longest_pause_after_heal`), in ms; `None`
-    /// when no heal had that much of the run after it.
+    /// The longest pause between completed operations after a fault
+    /// healed, within 3 s of it and before the next fault
+    /// (`recovery::longest_pause_after_heal`), in ms; `None` when the run
+    /// outlived no heal's window.
     pub heal_pause_ms: Option<u64>,
     pub checker: Value,
     pub command: String,
