@@ -290,9 +290,7 @@ impl State for StateService {
         let client_id = match self.ctx.propose_kind(register).await? {
             (_, pb::command_response::Kind::ClientRegistered(id)) => id,
             (_, other) => {
-                return Err(
-                    ServiceError::Unavailable(format!("a registration answered {other:?}")).into(),
-                )
+                return Err(ServiceError::unexpected_answer("client registration", &other).into())
             }
         };
         Ok(Response::new(pb::RegisterClientResponse {
