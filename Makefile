@@ -4,8 +4,10 @@
 CARGO ?= cargo
 # etcd-server: the comparison target of `make bench` and its test;
 # fiu-utils: the disk faults `make test` injects (libfiu); fuse3: the
-# power-loss file system of the same tests (fusermount3, /dev/fuse).
-APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils fuse3
+# power-loss file system of the same tests (fusermount3, /dev/fuse);
+# python3-venv: the outsider client of `make test` (interop/python), whose
+# pinned grpcio-tools come from PyPI into a virtualenv in the target dir.
+APT_PACKAGES := libclang-dev g++ make fonts-dejavu-core etcd-server fiu-utils fuse3 python3 python3-venv
 
 .PHONY: demo test deps build fmt lint jepsen soak bench fuzz
 

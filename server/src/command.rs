@@ -41,8 +41,9 @@ use streamshield_proto::v1 as pb;
 /// (`PromotingTask.held`, `apply/promotion.rs`); 7: deduplication
 /// sessions handed out by the cluster (`ClientRegister`), and a write under
 /// a client id it did not hand out, or whose session expired, refused
-/// (`state_machine/sessions.rs`).
-pub const FORMAT: u32 = 7;
+/// (`state_machine/sessions.rs`); 8: a command that would give a job more
+/// than 1,024 state tables refused (`apply/jobs.rs`, `MAX_TABLES`).
+pub const FORMAT: u32 = 8;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

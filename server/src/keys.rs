@@ -13,6 +13,14 @@ pub const DEFAULT_KEY_GROUPS: u32 = 128;
 /// Key groups must fit the u16 in the key layout; 32768 is Flink's ceiling too.
 pub const MAX_KEY_GROUPS: u32 = 32768;
 
+/// The most state tables a job may have. Every write looks its tables up
+/// in the job's record, linearly, so a job of tens of thousands of tables
+/// made one write of 10,000 new tables hold the apply of every replica long
+/// enough to cost the leader its term (a client generated from `proto/`
+/// in Python, `interop/`). Flink and Kafka Streams jobs declare a handful
+/// of state stores per operator.
+pub const MAX_TABLES: usize = 1024;
+
 const DATA_PREFIX_LEN: usize = 4 + 4 + 2 + 4;
 
 /// The key group of a user key: a stable hash, fixed forever, so a key

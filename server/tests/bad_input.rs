@@ -8,6 +8,7 @@ use streamshield_client::{ClientError, Consistency, Missing};
 use streamshield_proto::v1::{
     self as pb, admin_client::AdminClient, raft_client::RaftClient, state_client::StateClient,
 };
+use streamshield_server::keys::MAX_TABLES;
 use tonic::Code;
 
 fn put(state: &str, key: &[u8], value: Vec<u8>) -> pb::Op {
@@ -244,6 +245,13 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
         ("a table mode out of range", vec![table("t", 7)]),
         ("a table without a name", vec![table("", 0)]),
         ("a negative table mode", vec![table("t", i32::MIN)]),
+        ("a table declared twice", vec![table("t", 0), table("t", 1)]),
+        (
+            "more tables than a job may have",
+            (0..=MAX_TABLES)
+                .map(|i| table(&format!("t{i}"), 0))
+                .collect(),
+        ),
     ] {
         expect_code(
             what,
@@ -408,6 +416,65 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
         .expect("scan");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].value, b"v1");
+    for id in [1, 2, 3] {
+        assert!(t.status(id).await.is_some(), "node {id} still serves");
+    }
+}
+
+/// A job's state tables are looked up per write in its record, so their
+/// number is bounded in the apply path (`keys::MAX_TABLES`): a client
+/// generated from `proto/` (`interop/`) once sent one write of 10,000 new
+/// tables, and the replicas' apply held the leader long enough to lose its
+/// term. Past the bound a write is refused whole, on every replica alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_stops_at_its_table_limit_and_a_write_past_it_changes_nothing() {
+    let t = TestCluster::start(3, &[]).await;
+    let client = t.client();
+    client.create_job("wide", 16).await.expect("create job");
+    let leader = t.wait_for_leader(std::time::Duration::from_secs(10)).await;
+    let ch = plain_channel(&t.addr(leader)).await;
+    let mut state = StateClient::new(ch.clone()).max_encoding_message_size(64 << 20);
+    let fill: Vec<pb::Op> = (0..MAX_TABLES)
+        .map(|i| put(&format!("t{i}"), b"k", b"v".to_vec()))
+        .collect();
+    state
+        .write(write("wide", fill))
+        .await
+        .expect("fill the job's tables");
+    let before = client.describe_job("wide").await.expect("job").states.len();
+    assert_eq!(before, MAX_TABLES);
+
+    // One op on a table that exists and one on a new table: neither applies.
+    let past = vec![
+        put("t0", b"k", b"changed".to_vec()),
+        put("one-more", b"k", b"v".to_vec()),
+    ];
+    expect_code(
+        "a write past the table limit",
+        state.write(write("wide", past)).await,
+        Code::ResourceExhausted,
+    )
+    .await;
+    let many: Vec<pb::Op> = (0..10_000)
+        .map(|i| put(&format!("new{i}"), b"k", b"v".to_vec()))
+        .collect();
+    expect_code(
+        "one write of 10,000 new tables",
+        state.write(write("wide", many)).await,
+        Code::ResourceExhausted,
+    )
+    .await;
+    let kv = client
+        .get("wide", "t0", "k", Consistency::Linearizable)
+        .await
+        .expect("get")
+        .expect("t0/k");
+    assert_eq!(kv.value, b"v");
+    let after = client.describe_job("wide").await.expect("job").states;
+    assert_eq!(after.len(), MAX_TABLES);
+    assert!(after
+        .iter()
+        .all(|s| !s.name.starts_with("new") && s.name != "one-more"));
     for id in [1, 2, 3] {
         assert!(t.status(id).await.is_some(), "node {id} still serves");
     }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::authz::Action;
 use super::{NodeContext, PROPOSAL_TIMEOUT};
 use crate::error::ServiceError;
-use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS};
+use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS, MAX_TABLES};
 use crate::state_machine::meta;
 use crate::types::Membership;
 use crate::validate;
@@ -147,8 +147,26 @@ impl Admin for AdminService {
             )
             .into());
         }
+        if r.tables.len() > MAX_TABLES {
+            return Err(ServiceError::invalid(
+                "tables",
+                format!(
+                    "{} tables, above the {MAX_TABLES} a job may have",
+                    r.tables.len()
+                ),
+            )
+            .into());
+        }
         let mut tables = Vec::with_capacity(r.tables.len());
+        let mut names = std::collections::HashSet::with_capacity(r.tables.len());
         for t in &r.tables {
+            if !names.insert(t.state.as_str()) {
+                return Err(ServiceError::invalid(
+                    "tables",
+                    format!("table {:?} is declared twice", t.state),
+                )
+                .into());
+            }
             tables.push(table_mode(&r.job, &t.state, t.mode, &self.ctx.limits)?);
         }
         let resp = self

@@ -112,7 +112,7 @@ fn committed_epoch(t: &pb::TaskRecord) -> u64 {
     t.checkpoint.as_ref().map_or(0, |c| c.epoch)
 }
 
-pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandResponse> {
+pub fn stage(p: &mut PendingWrites, at: At, s: &pb::StageOps) -> io::Result<pb::CommandResponse> {
     let Some(lease) = &s.lease else {
         return Ok(error_response(
             Code::InvalidArgument,
@@ -239,11 +239,21 @@ pub fn stage(p: &mut PendingWrites, s: &pb::StageOps) -> io::Result<pb::CommandR
                     continue;
                 }
                 // A delete in a table that never existed deletes nothing,
-                // but its seq is staged like any other.
-                let data_key =
-                    jobs::state_id(&mut job, &o.state, value.is_some(), &mut job_changed)
-                        .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
-                        .unwrap_or_default();
+                // but its seq is staged like any other. A refusal leaves
+                // nothing behind: runs and the job are written after the loop.
+                let sid = match jobs::table_id(
+                    &mut job,
+                    &o.state,
+                    value.is_some(),
+                    &mut job_changed,
+                    at.format,
+                ) {
+                    Ok(sid) => sid,
+                    Err(jobs::TooManyTables) => return Ok(jobs::too_many_tables(&job.job)),
+                };
+                let data_key = sid
+                    .map(|sid| keys::data_key(DEFAULT_SHARD, job.job_id, group, sid, &o.key))
+                    .unwrap_or_default();
                 bytes += data_key.len() + value.map_or(0, <[u8]>::len);
                 let r = run(&mut runs);
                 runs[r].push_write(&data_key, value);

@@ -6,10 +6,30 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response};
 use tonic::Code;
 
-use super::error_response;
-use crate::keys::{self, meta, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS};
+use super::{error_response, At};
+use crate::keys::{self, meta, DEFAULT_KEY_GROUPS, MAX_KEY_GROUPS, MAX_TABLES};
 use crate::state_machine::meta::{self as m, CF_META};
 use crate::state_machine::pending::PendingWrites;
+
+/// The state-machine format from which a command that would give a job
+/// more than [`MAX_TABLES`] tables is refused; older entries apply as
+/// they did.
+pub const TABLE_LIMIT_FORMAT: u32 = 8;
+
+/// A command would give its job a table past [`MAX_TABLES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyTables;
+
+/// The refusal of a command that would give `job` one table too many.
+pub fn too_many_tables(job: &str) -> pb::CommandResponse {
+    error_response(
+        Code::ResourceExhausted,
+        format!(
+            "job {job:?} has {MAX_TABLES} state tables, the most a job may have: \
+             write to one of them"
+        ),
+    )
+}
 
 pub fn load_job(p: &mut PendingWrites, shard: u32, name: &str) -> io::Result<Option<pb::JobInfo>> {
     match p.get(CF_META, &meta::job(shard, name))? {
@@ -20,9 +40,10 @@ pub fn load_job(p: &mut PendingWrites, shard: u32, name: &str) -> io::Result<Opt
 
 pub fn create_job(
     p: &mut PendingWrites,
-    index: u64,
+    at: At,
     c: &pb::CreateJob,
 ) -> io::Result<pb::CommandResponse> {
+    let (index, format) = (at.index, at.format);
     let shard = keys::DEFAULT_SHARD;
     if load_job(p, shard, &c.job)?.is_some() {
         return Ok(error_response(
@@ -56,7 +77,9 @@ pub fn create_job(
         created_index: index,
     };
     for t in &c.tables {
-        declare(&mut info, &t.state, t.mode);
+        if declare(&mut info, &t.state, t.mode, format).is_err() {
+            return Ok(too_many_tables(&c.job));
+        }
     }
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
     p.put(
@@ -74,20 +97,26 @@ pub fn create_job(
     })
 }
 
-/// The id of state table `name`, made on its first write: `None` only
-/// for a table that does not exist and is not to be made (a delete).
-/// Sets `changed` when `job` gained a table and must be stored.
-pub fn state_id(
+/// The id of state table `name`, made on its first write: `Ok(None)` only
+/// for a table that does not exist and is not to be made (a delete), `Err`
+/// for a table past [`MAX_TABLES`] (from
+/// [`TABLE_LIMIT_FORMAT`]). Sets `changed` when `job` gained a table and
+/// must be stored.
+pub fn table_id(
     job: &mut pb::JobInfo,
     name: &str,
     create: bool,
     changed: &mut bool,
-) -> Option<u32> {
+    format: u32,
+) -> Result<Option<u32>, TooManyTables> {
     if let Some(sid) = m::state_id(job, name) {
-        return Some(sid);
+        return Ok(Some(sid));
     }
     if !create {
-        return None;
+        return Ok(None);
+    }
+    if format >= TABLE_LIMIT_FORMAT && job.states.len() >= MAX_TABLES {
+        return Err(TooManyTables);
     }
     let sid = job.states.iter().map(|s| s.state_id).max().unwrap_or(0) + 1;
     job.states.push(pb::StateTableInfo {
@@ -96,7 +125,7 @@ pub fn state_id(
         default_mode: None,
     });
     *changed = true;
-    Some(sid)
+    Ok(Some(sid))
 }
 
 pub fn store_job(p: &mut PendingWrites, shard: u32, job: &pb::JobInfo) -> io::Result<()> {
@@ -116,17 +145,19 @@ fn bad_mode(t: &pb::TableModeSet) -> pb::CommandResponse {
 }
 
 /// Table `name` of `job`, made if new, with default mode `mode` (known).
-fn declare(job: &mut pb::JobInfo, name: &str, mode: i32) {
+fn declare(job: &mut pb::JobInfo, name: &str, mode: i32, format: u32) -> Result<(), TooManyTables> {
     let mut changed = false;
-    let sid = state_id(job, name, true, &mut changed).expect("made when absent");
+    let sid = table_id(job, name, true, &mut changed, format)?.expect("made when absent");
     if let Some(t) = job.states.iter_mut().find(|t| t.state_id == sid) {
         t.default_mode = Some(mode);
     }
+    Ok(())
 }
 
 /// Declares a table of a job, or changes its default write mode.
 pub fn set_table_mode(
     p: &mut PendingWrites,
+    at: At,
     s: &pb::TableModeSet,
 ) -> io::Result<pb::CommandResponse> {
     let Some(mut job) = load_job(p, keys::DEFAULT_SHARD, &s.job)? else {
@@ -137,7 +168,9 @@ pub fn set_table_mode(
     if known_mode(s.mode).is_none() {
         return Ok(bad_mode(s));
     }
-    declare(&mut job, &s.state, s.mode);
+    if declare(&mut job, &s.state, s.mode, at.format).is_err() {
+        return Ok(too_many_tables(&s.job));
+    }
     store_job(p, keys::DEFAULT_SHARD, &job)?;
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::TableModeSet(job)),
@@ -279,5 +312,107 @@ mod tests {
             Some(command_response::Kind::Error(e)) => assert_eq!(e.code, Code::NotFound as i32),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn write_to(f: &mut Fixture, tables: &[String], delete: bool) -> pb::CommandResponse {
+        let ops = tables
+            .iter()
+            .map(|t| pb::SyncOp {
+                state: t.clone(),
+                key: b"k".to_vec(),
+                kind: Some(if delete {
+                    pb::sync_op::Kind::Delete(pb::SyncDelete {})
+                } else {
+                    pb::sync_op::Kind::Put(pb::SyncPut {
+                        value: b"v".to_vec(),
+                    })
+                }),
+            })
+            .collect();
+        f.write(pb::SyncWrite {
+            job: "j".into(),
+            ops,
+            ..Default::default()
+        })
+    }
+
+    fn code(r: &pb::CommandResponse) -> Option<Code> {
+        match &r.kind {
+            Some(command_response::Kind::Error(e)) => Some(Code::from_i32(e.code)),
+            _ => None,
+        }
+    }
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("t{i}")).collect()
+    }
+
+    #[test]
+    fn a_job_has_at_most_max_tables_and_a_command_past_them_changes_nothing() {
+        use super::super::task_tests::{acquire, granted, lease, stage};
+        use super::MAX_TABLES;
+        let mut f = Fixture::new();
+        // One write fills the job; the next that names one more table is
+        // refused whole: its op on an existing table does not apply.
+        let mut full = names(0..MAX_TABLES - 1);
+        full.insert(0, "s".into());
+        assert_eq!(code(&write_to(&mut f, &full, false)), None);
+        assert_eq!(modes(&f, "j").len(), MAX_TABLES);
+        let before = f.get(b"k").unwrap();
+        let ops = vec!["s".to_string(), "one-more".to_string()];
+        assert_eq!(
+            code(&write_to(&mut f, &ops, false)),
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(f.get(b"k"), Some(before));
+        assert_eq!(modes(&f, "j").len(), MAX_TABLES);
+        // A delete in a table that does not exist makes none.
+        assert_eq!(
+            code(&write_to(&mut f, &names(MAX_TABLES..MAX_TABLES + 5), true)),
+            None
+        );
+        // Declaring one more is refused; a declared one's mode still changes.
+        let r = set(&mut f, "j", "one-more", WriteMode::Sync as i32);
+        assert_eq!(code(&r), Some(Code::ResourceExhausted));
+        assert_eq!(code(&set(&mut f, "j", "t7", WriteMode::Sync as i32)), None);
+        // A staged write to a new table is refused at staging, before its
+        // epoch could commit it.
+        let g = granted(&acquire(&mut f, 0, (0, 4), "")).generation;
+        let mut op = super::super::task_tests::put("k", "v");
+        op.state = "one-more".into();
+        let r = stage(&mut f, lease(0, g), 1, 1, vec![op.clone()]);
+        assert_eq!(code(&r), Some(Code::ResourceExhausted));
+        op.state = "t3".into();
+        assert_eq!(code(&stage(&mut f, lease(0, g), 1, 1, vec![op])), None);
+        assert_eq!(modes(&f, "j").len(), MAX_TABLES);
+        // A job declared with too many tables is not made.
+        let tables = names(0..MAX_TABLES + 1)
+            .into_iter()
+            .map(|state| pb::TableModeSet {
+                job: "big".into(),
+                state,
+                mode: 0,
+            })
+            .collect();
+        let r = f.apply(pb::Command {
+            kind: Some(command::Kind::CreateJob(pb::CreateJob {
+                job: "big".into(),
+                key_groups: 4,
+                tables,
+            })),
+        });
+        assert_eq!(code(&r), Some(Code::ResourceExhausted));
+        assert!(load_job(&f.db, 0, "big").unwrap().is_none());
+    }
+
+    #[test]
+    fn entries_from_before_the_table_limit_apply_as_they_did() {
+        let mut f = Fixture::new();
+        f.format = super::TABLE_LIMIT_FORMAT - 1;
+        assert_eq!(
+            code(&write_to(&mut f, &names(0..super::MAX_TABLES + 3), false)),
+            None
+        );
+        assert_eq!(modes(&f, "j").len(), super::MAX_TABLES + 3);
     }
 }

@@ -27,12 +27,11 @@ pub fn apply_write(
     owner: Option<&str>,
     w: &pb::SyncWrite,
 ) -> io::Result<pb::CommandResponse> {
-    let index = at.index;
     if w.client_id == 0 {
         if let Some(busy) = promotion::refuse_write(p, w)? {
             return Ok(busy);
         }
-        return write_outcome(p, index, owner, w);
+        return write_outcome(p, at, owner, w);
     }
     if let Some(lease) = w
         .lease
@@ -109,7 +108,7 @@ pub fn apply_write(
     // The live session, if any: an expired one is replaced by a new one.
     let live = stored.clone().filter(|s| !s.expired);
     let forgotten = live.as_ref().map_or(0, |s| s.forgotten);
-    let resp = match first_outcome(p, index, owner, w, forgotten)? {
+    let resp = match first_outcome(p, at, owner, w, forgotten)? {
         Ok(resp) => resp,
         Err(unrecorded) => return Ok(unrecorded),
     };
@@ -178,7 +177,7 @@ fn read_value(p: &mut PendingWrites, dk: &[u8]) -> io::Result<Option<StoredValue
 /// later (its key groups are being promoted).
 pub(super) fn first_outcome(
     p: &mut PendingWrites,
-    index: u64,
+    at: At,
     owner: Option<&str>,
     w: &pb::SyncWrite,
     forgotten: u64,
@@ -195,18 +194,18 @@ pub(super) fn first_outcome(
     if let Some(busy) = promotion::refuse_write(p, w)? {
         return Ok(Err(busy));
     }
-    write_outcome(p, index, owner, w).map(Ok)
+    write_outcome(p, at, owner, w).map(Ok)
 }
 
 /// What a write does to `data` and answers, whoever's dedupe record keeps
 /// the answer.
 pub(super) fn write_outcome(
     p: &mut PendingWrites,
-    index: u64,
+    at: At,
     owner: Option<&str>,
     w: &pb::SyncWrite,
 ) -> io::Result<pb::CommandResponse> {
-    let shard = w.shard;
+    let (shard, index) = (w.shard, at.index);
     let Some(mut job) = jobs::load_job(p, shard, &w.job)? else {
         return Ok(not_found(ServiceError::JobNotFound { job: w.job.clone() }));
     };
@@ -261,11 +260,20 @@ pub(super) fn write_outcome(
         }
     }
 
-    let mut versions = Vec::with_capacity(w.ops.len());
+    // Every op's table before the first op writes, so that a table past
+    // the job's limit refuses the whole request.
     let mut job_changed = false;
+    let mut tables = Vec::with_capacity(w.ops.len());
     for o in &w.ops {
         let is_put = matches!(o.kind, Some(sync_op::Kind::Put(_)));
-        let Some(sid) = jobs::state_id(&mut job, &o.state, is_put, &mut job_changed) else {
+        match jobs::table_id(&mut job, &o.state, is_put, &mut job_changed, at.format) {
+            Ok(sid) => tables.push(sid),
+            Err(jobs::TooManyTables) => return Ok(jobs::too_many_tables(&w.job)),
+        }
+    }
+    let mut versions = Vec::with_capacity(w.ops.len());
+    for (o, sid) in w.ops.iter().zip(tables) {
+        let Some(sid) = sid else {
             // A delete in a table that never existed.
             versions.push(0);
             continue;

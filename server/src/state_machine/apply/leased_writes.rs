@@ -62,7 +62,7 @@ pub fn apply(
                 .map_err(|_| corrupt("a lease dedupe mark is not 8 bytes"))?,
         ),
     };
-    let resp = match first_outcome(p, at.index, owner, w, forgotten)? {
+    let resp = match first_outcome(p, at, owner, w, forgotten)? {
         Ok(resp) => resp,
         Err(unrecorded) => return Ok(unrecorded),
     };

@@ -104,7 +104,7 @@ pub fn apply_at(
     };
     match &cmd.kind {
         Some(command::Kind::Write(w)) => kv::apply_write(p, at, None, w),
-        Some(command::Kind::CreateJob(c)) => jobs::create_job(p, at.index, c),
+        Some(command::Kind::CreateJob(c)) => jobs::create_job(p, at, c),
         Some(command::Kind::Batch(b)) => {
             let mut answers = Vec::with_capacity(b.writes.len());
             for w in &b.writes {
@@ -132,13 +132,13 @@ pub fn apply_at(
         }
         Some(command::Kind::AcquireLease(a)) => leases::acquire(p, at, a),
         Some(command::Kind::ReleaseLease(r)) => leases::release(p, r),
-        Some(command::Kind::StageWrites(s)) => epochs::stage(p, s),
+        Some(command::Kind::StageWrites(s)) => epochs::stage(p, at, s),
         Some(command::Kind::CommitEpoch(c)) => epochs::commit(p, at, c),
         Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
         Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, at, s),
-        Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, s),
+        Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, at, s),
         Some(command::Kind::RegisterClient(r)) => {
             Ok(match sessions::register(p, at.time_ms, &r.principal)? {
                 Some(id) => pb::CommandResponse {
