@@ -42,7 +42,8 @@ use streamshield_proto::v1 as pb;
 /// sessions handed out by the cluster (`ClientRegister`), and a write under
 /// a client id it did not hand out, or whose session expired, refused
 /// (`state_machine/sessions.rs`); 8: a command that would give a job more
-/// than 1,024 state tables refused (`apply/jobs.rs`, `MAX_TABLES`).
+/// than 1,024 state tables or 1,024 streams refused (`keys::MAX_TABLES`,
+/// `keys::MAX_STREAMS`).
 pub const FORMAT: u32 = 8;
 
 #[derive(Clone)]

@@ -21,6 +21,13 @@ pub const MAX_KEY_GROUPS: u32 = 32768;
 /// of state stores per operator.
 pub const MAX_TABLES: usize = 1024;
 
+/// The most streams a job may have. A stream's creation and every commit
+/// that appends outputs read all of the job's stream records (streams are
+/// found by name, outputs name them by id), so each costs in proportion to
+/// their number: 54 ms per `CreateStream` at 20,000 streams in a debug
+/// build, against 6 ms at 2,000 (`interop/`, one job).
+pub const MAX_STREAMS: usize = 1024;
+
 const DATA_PREFIX_LEN: usize = 4 + 4 + 2 + 4;
 
 /// The key group of a user key: a stable hash, fixed forever, so a key

@@ -12,9 +12,10 @@ use crate::state_machine::meta::{self as m, CF_META};
 use crate::state_machine::pending::PendingWrites;
 
 /// The state-machine format from which a command that would give a job
-/// more than [`MAX_TABLES`] tables is refused; older entries apply as
-/// they did.
-pub const TABLE_LIMIT_FORMAT: u32 = 8;
+/// more than [`MAX_TABLES`] tables, or more than
+/// [`MAX_STREAMS`](crate::keys::MAX_STREAMS) streams, is refused; older
+/// entries apply as they did.
+pub const JOB_LIMITS_FORMAT: u32 = 8;
 
 /// A command would give its job a table past [`MAX_TABLES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,7 @@ pub fn create_job(
 /// The id of state table `name`, made on its first write: `Ok(None)` only
 /// for a table that does not exist and is not to be made (a delete), `Err`
 /// for a table past [`MAX_TABLES`] (from
-/// [`TABLE_LIMIT_FORMAT`]). Sets `changed` when `job` gained a table and
+/// [`JOB_LIMITS_FORMAT`]). Sets `changed` when `job` gained a table and
 /// must be stored.
 pub fn table_id(
     job: &mut pb::JobInfo,
@@ -115,7 +116,7 @@ pub fn table_id(
     if !create {
         return Ok(None);
     }
-    if format >= TABLE_LIMIT_FORMAT && job.states.len() >= MAX_TABLES {
+    if format >= JOB_LIMITS_FORMAT && job.states.len() >= MAX_TABLES {
         return Err(TooManyTables);
     }
     let sid = job.states.iter().map(|s| s.state_id).max().unwrap_or(0) + 1;
@@ -408,7 +409,7 @@ mod tests {
     #[test]
     fn entries_from_before_the_table_limit_apply_as_they_did() {
         let mut f = Fixture::new();
-        f.format = super::TABLE_LIMIT_FORMAT - 1;
+        f.format = super::JOB_LIMITS_FORMAT - 1;
         assert_eq!(
             code(&write_to(&mut f, &names(0..super::MAX_TABLES + 3), false)),
             None

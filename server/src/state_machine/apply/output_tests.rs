@@ -342,3 +342,28 @@ fn outputs_carried_by_a_commit_promoted_in_steps_are_held_to_the_last_step() {
         assert_eq!(held(&f, 1), None);
     }
 }
+
+#[test]
+fn a_job_has_at_most_max_streams_and_entries_from_before_apply_as_they_did() {
+    let create = |f: &mut Fixture, name: &str| {
+        f.apply(pb::Command {
+            kind: Some(command::Kind::CreateStream(pb::StreamCreate {
+                job: "j".into(),
+                stream: name.into(),
+                partitions: 1,
+                retention_bytes: 0,
+            })),
+        })
+    };
+    let mut f = Fixture::new();
+    for i in 0..keys::MAX_STREAMS {
+        create_stream(&mut f, &format!("s{i}"), 1);
+    }
+    let (code, _) = refused(&create(&mut f, "one-more"));
+    assert_eq!(code, Code::ResourceExhausted);
+    f.format = super::jobs::JOB_LIMITS_FORMAT - 1;
+    assert!(matches!(
+        create(&mut f, "one-more").kind,
+        Some(command_response::Kind::StreamCreated(_))
+    ));
+}

@@ -17,7 +17,7 @@ use tonic::Code;
 
 use super::{error_response, jobs, not_found, At};
 use crate::error::ServiceError;
-use crate::keys::{self, meta, DEFAULT_SHARD};
+use crate::keys::{self, meta, DEFAULT_SHARD, MAX_STREAMS};
 use crate::rocks::corrupt;
 use crate::state_machine::meta::{CF_META, CF_STREAMS};
 use crate::state_machine::pending::PendingWrites;
@@ -76,7 +76,17 @@ pub fn create(
             format!("stream {:?} of job {:?} already exists", c.stream, c.job),
         ));
     }
-    let stream_id = match streams_by_id(p, &job)?.last() {
+    let known = streams_by_id(p, &job)?;
+    if at.format >= jobs::JOB_LIMITS_FORMAT && known.len() >= MAX_STREAMS {
+        return Ok(error_response(
+            Code::ResourceExhausted,
+            format!(
+                "job {:?} has {MAX_STREAMS} streams, the most a job may have",
+                c.job
+            ),
+        ));
+    }
+    let stream_id = match known.last() {
         None => 1,
         Some(s) => match s.stream_id.checked_add(1) {
             Some(next) => next,
