@@ -176,6 +176,12 @@ def run(o):
              C.OK, lambda r: len(r.records) == 0)
 
     # Tasks.
+    o.expect("task index u32::MAX", o.tasks.AcquireLease,
+             T.AcquireLeaseRequest(job="outside", task=U32, key_group_start=0, key_group_end=1),
+             C.INVALID_ARGUMENT)
+    o.expect("key groups past the job's, in a lease", o.tasks.AcquireLease,
+             T.AcquireLeaseRequest(job="outside", task=1, key_group_start=U32 - 1, key_group_end=U32),
+             C.INVALID_ARGUMENT)
     o.expect("generation u64::MAX", o.tasks.StageWrites,
              T.StageWritesRequest(job="outside", task=0, generation=U64, epoch=1, seq_from=1, ops=[put("s")]),
              C.FAILED_PRECONDITION, lambda d: d is not None and (d.stale_lease.held, d.stale_lease.current) == (U64, gen))

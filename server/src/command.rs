@@ -43,7 +43,8 @@ use streamshield_proto::v1 as pb;
 /// a client id it did not hand out, or whose session expired, refused
 /// (`state_machine/sessions.rs`); 8: a command that would give a job more
 /// than 1,024 state tables or 1,024 streams refused (`keys::MAX_TABLES`,
-/// `keys::MAX_STREAMS`).
+/// `keys::MAX_STREAMS`), and a lease of a task whose index is not below the
+/// job's key-group count (`apply/leases.rs`).
 pub const FORMAT: u32 = 8;
 
 #[derive(Clone)]

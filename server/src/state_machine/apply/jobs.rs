@@ -12,9 +12,10 @@ use crate::state_machine::meta::{self as m, CF_META};
 use crate::state_machine::pending::PendingWrites;
 
 /// The state-machine format from which a command that would give a job
-/// more than [`MAX_TABLES`] tables, or more than
-/// [`MAX_STREAMS`](crate::keys::MAX_STREAMS) streams, is refused; older
-/// entries apply as they did.
+/// more than [`MAX_TABLES`] tables, more than
+/// [`MAX_STREAMS`](crate::keys::MAX_STREAMS) streams or a task at an index
+/// not below its key-group count is refused; older entries apply as they
+/// did.
 pub const JOB_LIMITS_FORMAT: u32 = 8;
 
 /// A command would give its job a table past [`MAX_TABLES`].

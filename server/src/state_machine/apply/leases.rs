@@ -91,6 +91,18 @@ pub fn acquire(
     let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &a.job)? else {
         return Ok(not_found(ServiceError::JobNotFound { job: a.job.clone() }));
     };
+    // A job runs at most one task per key group (Flink's parallelism is
+    // at most its max parallelism), so task records stay as few as key
+    // groups: every acquire reads them all, released ones included.
+    if at.format >= jobs::JOB_LIMITS_FORMAT && a.task >= job.key_groups {
+        return Ok(error_response(
+            Code::InvalidArgument,
+            format!(
+                "task {} is not below the job's {} key groups, the most tasks it may have",
+                a.task, job.key_groups
+            ),
+        ));
+    }
     let range = (a.key_group_start, a.key_group_end);
     if range.0 >= range.1 || range.1 > job.key_groups {
         return Ok(error_response(

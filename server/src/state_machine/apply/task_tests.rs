@@ -299,6 +299,23 @@ fn overlapping_tasks_and_keys_outside_a_task_are_refused_without_a_change() {
         Code::InvalidArgument,
         "empty"
     );
+    // A job runs at most one task per key group; from before that bound,
+    // any task index was taken.
+    for task in [4, u32::MAX] {
+        assert_eq!(
+            refused(&acquire(&mut f, task, (3, 4), "")).0,
+            Code::InvalidArgument,
+            "task {task} of the job's 4 groups"
+        );
+    }
+    f.format = super::jobs::JOB_LIMITS_FORMAT - 1;
+    granted(&acquire(&mut f, 4, (3, 4), ""));
+    f.apply(pb::Command {
+        kind: Some(command::Kind::ReleaseLease(pb::LeaseRelease {
+            lease: Some(lease(4, 1)),
+        })),
+    });
+    f.format = crate::command::FORMAT;
     granted(&acquire(&mut f, 1, (2, 4), ""));
     // A key of group 2 or 3 belongs to task 1, not task 0.
     let foreign = (0..100)
