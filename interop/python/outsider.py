@@ -9,6 +9,10 @@ node still answers.
 
     python outsider.py --proto-dir proto/proto --endpoints H:P,H:P,H:P
 
+With `--tls-dir` (a cluster made by `streamshield local up --tls`) it runs
+the cases of authentication and authorization instead: no credentials, a
+token the cluster never made, a token held to its grants, the Raft port.
+
 Exit status 0 when every case got its status, 1 otherwise (each miss is
 printed). `server/tests/outsider_client.rs` runs it against a real cluster.
 """
@@ -39,7 +43,7 @@ def generate(proto_dir, out):
 
 
 class Outsider:
-    def __init__(self, endpoints):
+    def __init__(self, endpoints, credentials=None):
         self.m = {
             n: importlib.import_module(f"streamshield.v1.{n}_pb2")
             for n in ["admin", "state", "stream", "task", "errors"]
@@ -49,6 +53,7 @@ class Outsider:
             for n in ["admin", "state", "stream", "task"]
         }
         self.endpoints = endpoints
+        self.credentials = credentials
         self.misses = []
         self.channel = self.leader_channel()
         ch = self.channel
@@ -57,12 +62,13 @@ class Outsider:
         self.streams = self.g["stream"].StreamsStub(ch)
         self.tasks = self.g["task"].TasksStub(ch)
 
-    def channel_to(self, endpoint):
+    def channel_to(self, endpoint, credentials=None):
         big = 64 << 20
-        return grpc.insecure_channel(
-            endpoint,
-            options=[("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big)],
-        )
+        options = [("grpc.max_send_message_length", big), ("grpc.max_receive_message_length", big)]
+        credentials = credentials or self.credentials
+        if credentials is None:
+            return grpc.insecure_channel(endpoint, options=options)
+        return grpc.secure_channel(endpoint, credentials, options=options)
 
     def leader_channel(self):
         A = self.m["admin"]
@@ -73,6 +79,7 @@ class Outsider:
                 try:
                     s = self.g["admin"].AdminStub(ch).Status(A.StatusRequest(), timeout=5)
                     if s.role == A.ROLE_LEADER:
+                        self.channel_target = e
                         return ch
                 except grpc.RpcError:
                     pass
@@ -89,12 +96,12 @@ class Outsider:
                 return d
         return None
 
-    def expect(self, name, method, request, code, check=None, within_s=10):
+    def expect(self, name, method, request, code, check=None, within_s=10, metadata=None):
         """Calls method; a miss unless it ends with `code` (and check(detail
         or response) holds) within within_s seconds."""
         start = time.time()
         try:
-            response = method(request, timeout=within_s)
+            response = method(request, timeout=within_s, metadata=metadata)
             got, seen = grpc.StatusCode.OK, response
             message = ""
         except grpc.RpcError as err:
@@ -230,15 +237,74 @@ def run(o):
         o.expect(f"node at {e} answers", o.g["admin"].AdminStub(o.channel_to(e)).Status, A.StatusRequest(), C.OK)
 
 
+def run_tls(o, tls_dir):
+    """Authentication and authorization as an outsider meets them over TLS:
+    o's channel carries the cluster's admin certificate; the others carry
+    no certificate, and a bearer token or none."""
+    A, S, U = o.m["admin"], o.m["state"], importlib.import_module("streamshield.v1.auth_pb2")
+    auth = importlib.import_module("streamshield.v1.auth_pb2_grpc").AuthStub(o.channel)
+    raft = importlib.import_module("streamshield.v1.raft_pb2_grpc").RaftStub(o.channel)
+    R = importlib.import_module("streamshield.v1.raft_pb2")
+    C = grpc.StatusCode
+    ca = open(os.path.join(tls_dir, "ca.pem"), "rb").read()
+    anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+    bare = o.channel_to(o.channel_target, anonymous)
+    state, admin = o.g["state"].StateStub(bare), o.g["admin"].AdminStub(bare)
+    whoami = importlib.import_module("streamshield.v1.auth_pb2_grpc").AuthStub(bare).WhoAmI
+    put = S.WriteRequest(job="py", ops=[S.Op(state="s", key=b"k", put=S.Put(value=b"v"))])
+    bearer = lambda token: [("authorization", f"Bearer {token}")]
+
+    o.expect("a job, as admin", o.admin.CreateJob, A.CreateJobRequest(job="py", key_groups=4), C.OK)
+    o.expect("another job, as admin", o.admin.CreateJob, A.CreateJobRequest(job="other", key_groups=4), C.OK)
+    made = o.expect("a token, as admin", auth.CreateToken, U.CreateTokenRequest(principal="py-bot"), C.OK)
+    token = made.token
+    o.expect("no certificate and no token", state.Write, put, C.UNAUTHENTICATED)
+    o.expect("a token the cluster never made", state.Write, put, C.UNAUTHENTICATED,
+             metadata=bearer("not-a-token"))
+    o.expect("a scheme other than Bearer", state.Write, put, C.UNAUTHENTICATED,
+             metadata=[("authorization", f"Basic {token}")])
+    o.expect("who a token is", whoami, U.WhoAmIRequest(), C.OK,
+             lambda r: (r.principal, r.authenticated_by, r.superuser) == ("py-bot", "token", False),
+             metadata=bearer(token))
+    o.expect("a token without a grant writes", state.Write, put, C.PERMISSION_DENIED, metadata=bearer(token))
+    o.expect("a grant, as admin", auth.GrantRole,
+             U.GrantRequest(grant=U.Grant(principal="py-bot", role=U.ACCESS_ROLE_WRITER, job="py")), C.OK)
+    o.expect("the writer writes its job", state.Write, put, C.OK, metadata=bearer(token))
+    o.expect("the writer writes another job", state.Write,
+             S.WriteRequest(job="other", ops=[S.Op(state="s", key=b"k", put=S.Put(value=b"v"))]),
+             C.PERMISSION_DENIED, metadata=bearer(token))
+    o.expect("the writer makes a job", admin.CreateJob, A.CreateJobRequest(job="mine"), C.PERMISSION_DENIED,
+             metadata=bearer(token))
+    o.expect("the writer grants itself admin", importlib.import_module("streamshield.v1.auth_pb2_grpc")
+             .AuthStub(bare).GrantRole, U.GrantRequest(grant=U.Grant(principal="py-bot", role=U.ACCESS_ROLE_ADMIN)),
+             C.PERMISSION_DENIED, metadata=bearer(token))
+    o.expect("an admin certificate on the Raft port", raft.Vote, R.VoteRequest(), C.PERMISSION_DENIED)
+    o.expect("a token on the Raft port", importlib.import_module("streamshield.v1.raft_pb2_grpc")
+             .RaftStub(bare).Vote, R.VoteRequest(), C.UNAUTHENTICATED, metadata=bearer(token))
+    o.expect("no job made by the writer", o.admin.DescribeJob, A.DescribeJobRequest(job="mine"), C.NOT_FOUND)
+    o.expect("nothing written to the other job", o.state.Get,
+             S.GetRequest(job="other", state="s", key=b"k"), C.NOT_FOUND)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--proto-dir", required=True)
     p.add_argument("--endpoints", required=True, help="host:port,host:port,...")
+    p.add_argument("--tls-dir", help="a TLS cluster's ca.pem, admin.pem and admin-key.pem "
+                   "(`streamshield local up --tls`): run the authentication cases instead")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as out:
         generate(args.proto_dir, out)
-        o = Outsider(args.endpoints.split(","))
-        run(o)
+        if args.tls_dir:
+            read = lambda name: open(os.path.join(args.tls_dir, name), "rb").read()
+            admin = grpc.ssl_channel_credentials(
+                root_certificates=read("ca.pem"), private_key=read("admin-key.pem"),
+                certificate_chain=read("admin.pem"))
+            o = Outsider(args.endpoints.split(","), admin)
+            run_tls(o, args.tls_dir)
+        else:
+            o = Outsider(args.endpoints.split(","))
+            run(o)
     if o.misses:
         print(f"{len(o.misses)} case(s) missed:", *o.misses, sep="\n  ")
         sys.exit(1)

@@ -22,8 +22,14 @@ fn repo() -> PathBuf {
 }
 
 /// A Python with the pinned grpcio-tools: a virtualenv in the target
-/// directory, made again when the pins change.
+/// directory, made again when the pins change; once per test process,
+/// whichever test asks first.
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_virtualenv).clone()
+}
+
+fn make_virtualenv() -> PathBuf {
     let pins = repo().join("interop/python/requirements.txt");
     let wanted = std::fs::read_to_string(&pins).expect("interop/python/requirements.txt");
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
@@ -56,10 +62,10 @@ fn python() -> PathBuf {
     python
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_generated_from_the_protos_in_python_gets_each_status_it_should() {
+/// Runs outsider.py against `t` with `args`; panics with its report unless
+/// every case got its status.
+async fn outsider(t: &TestCluster, args: &[&std::ffi::OsStr]) {
     let python = tokio::task::spawn_blocking(python).await.expect("python");
-    let t = TestCluster::start(3, &[]).await;
     t.wait_for_leader(Duration::from_secs(10)).await;
     let endpoints = [1, 2, 3].map(|id| t.addr(id)).join(",");
     let out = tokio::process::Command::new(python)
@@ -67,6 +73,7 @@ async fn a_client_generated_from_the_protos_in_python_gets_each_status_it_should
         .arg("--proto-dir")
         .arg(repo().join("proto/proto"))
         .args(["--endpoints", &endpoints])
+        .args(args)
         .kill_on_drop(true)
         .output()
         .await
@@ -83,4 +90,21 @@ async fn a_client_generated_from_the_protos_in_python_gets_each_status_it_should
         out.status
     );
     assert!(report.contains("every case got its status"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_generated_from_the_protos_in_python_gets_each_status_it_should() {
+    let t = TestCluster::start(3, &[]).await;
+    outsider(&t, &[]).await;
+}
+
+/// Over TLS, as a Python client meets it: no credentials, a token the
+/// cluster never made and another scheme than Bearer are UNAUTHENTICATED;
+/// a token made by the admin is its principal, held to its grants, and
+/// never reaches the Raft service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_python_client_over_tls_authenticates_with_a_token_and_is_held_to_its_grants() {
+    let t = TestCluster::start_with(3, &[], |c| c.enable_tls().expect("certificates")).await;
+    let tls = t.dir.path().join("tls");
+    outsider(&t, &["--tls-dir".as_ref(), tls.as_os_str()]).await;
 }
