@@ -2,7 +2,8 @@
 //! clients, with zombie copies.
 //!
 //! The job has [`TASKS`] tasks; task `t` reads input partition `t` of
-//! stream `in` (filled before the run) and, per record, adds one to its
+//! stream `in` (filled before the run, and extended whenever a task finds
+//! it exhausted) and, per record, adds one to its
 //! count and emits `gen:offset:value` to partition `t` of stream `out`,
 //! committing count, input offset and outputs as one epoch every
 //! [`RECORDS_PER_EPOCH`] records. Every client process runs one task, so a
@@ -29,7 +30,7 @@ use crate::workload::JOB;
 
 /// Tasks of the job (and partitions of each stream).
 pub const TASKS: u64 = 3;
-/// Input records per partition.
+/// Input records per partition before the run.
 const INPUT_PER_PARTITION: u64 = 3_000;
 const RECORDS_PER_EPOCH: u32 = 20;
 /// Commits a fenced process still tries before it takes the lease again.
@@ -67,7 +68,7 @@ fn spec(task: u64) -> TaskSpec {
     }
 }
 
-/// Creates the streams and writes the input, once.
+/// Creates the streams and writes the first input, once.
 pub async fn setup(client: &Client) -> Result<(), ClientError> {
     for stream in ["in", "out"] {
         match client.create_stream(JOB, stream, TASKS as u32, 0).await {
@@ -76,28 +77,38 @@ pub async fn setup(client: &Client) -> Result<(), ClientError> {
         }
     }
     for p in 0..TASKS {
-        let end = client.describe_stream(JOB, "in").await?.partition_info[p as usize].end_offset;
-        let mut next = end;
-        while next < INPUT_PER_PARTITION {
-            let n = (INPUT_PER_PARTITION - next).min(500);
-            let records = (next..next + n)
-                .map(|i| pb::Record {
-                    key: Vec::new(),
-                    value: format!("{p}:{i}").into_bytes(),
-                })
-                .collect();
-            // Idempotent per batch: a retried append adds nothing twice.
-            let producer = Producer {
-                id: p + 1,
-                seq: next + 1,
-            };
-            client
-                .append(JOB, "in", p as u32, records, Some(producer))
-                .await?;
-            next += n;
+        while input_end(client, p).await? < INPUT_PER_PARTITION {
+            extend_input(client, p).await?;
         }
     }
     Ok(())
+}
+
+async fn input_end(client: &Client, partition: u64) -> Result<u64, ClientError> {
+    let info = client.describe_stream(JOB, "in").await?;
+    Ok(info.partition_info[partition as usize].end_offset)
+}
+
+/// Appends the next 500 input records of `partition`: record `i` is
+/// `partition:i`, under producer `partition + 1` at seq `i + 1` of its
+/// first record, so the processes of a task that all find the input
+/// exhausted append each record once, whoever comes first.
+async fn extend_input(client: &Client, partition: u64) -> Result<(), ClientError> {
+    let next = input_end(client, partition).await?;
+    let records = (next..next + 500)
+        .map(|i| pb::Record {
+            key: Vec::new(),
+            value: format!("{partition}:{i}").into_bytes(),
+        })
+        .collect();
+    let producer = Producer {
+        id: partition + 1,
+        seq: next + 1,
+    };
+    client
+        .append(JOB, "in", partition as u32, records, Some(producer))
+        .await
+        .map(|_| ())
 }
 
 /// `fail` when a commit certainly did not apply, `info` when it may have.
@@ -166,8 +177,13 @@ pub async fn worker(
                 Err(_) => break,
             };
             if page.records.is_empty() {
-                // Input exhausted: idle, still holding the lease.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                // Input exhausted: more of it, so that the job works under
+                // every fault of the run rather than idling after the
+                // first few seconds (3,000 records a partition lasted
+                // about 7 s of a 30 s run).
+                if extend_input(&client, task).await.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
                 continue;
             }
             let gen = s.generation();
