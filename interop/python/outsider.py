@@ -46,11 +46,11 @@ class Outsider:
     def __init__(self, endpoints, credentials=None):
         self.m = {
             n: importlib.import_module(f"streamshield.v1.{n}_pb2")
-            for n in ["admin", "state", "stream", "task", "errors"]
+            for n in ["admin", "state", "stream", "task", "errors", "auth", "raft"]
         }
         self.g = {
             n: importlib.import_module(f"streamshield.v1.{n}_pb2_grpc")
-            for n in ["admin", "state", "stream", "task"]
+            for n in ["admin", "state", "stream", "task", "auth", "raft"]
         }
         self.endpoints = endpoints
         self.credentials = credentials
@@ -241,16 +241,14 @@ def run_tls(o, tls_dir):
     """Authentication and authorization as an outsider meets them over TLS:
     o's channel carries the cluster's admin certificate; the others carry
     no certificate, and a bearer token or none."""
-    A, S, U = o.m["admin"], o.m["state"], importlib.import_module("streamshield.v1.auth_pb2")
-    auth = importlib.import_module("streamshield.v1.auth_pb2_grpc").AuthStub(o.channel)
-    raft = importlib.import_module("streamshield.v1.raft_pb2_grpc").RaftStub(o.channel)
-    R = importlib.import_module("streamshield.v1.raft_pb2")
+    A, S, U, R = o.m["admin"], o.m["state"], o.m["auth"], o.m["raft"]
+    auth, raft = o.g["auth"].AuthStub(o.channel), o.g["raft"].RaftStub(o.channel)
     C = grpc.StatusCode
     ca = open(os.path.join(tls_dir, "ca.pem"), "rb").read()
     anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
     bare = o.channel_to(o.channel_target, anonymous)
     state, admin = o.g["state"].StateStub(bare), o.g["admin"].AdminStub(bare)
-    whoami = importlib.import_module("streamshield.v1.auth_pb2_grpc").AuthStub(bare).WhoAmI
+    bare_auth, bare_raft = o.g["auth"].AuthStub(bare), o.g["raft"].RaftStub(bare)
     put = S.WriteRequest(job="py", ops=[S.Op(state="s", key=b"k", put=S.Put(value=b"v"))])
     bearer = lambda token: [("authorization", f"Bearer {token}")]
 
@@ -263,7 +261,7 @@ def run_tls(o, tls_dir):
              metadata=bearer("not-a-token"))
     o.expect("a scheme other than Bearer", state.Write, put, C.UNAUTHENTICATED,
              metadata=[("authorization", f"Basic {token}")])
-    o.expect("who a token is", whoami, U.WhoAmIRequest(), C.OK,
+    o.expect("who a token is", bare_auth.WhoAmI, U.WhoAmIRequest(), C.OK,
              lambda r: (r.principal, r.authenticated_by, r.superuser) == ("py-bot", "token", False),
              metadata=bearer(token))
     o.expect("a token without a grant writes", state.Write, put, C.PERMISSION_DENIED, metadata=bearer(token))
@@ -275,12 +273,10 @@ def run_tls(o, tls_dir):
              C.PERMISSION_DENIED, metadata=bearer(token))
     o.expect("the writer makes a job", admin.CreateJob, A.CreateJobRequest(job="mine"), C.PERMISSION_DENIED,
              metadata=bearer(token))
-    o.expect("the writer grants itself admin", importlib.import_module("streamshield.v1.auth_pb2_grpc")
-             .AuthStub(bare).GrantRole, U.GrantRequest(grant=U.Grant(principal="py-bot", role=U.ACCESS_ROLE_ADMIN)),
+    o.expect("the writer grants itself admin", bare_auth.GrantRole, U.GrantRequest(grant=U.Grant(principal="py-bot", role=U.ACCESS_ROLE_ADMIN)),
              C.PERMISSION_DENIED, metadata=bearer(token))
     o.expect("an admin certificate on the Raft port", raft.Vote, R.VoteRequest(), C.PERMISSION_DENIED)
-    o.expect("a token on the Raft port", importlib.import_module("streamshield.v1.raft_pb2_grpc")
-             .RaftStub(bare).Vote, R.VoteRequest(), C.UNAUTHENTICATED, metadata=bearer(token))
+    o.expect("a token on the Raft port", bare_raft.Vote, R.VoteRequest(), C.UNAUTHENTICATED, metadata=bearer(token))
     o.expect("no job made by the writer", o.admin.DescribeJob, A.DescribeJobRequest(job="mine"), C.NOT_FOUND)
     o.expect("nothing written to the other job", o.state.Get,
              S.GetRequest(job="other", state="s", key=b"k"), C.NOT_FOUND)
