@@ -182,6 +182,34 @@ fn a_user_session_with_the_cli() {
         "no task took a lease"
     );
 
+    // Jobs listed; one deleted with its state and streams.
+    run(&["jobs", "create", "scratch", "--key-groups", "4"]);
+    run(&["put", "scratch", "t", "k", "v"]);
+    let listed = run_json(&["jobs", "list"]);
+    let names: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["myjob", "scratch"]);
+    assert!(run(&["jobs", "list"]).contains("scratch"));
+    let deleted = run_json(&["jobs", "delete", "scratch"]);
+    assert!(deleted["job_id"].as_u64().is_some(), "{deleted}");
+    assert_eq!(
+        run_json(&["jobs", "list"])["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let gone = cli(&with(&["get", "scratch", "t", "k"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
+
     let status = run_json(&["status"]);
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);

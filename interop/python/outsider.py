@@ -212,6 +212,21 @@ def run(o):
                                   ops=[put("s")] * 3),
              C.INVALID_ARGUMENT)
 
+    # Jobs listed and deleted: a page past the bound, a name with a NUL, a
+    # job whose task holds a lease (deleted only with force), one that is
+    # not there.
+    o.expect("a job list page of u32::MAX", o.admin.ListJobs, A.ListJobsRequest(limit=U32), C.INVALID_ARGUMENT)
+    o.expect("a job list after a name with a NUL", o.admin.ListJobs,
+             A.ListJobsRequest(start_after="a\0b"), C.INVALID_ARGUMENT)
+    o.expect("the jobs", o.admin.ListJobs, A.ListJobsRequest(), C.OK,
+             lambda r: [j.job for j in r.jobs] == ["outside"] and not r.more)
+    o.expect("deleting a job whose task holds a lease", o.admin.DeleteJob,
+             A.DeleteJobRequest(job="outside"), C.FAILED_PRECONDITION)
+    o.expect("deleting a job that is not there", o.admin.DeleteJob,
+             A.DeleteJobRequest(job="wide", force=True), C.NOT_FOUND)
+    o.expect("deleting a job named with a NUL", o.admin.DeleteJob,
+             A.DeleteJobRequest(job="a\0b", force=True), C.INVALID_ARGUMENT)
+
     # Bytes that are not the message they claim to be: a string that is not
     # UTF-8, a field cut short. tonic refuses them as gRPC's status-code
     # table says a server refuses a request it cannot parse (INTERNAL),
@@ -277,6 +292,10 @@ def run_tls(o, tls_dir):
              C.PERMISSION_DENIED, metadata=bearer(token))
     o.expect("an admin certificate on the Raft port", raft.Vote, R.VoteRequest(), C.PERMISSION_DENIED)
     o.expect("a token on the Raft port", bare_raft.Vote, R.VoteRequest(), C.UNAUTHENTICATED, metadata=bearer(token))
+    o.expect("the writer lists the jobs it may read", admin.ListJobs, A.ListJobsRequest(), C.OK,
+             lambda r: [j.job for j in r.jobs] == ["py"], metadata=bearer(token))
+    o.expect("the writer deletes its job", admin.DeleteJob, A.DeleteJobRequest(job="py", force=True),
+             C.PERMISSION_DENIED, metadata=bearer(token))
     o.expect("no job made by the writer", o.admin.DescribeJob, A.DescribeJobRequest(job="mine"), C.NOT_FOUND)
     o.expect("nothing written to the other job", o.state.Get,
              S.GetRequest(job="other", state="s", key=b"k"), C.NOT_FOUND)

@@ -85,6 +85,14 @@ impl fmt::Display for Command {
                 p.job, p.task, p.generation, p.epoch
             ),
             Some(command::Kind::RegisterClient(_)) => write!(f, "register_client"),
+            Some(command::Kind::DeleteJob(d)) => {
+                write!(
+                    f,
+                    "delete_job({}{})",
+                    d.job,
+                    if d.force { ", force" } else { "" }
+                )
+            }
             None => write!(f, "empty"),
         }
     }
@@ -101,6 +109,7 @@ impl fmt::Display for CommandResponse {
                 write!(f, "write(succeeded={}, index={})", w.succeeded, w.index)
             }
             Some(command_response::Kind::JobCreated(j)) => write!(f, "job_created({})", j.job),
+            Some(command_response::Kind::JobDeleted(d)) => write!(f, "job_deleted({})", d.job_id),
             Some(command_response::Kind::Error(e)) => write!(f, "error({}: {})", e.code, e.message),
             Some(command_response::Kind::Batch(b)) => {
                 write!(f, "batch(answers={})", b.answers.len())

@@ -44,8 +44,11 @@ use streamshield_proto::v1 as pb;
 /// (`state_machine/sessions.rs`); 8: a command that would give a job more
 /// than 1,024 state tables or 1,024 streams refused (`keys::MAX_TABLES`,
 /// `keys::MAX_STREAMS`), and a lease of a task whose index is not below the
-/// job's key-group count (`apply/leases.rs`).
-pub const FORMAT: u32 = 8;
+/// job's key-group count (`apply/leases.rs`); 9: a job deleted with all it
+/// holds (`JobDelete`, `apply/job_removal.rs`), and the first lease of a task
+/// in a job whose name a deleted job had starts above that job's
+/// generations.
+pub const FORMAT: u32 = 9;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

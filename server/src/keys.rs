@@ -35,6 +35,28 @@ const DATA_PREFIX_LEN: usize = 4 + 4 + 2 + 4;
 /// place keys alike).
 pub use streamshield_proto::key_group;
 
+/// Where every key of one job starts in the `data`, `staged` and `streams`
+/// column families: each of their layouts begins `[shard][job_id]`, so a
+/// job's deletion is one range deletion per family.
+pub fn job_prefix(shard: u32, job_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8);
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(&job_id.to_be_bytes());
+    k
+}
+
+/// The first key past every key that starts with `prefix`: the prefix
+/// without its trailing 0xff bytes, its last byte raised by one. `None`
+/// for a prefix of 0xff bytes only, which nothing here builds.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    *end.last_mut()? += 1;
+    Some(end)
+}
+
 /// Where one state table's keys of one key group start.
 pub fn group_prefix(shard: u32, job_id: u32, group: u16, state_id: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(DATA_PREFIX_LEN + 32);
@@ -197,6 +219,16 @@ pub mod meta {
         key.starts_with(JOB_PREFIX)
     }
 
+    /// A deleted job's tombstone: the highest lease generation its tasks
+    /// reached, which a later job of the same name starts above
+    /// (`apply/job_removal.rs`): `jd/<shard><name>`.
+    pub fn deleted_job(shard: u32, name: &str) -> Vec<u8> {
+        let mut k = b"jd/".to_vec();
+        k.extend_from_slice(&shard.to_be_bytes());
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
     /// Grants and tokens: `a/g/<principal>\0<role><job>` and
     /// `a/t/<token id>`.
     pub const AUTH_PREFIX: &[u8] = b"a/";
@@ -253,6 +285,13 @@ pub mod meta {
 
     pub fn is_promotions(key: &[u8]) -> bool {
         key.starts_with(PROMOTIONS_PREFIX)
+    }
+
+    /// Whether any key in `[from, to)` is a job's promotions record.
+    pub fn range_has_promotions(from: &[u8], to: &[u8]) -> bool {
+        // They are exactly the keys from "pm/" up to (excluding) "pm0".
+        const END: &[u8] = b"pm0";
+        from < END && to > PROMOTIONS_PREFIX
     }
 
     /// Every stream of one job: `st/<shard><job_id>`.
@@ -325,6 +364,25 @@ pub mod meta {
         k
     }
 
+    /// Where every `meta` record that belongs to one job starts, besides
+    /// the job's own record: its tasks, streams, partitions, producers,
+    /// leased-write answers and marks, and promotions. A job's deletion
+    /// drops each range; a new kind of per-job record must be added here
+    /// (`every_record_of_a_job_is_under_one_of_its_prefixes`).
+    pub fn job_record_prefixes(shard: u32, job_id: u32) -> Vec<Vec<u8>> {
+        let scoped = super::job_prefix(shard, job_id);
+        let under = |kind: &[u8]| [kind, scoped.as_slice()].concat();
+        vec![
+            task_prefix(shard, job_id),
+            stream_prefix(shard, job_id),
+            under(b"sp/"),
+            under(b"pr/"),
+            under(b"la/"),
+            under(b"lm/"),
+            promotions(shard, job_id),
+        ]
+    }
+
     /// A client's dedupe session (`state_machine::sessions`).
     pub fn session(client_id: u64) -> Vec<u8> {
         let mut k = b"s/".to_vec();
@@ -350,6 +408,12 @@ mod tests {
         let j = meta::job(0, "j");
         assert!(meta::is_job(&j));
         assert!(!meta::is_job(&meta::session(7)) && !meta::is_job(meta::APPLIED));
+        assert!(!meta::is_job(&meta::deleted_job(0, "j")));
+        let (t1, t2) = (meta::deleted_job(0, "a"), meta::deleted_job(0, "z"));
+        assert!(
+            !meta::range_has_jobs(&t1, &t2),
+            "tombstones are not job records"
+        );
         assert!(meta::range_has_jobs(&j, &meta::job(0, "k")));
         assert!(meta::range_has_jobs(b"a", b"z"), "spans the job keys");
         let (d1, d2) = (meta::dedupe(7, 1), meta::dedupe(7, 9));
@@ -364,6 +428,7 @@ mod tests {
         let kinds: Vec<(&str, Vec<u8>)> = vec![
             ("m/", APPLIED.to_vec()),
             ("j/", job(0, "j")),
+            ("jd/", deleted_job(0, "j")),
             ("a/", grant("p", 1, "j")),
             ("t/", [SESSION_TIME_PREFIX, &[0u8; 16]].concat()),
             ("tk/", task(0, 1, 2)),
@@ -384,6 +449,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_record_of_a_job_is_under_one_of_its_prefixes() {
+        use super::meta::*;
+        let (shard, job) = (0, 0x0102_03ff);
+        let prefixes = job_record_prefixes(shard, job);
+        let records = [
+            task(shard, job, u32::MAX),
+            stream(shard, job, "s"),
+            partition(shard, job, 7, 3),
+            producer(shard, job, 7, 3, u64::MAX),
+            lease_answer(&lease_answers(shard, job, 2, 9), 1, 1),
+            lease_mark(&lease_marks(shard, job, 2, 9), 1),
+            promotions(shard, job),
+        ];
+        for r in &records {
+            assert!(
+                prefixes.iter().any(|p| r.starts_with(p)),
+                "{r:?} is under none of the job's prefixes"
+            );
+        }
+        // Nothing of the next job, or of the job's neighbours in name
+        // order, is under them.
+        for other in [job + 1, job - 1] {
+            for r in [task(shard, other, 0), partition(shard, other, 0, 0)] {
+                assert!(!prefixes.iter().any(|p| r.starts_with(p)));
+            }
+        }
+        assert!(!prefixes.iter().any(|p| is_job(p) || is_auth(p)));
+        let data = data_key(shard, job, u16::MAX, u32::MAX, &[0xff; 4]);
+        let end = prefix_end(&job_prefix(shard, job)).unwrap();
+        assert!(data.as_slice() < end.as_slice() && data.starts_with(&job_prefix(shard, job)));
+        assert!(job_prefix(shard, job + 1) >= end);
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
     }
 
     #[test]

@@ -96,6 +96,21 @@ async fn grants_decide_who_may_write_and_read_each_job() {
     let e = bob.put("j", "s", "x", "bob's").await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
 
+    // Listing shows each caller the jobs it may read; deleting is an
+    // admin's: alice (a writer of j) sees j, bob (a reader of all) both,
+    // and neither deletes.
+    let names = |jobs: Vec<streamshield_client::pb::JobSummary>| {
+        jobs.into_iter().map(|j| j.job).collect::<Vec<_>>()
+    };
+    assert_eq!(names(alice.list_jobs().await.unwrap()), ["j"]);
+    assert_eq!(names(bob.list_jobs().await.unwrap()), ["j", "k"]);
+    for who in [&alice, &bob] {
+        let e = who.delete_job("j", true).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    }
+    let kv = admin.get("j", "s", "x", Consistency::Linearizable).await;
+    assert_eq!(kv.unwrap().expect("x").value, b"alice's");
+
     // A bearer token stands for its principal until it is revoked.
     let token = admin.create_token("bot").await.expect("token");
     admin

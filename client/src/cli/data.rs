@@ -27,6 +27,16 @@ pub enum JobsCmd {
     },
     /// A job's key groups and state tables with their default write modes.
     Describe { job: String },
+    /// Every job, in name order (only those this caller may read).
+    List,
+    /// Delete a job with its state, staged writes, tasks and streams.
+    Delete {
+        job: String,
+        /// Even while tasks hold leases: they find their job gone at their
+        /// next write or commit.
+        #[arg(long)]
+        force: bool,
+    },
     /// Declare a state table of a job with its default write mode, or
     /// change it: leases acquired afterwards follow it.
     SetMode {
@@ -145,6 +155,56 @@ fn job_json(j: &pb::JobInfo) -> Value {
 pub async fn jobs(args: &Args, cmd: &JobsCmd) -> anyhow::Result<ExitCode> {
     let client = args.client()?;
     let info = match cmd {
+        JobsCmd::List => {
+            let jobs = client.list_jobs().await?;
+            let rows: Vec<Value> = jobs
+                .iter()
+                .map(|j| {
+                    json!({
+                        "job": j.job,
+                        "job_id": j.job_id,
+                        "key_groups": j.key_groups,
+                        "tables": j.tables,
+                        "created_index": j.created_index,
+                    })
+                })
+                .collect();
+            emit(args.json, json!({ "jobs": rows }), || {
+                let mut out = format!(
+                    "{:<24} {:>8} {:>10} {:>7}",
+                    "JOB", "ID", "KEY GROUPS", "TABLES"
+                );
+                for j in &jobs {
+                    out.push_str(&format!(
+                        "\n{:<24} {:>8} {:>10} {:>7}",
+                        j.job, j.job_id, j.key_groups, j.tables
+                    ));
+                }
+                out
+            });
+            return Ok(ExitCode::SUCCESS);
+        }
+        JobsCmd::Delete { job, force } => {
+            let d = client.delete_job(job, *force).await?;
+            emit(
+                args.json,
+                json!({
+                    "job": job,
+                    "job_id": d.job_id,
+                    "index": d.index,
+                    "leased_tasks": d.leased_tasks,
+                }),
+                || {
+                    let mut out =
+                        format!("deleted job {job} (id {}) at index {}", d.job_id, d.index);
+                    if !d.leased_tasks.is_empty() {
+                        out.push_str(&format!("; tasks {:?} held leases", d.leased_tasks));
+                    }
+                    out
+                },
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         JobsCmd::Create {
             job,
             key_groups,

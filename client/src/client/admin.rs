@@ -94,6 +94,42 @@ impl Client {
         r.job.ok_or_else(|| answered_without_a_job("describe_job"))
     }
 
+    /// Deletes `job` with everything it holds. Refused (`FailedPrecondition`)
+    /// while a task holds a lease it has not released, unless `force`.
+    /// A retry whose first attempt was applied finds the job gone
+    /// (`NotFound`).
+    pub async fn delete_job(
+        &self,
+        job: &str,
+        force: bool,
+    ) -> Result<pb::DeleteJobResponse, ClientError> {
+        let req = pb::DeleteJobRequest {
+            job: job.into(),
+            force,
+        };
+        self.admin(req, |mut c, r| async move { c.delete_job(r).await })
+            .await
+    }
+
+    /// Every job the caller may read, in name order, fetched a page at a
+    /// time.
+    pub async fn list_jobs(&self) -> Result<Vec<pb::JobSummary>, ClientError> {
+        let mut out: Vec<pb::JobSummary> = Vec::new();
+        loop {
+            let req = pb::ListJobsRequest {
+                start_after: out.last().map(|j| j.job.clone()).unwrap_or_default(),
+                limit: 0,
+            };
+            let page = self
+                .admin(req, |mut c, r| async move { c.list_jobs(r).await })
+                .await?;
+            out.extend(page.jobs);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
     /// One node's own view of the cluster, without retries.
     pub async fn node_status(&self, addr: &str) -> Result<pb::StatusResponse, ClientError> {
         self.admin_at(

@@ -1,4 +1,5 @@
-//! The operator API: status, membership, jobs and snapshots.
+//! The operator API: status, membership, jobs (create, list, describe,
+//! delete) and snapshots.
 
 use openraft::async_runtime::WatchReceiver;
 use std::collections::BTreeSet;
@@ -15,6 +16,11 @@ use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS, MAX_TABLES};
 use crate::state_machine::meta;
 use crate::types::Membership;
 use crate::validate;
+
+/// `ListJobs` pages: the default size and the largest (a job's summary
+/// is tens of bytes; 1,000 of them stay far below gRPC's 4 MiB message).
+const DEFAULT_JOBS_PER_PAGE: u32 = 100;
+const MAX_JOBS_PER_PAGE: u32 = 1000;
 
 pub struct AdminService {
     ctx: Arc<NodeContext>,
@@ -221,6 +227,81 @@ impl Admin for AdminService {
             Some(other) => Err(ServiceError::unexpected_answer("set_table_mode", &other).into()),
             None => Err(Status::internal("set_table_mode answered with nothing")),
         }
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
+        let r = request.into_inner();
+        validate::name("job", &r.job, &self.ctx.limits)?;
+        let (index, resp) = self
+            .ctx
+            .propose_indexed(pb::Command {
+                kind: Some(pb::command::Kind::DeleteJob(pb::JobDelete {
+                    job: r.job.clone(),
+                    force: r.force,
+                })),
+            })
+            .await?;
+        match resp.kind {
+            Some(pb::command_response::Kind::JobDeleted(d)) => {
+                tracing::info!(job = %r.job, job_id = d.job_id, index, leased_tasks = ?d.leased_tasks, "deleted a job");
+                Ok(Response::new(pb::DeleteJobResponse {
+                    job_id: d.job_id,
+                    index,
+                    leased_tasks: d.leased_tasks,
+                }))
+            }
+            Some(other) => Err(ServiceError::unexpected_answer("delete_job", &other).into()),
+            None => Err(Status::internal("delete_job answered with nothing")),
+        }
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let (_, ext, r) = request.into_parts();
+        self.ctx.authorize(&ext, Action::Authenticated)?;
+        if !r.start_after.is_empty() {
+            validate::name("start_after", &r.start_after, &self.ctx.limits)?;
+        }
+        let limit = match r.limit {
+            0 => DEFAULT_JOBS_PER_PAGE,
+            n if n > MAX_JOBS_PER_PAGE => {
+                return Err(ServiceError::invalid(
+                    "limit",
+                    format!("{n} is above the {MAX_JOBS_PER_PAGE} jobs a page may hold"),
+                )
+                .into())
+            }
+            n => n,
+        };
+        self.ctx.linearize().await?;
+        let db = self.ctx.sm.db();
+        let readable = |j: &pb::JobInfo| {
+            self.ctx
+                .authorize(&ext, Action::Read { job: &j.job })
+                .is_ok()
+        };
+        let (jobs, more) =
+            meta::list_jobs(&db, DEFAULT_SHARD, &r.start_after, limit as usize, readable)
+                .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs
+                .into_iter()
+                .map(|j| pb::JobSummary {
+                    tables: j.states.len() as u32,
+                    job: j.job,
+                    job_id: j.job_id,
+                    key_groups: j.key_groups,
+                    created_index: j.created_index,
+                })
+                .collect(),
+            more,
+        }))
     }
 
     async fn describe_job(

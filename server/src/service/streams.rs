@@ -78,9 +78,19 @@ impl StreamsService {
         })
     }
 
-    fn read_page(&self, r: &pb::ReadRequest) -> Result<pb::ReadResponse, ServiceError> {
+    /// A page of the job with id `job_id` when given: a subscription
+    /// reads the job it started on, and ends once that job is deleted,
+    /// even if another job of the same name has been made since.
+    fn read_page(
+        &self,
+        r: &pb::ReadRequest,
+        job_id: Option<u32>,
+    ) -> Result<pb::ReadResponse, ServiceError> {
         let applied_index = self.ctx.sm.applied_index();
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+        if job_id.is_some() && info.as_ref().map(|j| j.job_id) != job_id {
+            return Err(ServiceError::JobNotFound { job: r.job.clone() });
+        }
         let max_records = match r.max_records as usize {
             0 => DEFAULT_READ_RECORDS,
             n => n.min(MAX_READ_RECORDS),
@@ -116,9 +126,13 @@ impl StreamsService {
 
     /// A page off the async workers: it may hold many records, and a read
     /// waits out a chunk that starts or ends a promotion.
-    async fn page_off_workers(&self, r: pb::ReadRequest) -> Result<pb::ReadResponse, ServiceError> {
+    async fn page_off_workers(
+        &self,
+        r: pb::ReadRequest,
+        job_id: Option<u32>,
+    ) -> Result<pb::ReadResponse, ServiceError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_page(&r))
+        tokio::task::spawn_blocking(move || this.read_page(&r, job_id))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("read task: {e}")))?
     }
@@ -132,16 +146,20 @@ impl StreamsService {
     async fn subscription_page(
         &self,
         req: &pb::ReadRequest,
+        job_id: u32,
         at_end: bool,
     ) -> Result<pb::ReadResponse, ServiceError> {
         if at_end {
-            return self.read_page(&pb::ReadRequest {
-                max_records: TAIL_PAGE_RECORDS,
-                max_bytes: TAIL_PAGE_BYTES,
-                ..req.clone()
-            });
+            return self.read_page(
+                &pb::ReadRequest {
+                    max_records: TAIL_PAGE_RECORDS,
+                    max_bytes: TAIL_PAGE_BYTES,
+                    ..req.clone()
+                },
+                Some(job_id),
+            );
         }
-        self.page_off_workers(req.clone()).await
+        self.page_off_workers(req.clone(), Some(job_id)).await
     }
 }
 
@@ -241,7 +259,7 @@ impl Streams for StreamsService {
         let (_, ext, r) = request.into_parts();
         self.check_read(&ext, r.shard, &r.job, &r.stream, r.consistency)
             .await?;
-        Ok(Response::new(self.page_off_workers(r).await?))
+        Ok(Response::new(self.page_off_workers(r, None).await?))
     }
 
     type SubscribeStream = Subscription;
@@ -268,10 +286,17 @@ impl Streams for StreamsService {
             from_offset: r.from_offset,
             ..Default::default()
         };
-        self.read_page(&pb::ReadRequest {
-            max_records: 1,
-            ..first.clone()
-        })?;
+        let job_id = match self.ctx.sm.job(first.shard, &first.job)?.1 {
+            Some(j) => j.job_id,
+            None => return Err(ServiceError::JobNotFound { job: first.job }.into()),
+        };
+        self.read_page(
+            &pb::ReadRequest {
+                max_records: 1,
+                ..first.clone()
+            },
+            Some(job_id),
+        )?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
         let this = self.clone();
         let mut appended = self.ctx.sm.stream_appends();
@@ -283,7 +308,7 @@ impl Streams for StreamsService {
                 // Marked seen before the read: an append applied after
                 // this point wakes the next wait.
                 appended.borrow_and_update();
-                let page = match this.subscription_page(&req, at_end).await {
+                let page = match this.subscription_page(&req, job_id, at_end).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;

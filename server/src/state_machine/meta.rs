@@ -42,3 +42,41 @@ pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
         .find(|s| s.name == state)
         .map(|s| s.state_id)
 }
+
+/// Up to `limit` jobs of `shard` in name order after `start_after` that
+/// `keep` accepts, and whether more follow.
+pub fn list_jobs(
+    db: &DB,
+    shard: u32,
+    start_after: &str,
+    limit: usize,
+    mut keep: impl FnMut(&pb::JobInfo) -> bool,
+) -> std::io::Result<(Vec<pb::JobInfo>, bool)> {
+    let cf = rocks::cf(db, CF_META)?;
+    let prefix = meta::job(shard, "");
+    let from = meta::job(shard, start_after);
+    let mut out = Vec::new();
+    let it = db.iterator_cf(
+        cf,
+        rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+    );
+    for item in it {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        if *k == *from {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&k[prefix.len()..]);
+        let job = decode_job(&v, &name)?;
+        if !keep(&job) {
+            continue;
+        }
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        out.push(job);
+    }
+    Ok((out, false))
+}

@@ -293,16 +293,8 @@ impl<'a> PendingWrites<'a> {
     /// Every key and value under `prefix`, as [`PendingWrites::scan_range`]
     /// sees them, unbounded.
     pub fn scan_prefix(&mut self, cf: &'static str, prefix: &[u8]) -> io::Result<KeyValues> {
-        // The first key past every key under the prefix: the prefix with its
-        // last byte below 0xff raised by one (no prefix here is all 0xff).
-        let mut end = prefix.to_vec();
-        while end.last() == Some(&0xff) {
-            end.pop();
-        }
-        match end.last_mut() {
-            Some(b) => *b += 1,
-            None => return Err(corrupt("a scan prefix of 0xff bytes only")),
-        }
+        let end = crate::keys::prefix_end(prefix)
+            .ok_or_else(|| corrupt("a scan prefix of 0xff bytes only"))?;
         Ok(self.scan_range(cf, prefix, &end, usize::MAX)?.0)
     }
 
@@ -409,6 +401,7 @@ impl<'a> PendingWrites<'a> {
         self.batch
             .delete_range_cf(rocks::cf(self.db, cf)?, from, to);
         self.jobs_changed |= cf == CF_META && meta::range_has_jobs(from, to);
+        self.promotions_changed |= cf == CF_META && meta::range_has_promotions(from, to);
         let known = &mut self.known[slot(cf)];
         known
             .values

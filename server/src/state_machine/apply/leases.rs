@@ -14,7 +14,7 @@ use prost::Message;
 use streamshield_proto::v1::{self as pb, command_response, error_detail};
 use tonic::Code;
 
-use super::{error_response, jobs, leased_writes, not_found, promotion, refusal, At};
+use super::{error_response, job_removal, jobs, leased_writes, not_found, promotion, refusal, At};
 use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
@@ -156,7 +156,12 @@ pub fn acquire(
         }
     }
     let previous = load_task(p, job.job_id, a.task)?;
-    let held = previous.as_ref().map_or(0, |t| t.generation);
+    let held = match &previous {
+        Some(t) => t.generation,
+        // Above every generation of a deleted job of this name, so none of
+        // its zombies holds a generation of this one.
+        None => job_removal::first_generation(p, DEFAULT_SHARD, &a.job)?,
+    };
     // The top generation is never handed out, so `generation + 1` is
     // always the bound of a generation's staged range.
     let Some(generation) = held.checked_add(1).filter(|g| *g < u64::MAX) else {

@@ -10,12 +10,15 @@
 //! writes and their deduplication), `jobs` (jobs and state tables),
 //! `leases` (task leases and the generation fence), `epochs` (staged
 //! writes and epoch commits), `promotion` (large epochs moved into `data`
-//! in steps after their commit) and `streams` (partitioned logs and their
-//! offsets).
+//! in steps after their commit), `streams` (partitioned logs and their
+//! offsets) and `job_removal` (a job deleted with all it holds).
 
 mod epochs;
 #[cfg(test)]
 mod fixture;
+mod job_removal;
+#[cfg(test)]
+mod job_removal_tests;
 mod jobs;
 mod kv;
 mod leased_writes;
@@ -139,6 +142,7 @@ pub fn apply_at(
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
         Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, at, s),
         Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, at, s),
+        Some(command::Kind::DeleteJob(d)) => job_removal::delete_job(p, d),
         Some(command::Kind::RegisterClient(r)) => {
             Ok(match sessions::register(p, at.time_ms, &r.principal)? {
                 Some(id) => pb::CommandResponse {

@@ -13,7 +13,7 @@ use crate::rocks;
 use crate::state_machine::meta::CF_STREAMS;
 use crate::state_machine::promotions;
 
-fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
+pub(super) fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
     let r = f.apply(pb::Command {
         kind: Some(command::Kind::CreateStream(pb::StreamCreate {
             job: "j".into(),
@@ -37,7 +37,7 @@ fn task_with_stream(partitions: u32) -> Fixture {
     f
 }
 
-fn emit(stream: &str, partition: u32, value: &str) -> pb::StagedOp {
+pub(super) fn emit(stream: &str, partition: u32, value: &str) -> pb::StagedOp {
     pb::StagedOp {
         state: String::new(),
         key: Vec::new(),
@@ -50,7 +50,7 @@ fn emit(stream: &str, partition: u32, value: &str) -> pb::StagedOp {
 }
 
 /// Every stored record: (stream id, partition, offset, value).
-fn records(f: &Fixture) -> Vec<(u32, u32, u64, String)> {
+pub(super) fn records(f: &Fixture) -> Vec<(u32, u32, u64, String)> {
     let cf = rocks::cf(&f.db, CF_STREAMS).unwrap();
     f.db.iterator_cf(cf, IteratorMode::Start)
         .map(|kv| {
@@ -130,7 +130,7 @@ fn staged_through(r: &pb::CommandResponse) -> u64 {
     }
 }
 
-fn committed(r: &pb::CommandResponse) {
+pub(super) fn committed(r: &pb::CommandResponse) {
     assert!(
         matches!(r.kind, Some(command_response::Kind::EpochCommitted(_))),
         "{r:?}"

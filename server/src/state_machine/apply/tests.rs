@@ -448,6 +448,11 @@ mod fuzz {
                 }
             }),
             task_command(),
+            (prop_oneof![Just("j".to_string()), ".{0,4}"], any::<bool>()).prop_map(
+                |(job, force)| pb::Command {
+                    kind: Some(command::Kind::DeleteJob(pb::JobDelete { job, force })),
+                }
+            ),
         ]
         .boxed()
     }
@@ -660,7 +665,8 @@ mod fuzz {
                         | command::Kind::CommitEpoch(_) | command::Kind::ReleaseLease(_)
                         | command::Kind::CreateStream(_) | command::Kind::Append(_)
                         | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_)
-                        | command::Kind::SetTableMode(_) | command::Kind::RegisterClient(_))
+                        | command::Kind::SetTableMode(_) | command::Kind::RegisterClient(_)
+                        | command::Kind::DeleteJob(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);
