@@ -175,6 +175,23 @@ fn a_user_session_with_the_cli() {
         "2",
     ]);
     assert_eq!(tail.lines().collect::<Vec<_>>(), ["0\tu1\thome", "1\tcart"]);
+    run(&["streams", "create", "myjob", "scratch", "--partitions", "1"]);
+    let listed = run_json(&["streams", "list", "myjob"]);
+    let streams: Vec<&str> = listed["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["clicks", "scratch"]);
+    assert!(run(&["streams", "delete", "myjob", "scratch"]).contains("deleted stream scratch"));
+    assert_eq!(
+        run_json(&["streams", "list", "myjob"])["streams"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let tasks = run_json(&["tasks", "myjob"]);
     assert_eq!(
         tasks["tasks"].as_array().map(Vec::len),

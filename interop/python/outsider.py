@@ -226,6 +226,14 @@ def run(o):
              A.DeleteJobRequest(job="wide", force=True), C.NOT_FOUND)
     o.expect("deleting a job named with a NUL", o.admin.DeleteJob,
              A.DeleteJobRequest(job="a\0b", force=True), C.INVALID_ARGUMENT)
+    o.expect("the job's streams", o.streams.ListStreams, R.ListStreamsRequest(job="outside"), C.OK,
+             lambda r: [x.name for x in r.streams] == ["out"])
+    o.expect("the streams of shard u32::MAX", o.streams.ListStreams,
+             R.ListStreamsRequest(shard=U32, job="outside"), C.NOT_FOUND)
+    o.expect("deleting a stream that is not there", o.streams.DeleteStream,
+             R.DeleteStreamRequest(job="outside", stream="nope"), C.NOT_FOUND)
+    o.expect("deleting a stream of shard u32::MAX", o.streams.DeleteStream,
+             R.DeleteStreamRequest(shard=U32, job="outside", stream="out"), C.NOT_FOUND)
 
     # Bytes that are not the message they claim to be: a string that is not
     # UTF-8, a field cut short. tonic refuses them as gRPC's status-code

@@ -85,6 +85,9 @@ impl fmt::Display for Command {
                 p.job, p.task, p.generation, p.epoch
             ),
             Some(command::Kind::RegisterClient(_)) => write!(f, "register_client"),
+            Some(command::Kind::DeleteStream(d)) => {
+                write!(f, "delete_stream({}/{})", d.job, d.stream)
+            }
             Some(command::Kind::DeleteJob(d)) => {
                 write!(
                     f,
@@ -110,6 +113,7 @@ impl fmt::Display for CommandResponse {
             }
             Some(command_response::Kind::JobCreated(j)) => write!(f, "job_created({})", j.job),
             Some(command_response::Kind::JobDeleted(d)) => write!(f, "job_deleted({})", d.job_id),
+            Some(command_response::Kind::StreamDeleted(id)) => write!(f, "stream_deleted({id})"),
             Some(command_response::Kind::Error(e)) => write!(f, "error({}: {})", e.code, e.message),
             Some(command_response::Kind::Batch(b)) => {
                 write!(f, "batch(answers={})", b.answers.len())

@@ -47,7 +47,9 @@ use streamshield_proto::v1 as pb;
 /// job's key-group count (`apply/leases.rs`); 9: a job deleted with all it
 /// holds (`JobDelete`, `apply/job_removal.rs`), and the first lease of a task
 /// in a job whose name a deleted job had starts above that job's
-/// generations.
+/// generations; a stream deleted with its records (`StreamDelete`,
+/// `apply/streams.rs`), its id never used again and outputs staged for it
+/// dropped at their promotion.
 pub const FORMAT: u32 = 9;
 
 #[derive(Clone)]

@@ -125,6 +125,14 @@ pub fn record_prefix(shard: u32, job_id: u32, stream_id: u32, partition: u32) ->
     k
 }
 
+/// Where every record of one stream starts, in the `streams` column
+/// family: `[shard][job_id][stream_id]`, then partition and offset.
+pub fn stream_records_prefix(shard: u32, job_id: u32, stream_id: u32) -> Vec<u8> {
+    let mut k = job_prefix(shard, job_id);
+    k.extend_from_slice(&stream_id.to_be_bytes());
+    k
+}
+
 pub fn record_key(shard: u32, job_id: u32, stream_id: u32, partition: u32, offset: u64) -> Vec<u8> {
     let mut k = record_prefix(shard, job_id, stream_id, partition);
     k.extend_from_slice(&offset.to_be_bytes());
@@ -380,7 +388,37 @@ pub mod meta {
             under(b"la/"),
             under(b"lm/"),
             promotions(shard, job_id),
+            under(b"sn/"),
+            under(b"sd/"),
         ]
+    }
+
+    /// Where every `meta` record of one stream starts besides the
+    /// stream's own: its partitions' bounds and its producers.
+    pub fn stream_record_prefixes(shard: u32, job_id: u32, stream_id: u32) -> Vec<Vec<u8>> {
+        let scoped = super::stream_records_prefix(shard, job_id, stream_id);
+        vec![
+            [b"sp/".as_slice(), &scoped].concat(),
+            [b"pr/".as_slice(), &scoped].concat(),
+        ]
+    }
+
+    /// The id below which a job's stream ids may have been handed out
+    /// (a stream deleted keeps its id from being used again):
+    /// `sn/<shard><job_id>`, a big-endian u32.
+    pub fn next_stream_id(shard: u32, job_id: u32) -> Vec<u8> {
+        [b"sn/".as_slice(), &super::job_prefix(shard, job_id)].concat()
+    }
+
+    /// A deleted stream's tombstone: outputs staged for it before its
+    /// deletion are dropped at promotion, where a stream id nobody
+    /// deleted but that is missing is damage. `sd/<shard><job_id><stream_id>`.
+    pub fn deleted_stream(shard: u32, job_id: u32, stream_id: u32) -> Vec<u8> {
+        [
+            b"sd/".as_slice(),
+            &super::stream_records_prefix(shard, job_id, stream_id),
+        ]
+        .concat()
     }
 
     /// A client's dedupe session (`state_machine::sessions`).
@@ -435,6 +473,8 @@ mod tests {
             ("st/", stream(0, 1, "s")),
             ("sp/", partition(0, 1, 2, 3)),
             ("pr/", producer(0, 1, 2, 3, 4)),
+            ("sn/", next_stream_id(0, 1)),
+            ("sd/", deleted_stream(0, 1, 2)),
             ("s/", session(7)),
             ("d/", dedupe(7, 8)),
         ];
@@ -464,6 +504,8 @@ mod tests {
             lease_answer(&lease_answers(shard, job, 2, 9), 1, 1),
             lease_mark(&lease_marks(shard, job, 2, 9), 1),
             promotions(shard, job),
+            next_stream_id(shard, job),
+            deleted_stream(shard, job, 7),
         ];
         for r in &records {
             assert!(
@@ -483,6 +525,16 @@ mod tests {
         let end = prefix_end(&job_prefix(shard, job)).unwrap();
         assert!(data.as_slice() < end.as_slice() && data.starts_with(&job_prefix(shard, job)));
         assert!(job_prefix(shard, job + 1) >= end);
+        // A stream's records and meta records are under its own prefixes,
+        // and nothing of the stream after it.
+        let of_stream = stream_record_prefixes(shard, job, 7);
+        for r in [partition(shard, job, 7, 3), producer(shard, job, 7, 3, 1)] {
+            assert!(of_stream.iter().any(|p| r.starts_with(p)));
+        }
+        for r in [partition(shard, job, 8, 0), producer(shard, job, 6, 0, 1)] {
+            assert!(!of_stream.iter().any(|p| r.starts_with(p)));
+        }
+        assert!(record_key(shard, job, 7, 3, 9).starts_with(&stream_records_prefix(shard, job, 7)));
         assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xff]), None);
     }

@@ -25,6 +25,10 @@ pub enum StreamsCmd {
     },
     /// Per partition: start and end offset, bytes held.
     Describe { job: String, stream: String },
+    /// Every stream of a job.
+    List { job: String },
+    /// Delete a stream with its records (as `kafka-topics --delete`).
+    Delete { job: String, stream: String },
     /// Append one record (sync: printed once committed).
     Append {
         job: String,
@@ -59,6 +63,41 @@ pub enum StreamsCmd {
 pub async fn run(args: &Args, cmd: &StreamsCmd) -> anyhow::Result<ExitCode> {
     let c = args.client()?;
     match cmd {
+        StreamsCmd::List { job } => {
+            let streams = c.list_streams(job).await?;
+            let rows: Vec<serde_json::Value> = streams
+                .iter()
+                .map(|s| {
+                    json!({
+                        "stream": s.name,
+                        "partitions": s.partitions,
+                        "retention_bytes": s.retention_bytes,
+                        "created_index": s.created_index,
+                    })
+                })
+                .collect();
+            emit(args.json, json!({ "streams": rows }), || {
+                let mut out = format!(
+                    "{:<24} {:>10} {:>16}",
+                    "STREAM", "PARTITIONS", "RETENTION BYTES"
+                );
+                for s in &streams {
+                    out.push_str(&format!(
+                        "\n{:<24} {:>10} {:>16}",
+                        s.name, s.partitions, s.retention_bytes
+                    ));
+                }
+                out
+            });
+        }
+        StreamsCmd::Delete { job, stream } => {
+            let index = c.delete_stream(job, stream).await?;
+            emit(
+                args.json,
+                json!({ "job": job, "stream": stream, "index": index }),
+                || format!("deleted stream {stream} of job {job} at index {index}"),
+            );
+        }
         StreamsCmd::Create {
             job,
             stream,

@@ -1,4 +1,5 @@
-//! The stream calls: create, describe, append, read, subscribe, trim.
+//! The stream calls: create, list, describe, append, read, subscribe,
+//! trim, delete.
 
 use std::future::Future;
 
@@ -83,6 +84,38 @@ impl Client {
         r.stream.ok_or_else(|| {
             ClientError::InvalidArgument("the node answered without a stream".into())
         })
+    }
+
+    /// Every stream of `job`, in name order.
+    pub async fn list_streams(&self, job: &str) -> Result<Vec<pb::StreamSummary>, ClientError> {
+        let req = pb::ListStreamsRequest {
+            shard: 0,
+            job: job.into(),
+            consistency: Consistency::Linearizable.to_pb(),
+        };
+        let r = self
+            .streams(Route::Leader, req, |mut c, r| async move {
+                c.list_streams(r).await
+            })
+            .await?;
+        Ok(r.streams)
+    }
+
+    /// Deletes a stream with its records; returns the deletion's log
+    /// index. A retry whose first attempt was applied finds the stream
+    /// gone (`NotFound`).
+    pub async fn delete_stream(&self, job: &str, stream: &str) -> Result<u64, ClientError> {
+        let req = pb::DeleteStreamRequest {
+            shard: 0,
+            job: job.into(),
+            stream: stream.into(),
+        };
+        let r = self
+            .streams(Route::Leader, req, |mut c, r| async move {
+                c.delete_stream(r).await
+            })
+            .await?;
+        Ok(r.index)
     }
 
     /// Appends `records` to one partition; with a `producer`, a retry

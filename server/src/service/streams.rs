@@ -78,19 +78,15 @@ impl StreamsService {
         })
     }
 
-    /// A page of the job with id `job_id` when given: a subscription
-    /// reads the job it started on, and ends once that job is deleted,
-    /// even if another job of the same name has been made since.
+    /// A page of the stream with the job and stream ids `pinned`, when
+    /// given (`RecordRange::pinned`).
     fn read_page(
         &self,
         r: &pb::ReadRequest,
-        job_id: Option<u32>,
+        pinned: Option<(u32, u32)>,
     ) -> Result<pb::ReadResponse, ServiceError> {
         let applied_index = self.ctx.sm.applied_index();
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
-        if job_id.is_some() && info.as_ref().map(|j| j.job_id) != job_id {
-            return Err(ServiceError::JobNotFound { job: r.job.clone() });
-        }
         let max_records = match r.max_records as usize {
             0 => DEFAULT_READ_RECORDS,
             n => n.min(MAX_READ_RECORDS),
@@ -107,6 +103,7 @@ impl StreamsService {
             from_offset: r.from_offset,
             max_records,
             max_bytes,
+            pinned,
         };
         let (records, st) = self.ctx.sm.read_with_promotions(|promoting| {
             read::read_records(&db, info.as_deref(), r.shard, &r.job, range, promoting)
@@ -129,10 +126,10 @@ impl StreamsService {
     async fn page_off_workers(
         &self,
         r: pb::ReadRequest,
-        job_id: Option<u32>,
+        pinned: Option<(u32, u32)>,
     ) -> Result<pb::ReadResponse, ServiceError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_page(&r, job_id))
+        tokio::task::spawn_blocking(move || this.read_page(&r, pinned))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("read task: {e}")))?
     }
@@ -146,7 +143,7 @@ impl StreamsService {
     async fn subscription_page(
         &self,
         req: &pb::ReadRequest,
-        job_id: u32,
+        pinned: (u32, u32),
         at_end: bool,
     ) -> Result<pb::ReadResponse, ServiceError> {
         if at_end {
@@ -156,10 +153,10 @@ impl StreamsService {
                     max_bytes: TAIL_PAGE_BYTES,
                     ..req.clone()
                 },
-                Some(job_id),
+                Some(pinned),
             );
         }
-        self.page_off_workers(req.clone(), Some(job_id)).await
+        self.page_off_workers(req.clone(), Some(pinned)).await
     }
 }
 
@@ -286,16 +283,18 @@ impl Streams for StreamsService {
             from_offset: r.from_offset,
             ..Default::default()
         };
-        let job_id = match self.ctx.sm.job(first.shard, &first.job)?.1 {
-            Some(j) => j.job_id,
-            None => return Err(ServiceError::JobNotFound { job: first.job }.into()),
+        let pinned = {
+            let (db, info) = self.ctx.sm.job(first.shard, &first.job)?;
+            let (job_id, stream) =
+                read::stream_of(&db, info.as_deref(), first.shard, &first.job, &first.stream)?;
+            (job_id, stream.stream_id)
         };
         self.read_page(
             &pb::ReadRequest {
                 max_records: 1,
                 ..first.clone()
             },
-            Some(job_id),
+            Some(pinned),
         )?;
         let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
         let this = self.clone();
@@ -308,7 +307,7 @@ impl Streams for StreamsService {
                 // Marked seen before the read: an append applied after
                 // this point wakes the next wait.
                 appended.borrow_and_update();
-                let page = match this.subscription_page(&req, job_id, at_end).await {
+                let page = match this.subscription_page(&req, pinned, at_end).await {
                     Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -332,6 +331,57 @@ impl Streams for StreamsService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete_stream(
+        &self,
+        request: Request<pb::DeleteStreamRequest>,
+    ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
+        let (_, ext, r) = request.into_parts();
+        self.check(
+            &ext,
+            r.shard,
+            &r.job,
+            &r.stream,
+            Action::Write { job: &r.job },
+        )?;
+        let cmd = command::Kind::DeleteStream(pb::StreamDelete {
+            job: r.job.clone(),
+            stream: r.stream.clone(),
+        });
+        match self.ctx.propose_kind(cmd).await? {
+            (index, command_response::Kind::StreamDeleted(stream_id)) => {
+                tracing::info!(job = %r.job, stream = %r.stream, stream_id, index, "deleted a stream");
+                Ok(Response::new(pb::DeleteStreamResponse { index }))
+            }
+            (_, other) => Err(ServiceError::unexpected_answer("stream deletion", &other).into()),
+        }
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let (_, ext, r) = request.into_parts();
+        self.ctx.check_shard(r.shard)?;
+        validate::name("job", &r.job, &self.ctx.limits)?;
+        self.ctx.authorize(&ext, Action::Read { job: &r.job })?;
+        if validate::consistency(r.consistency)? == pb::Consistency::Linearizable {
+            self.ctx.linearize().await?;
+        }
+        let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
+        let streams = read::list_streams(&db, info.as_deref(), r.shard, &r.job)?;
+        Ok(Response::new(pb::ListStreamsResponse {
+            streams: streams
+                .into_iter()
+                .map(|s| pb::StreamSummary {
+                    name: s.name,
+                    partitions: s.partitions,
+                    retention_bytes: s.retention_bytes,
+                    created_index: s.created_index,
+                })
+                .collect(),
+        }))
     }
 
     async fn trim_stream(

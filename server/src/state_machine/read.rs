@@ -258,7 +258,8 @@ pub fn tasks(
     Ok(out)
 }
 
-fn stream_of(
+/// The job's id and the record of its stream `stream`, or which is missing.
+pub fn stream_of(
     db: &DB,
     info: Option<&pb::JobInfo>,
     shard: u32,
@@ -358,6 +359,36 @@ pub struct RecordRange<'a> {
     pub from_offset: u64,
     pub max_records: usize,
     pub max_bytes: usize,
+    /// The job and stream ids the read must find: a subscription reads
+    /// the stream it started on and ends once that is deleted, even when
+    /// a job or stream of the same name has been made since.
+    pub pinned: Option<(u32, u32)>,
+}
+
+/// Every stream of a job, in name order.
+pub fn list_streams(
+    db: &DB,
+    info: Option<&pb::JobInfo>,
+    shard: u32,
+    job: &str,
+) -> Result<Vec<pb::StreamRecord>, ServiceError> {
+    use prost::Message;
+    let info = info.ok_or_else(|| ServiceError::JobNotFound {
+        job: job.to_string(),
+    })?;
+    let prefix = keys::meta::stream_prefix(shard, info.job_id);
+    let cf = rocks::cf(db, CF_META)?;
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, v) = item.map_err(io_err)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(
+            pb::StreamRecord::decode(v.as_ref()).map_err(|e| corrupt(format!("stream: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Committed records of one partition from `from_offset` (or its start,
@@ -376,6 +407,12 @@ pub fn read_records(
 ) -> Result<(Vec<pb::RecordAt>, pb::PartitionState), ServiceError> {
     use prost::Message;
     let (job_id, s) = stream_of(db, info, shard, job, r.stream)?;
+    if r.pinned.is_some_and(|pin| pin != (job_id, s.stream_id)) {
+        return Err(ServiceError::StreamNotFound {
+            job: job.to_string(),
+            stream: r.stream.to_string(),
+        });
+    }
     if r.partition >= s.partitions {
         return Err(ServiceError::invalid(
             "partition",

@@ -29,6 +29,8 @@ pub mod promotion;
 #[cfg(test)]
 mod promotion_tests;
 mod run_encoder;
+#[cfg(test)]
+mod stream_removal_tests;
 mod streams;
 #[cfg(test)]
 mod task_tests;
@@ -140,6 +142,7 @@ pub fn apply_at(
         Some(command::Kind::CreateStream(c)) => streams::create(p, at, c),
         Some(command::Kind::Append(a)) => streams::append(p, at, a),
         Some(command::Kind::TrimStream(t)) => streams::trim(p, t),
+        Some(command::Kind::DeleteStream(d)) => streams::delete(p, d),
         Some(command::Kind::PromoteEpoch(s)) => promotion::step(p, at, s),
         Some(command::Kind::SetTableMode(s)) => jobs::set_table_mode(p, at, s),
         Some(command::Kind::DeleteJob(d)) => job_removal::delete_job(p, d),

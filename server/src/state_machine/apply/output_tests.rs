@@ -30,7 +30,7 @@ pub(super) fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
 
 /// A fixture whose job has stream "out" of `partitions` and whose task 0
 /// holds every key group at generation 1.
-fn task_with_stream(partitions: u32) -> Fixture {
+pub(super) fn task_with_stream(partitions: u32) -> Fixture {
     let mut f = Fixture::new();
     create_stream(&mut f, "out", partitions);
     acquire(&mut f, 0, (0, 4), "");
@@ -100,7 +100,7 @@ fn commit_carrying(epoch: u64, last_seq: u64, partition: u32, value: &str) -> pb
 }
 
 /// Panics unless `r` committed an epoch to be promoted in steps.
-fn committed_in_steps(r: &pb::CommandResponse) {
+pub(super) fn committed_in_steps(r: &pb::CommandResponse) {
     match &r.kind {
         Some(command_response::Kind::EpochCommitted(c)) => assert!(c.promoting, "{c:?}"),
         other => panic!("not committed: {other:?}"),
@@ -108,7 +108,7 @@ fn committed_in_steps(r: &pb::CommandResponse) {
 }
 
 /// The next step of task 0's (generation 1) promotion of `epoch`.
-fn promotion_step(f: &mut Fixture, epoch: u64) -> pb::PromotionStep {
+pub(super) fn promotion_step(f: &mut Fixture, epoch: u64) -> pb::PromotionStep {
     let r = f.apply(pb::Command {
         kind: Some(command::Kind::PromoteEpoch(pb::EpochPromote {
             job: "j".into(),

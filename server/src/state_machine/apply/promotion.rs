@@ -202,8 +202,9 @@ pub fn promote_runs(
 }
 
 /// Appends staged output records to their partitions; returns where each
-/// partition's records begin. Streams are never deleted, and staging
-/// checked each one's partition: one missing is damage.
+/// partition's records begin. Staging checked each one's partition, so
+/// one missing is either a stream deleted since (its outputs are dropped
+/// with it) or damage.
 fn append_outputs(
     p: &mut PendingWrites,
     at: At,
@@ -216,16 +217,24 @@ fn append_outputs(
     let mut appended = Vec::with_capacity(outputs.len());
     let known = streams::streams_by_id(p, job)?;
     for ((stream_id, partition), records) in outputs {
-        let stream = known
+        let found = known
             .iter()
             .find(|s| s.stream_id == stream_id && partition < s.partitions)
-            .cloned()
-            .ok_or_else(|| {
-                corrupt(format!(
+            .cloned();
+        let stream = match found {
+            Some(s) => s,
+            None if streams::was_deleted(p, job.job_id, stream_id)? => {
+                metrics::counter!("streamshield_stream_records_dropped_total")
+                    .increment(records.len() as u64);
+                continue;
+            }
+            None => {
+                return Err(corrupt(format!(
                     "a staged output names partition {partition} of stream id {stream_id}, which job {:?} does not have",
                     job.job
-                ))
-            })?;
+                )))
+            }
+        };
         let mut target = streams::partition_target(p, job, stream, partition)?;
         let records: Vec<(&[u8], &[u8])> = records
             .iter()

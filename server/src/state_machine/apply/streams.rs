@@ -7,7 +7,8 @@
 //! are assigned here, in apply, so every replica gives a record the same
 //! one: by `Append` (producers outside jobs, deduplicated per producer id)
 //! and by an epoch's commit and promotion (`epochs.rs`, `promotion.rs`)
-//! for the records a task produced.
+//! for the records a task produced. A deleted stream's id is never used
+//! again in its job.
 
 use std::io;
 
@@ -86,17 +87,14 @@ pub fn create(
             ),
         ));
     }
-    let stream_id = match known.last() {
-        None => 1,
-        Some(s) => match s.stream_id.checked_add(1) {
-            Some(next) => next,
-            None => {
-                return Ok(error_response(
-                    Code::ResourceExhausted,
-                    format!("job {:?} has used up its stream ids", c.job),
-                ))
-            }
-        },
+    // Above every live stream's id and every deleted one's.
+    let after_live = known.last().map_or(Some(1), |s| s.stream_id.checked_add(1));
+    let after_deleted = next_stream_id(p, job.job_id)?;
+    let Some(stream_id) = after_live.map(|n| n.max(after_deleted)) else {
+        return Ok(error_response(
+            Code::ResourceExhausted,
+            format!("job {:?} has used up its stream ids", c.job),
+        ));
     };
     let record = pb::StreamRecord {
         name: c.stream.clone(),
@@ -113,6 +111,70 @@ pub fn create(
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::StreamCreated(record)),
     })
+}
+
+/// The lowest stream id no deleted stream of the job had (1 if none was
+/// deleted).
+fn next_stream_id(p: &mut PendingWrites, job_id: u32) -> io::Result<u32> {
+    match p.get(CF_META, &meta::next_stream_id(DEFAULT_SHARD, job_id))? {
+        None => Ok(1),
+        Some(raw) => crate::state_machine::meta::decode_u32(&raw),
+    }
+}
+
+/// Removes a stream: its record, its records, its partitions' bounds and
+/// its producers, each one range deletion. Its id stays taken
+/// ([`next_stream_id`]), and a tombstone tells promotion that outputs
+/// staged for it before are to be dropped, not damage.
+pub fn delete(p: &mut PendingWrites, d: &pb::StreamDelete) -> io::Result<pb::CommandResponse> {
+    let Some(job) = jobs::load_job(p, DEFAULT_SHARD, &d.job)? else {
+        return Ok(not_found(ServiceError::JobNotFound { job: d.job.clone() }));
+    };
+    let stream = match stream_record(p, &job, &d.stream)? {
+        Ok(s) => s,
+        Err(refused) => return Ok(refused),
+    };
+    let (job_id, sid) = (job.job_id, stream.stream_id);
+    p.delete(CF_META, &meta::stream(DEFAULT_SHARD, job_id, &d.stream))?;
+    let records = keys::stream_records_prefix(DEFAULT_SHARD, job_id, sid);
+    let mut ranges = vec![(CF_STREAMS, records)];
+    ranges.extend(
+        meta::stream_record_prefixes(DEFAULT_SHARD, job_id, sid)
+            .into_iter()
+            .map(|prefix| (CF_META, prefix)),
+    );
+    for (cf, prefix) in ranges {
+        let end = keys::prefix_end(&prefix)
+            .ok_or_else(|| corrupt("a stream prefix of 0xff bytes only"))?;
+        p.delete_range(cf, &prefix, &end)?;
+    }
+    p.put(
+        CF_META,
+        &meta::deleted_stream(DEFAULT_SHARD, job_id, sid),
+        Vec::new(),
+    )?;
+    // Only a damaged store holds a stream id of u32::MAX: creation refuses
+    // to hand it out.
+    let next = sid.saturating_add(1).max(next_stream_id(p, job_id)?);
+    p.put(
+        CF_META,
+        &meta::next_stream_id(DEFAULT_SHARD, job_id),
+        next.to_be_bytes().to_vec(),
+    )?;
+    // Its subscribers look again, and end.
+    p.streams_appended();
+    Ok(pb::CommandResponse {
+        kind: Some(command_response::Kind::StreamDeleted(sid)),
+    })
+}
+
+/// Whether the job's stream `stream_id` was deleted.
+pub fn was_deleted(p: &mut PendingWrites, job_id: u32, stream_id: u32) -> io::Result<bool> {
+    Ok(p.get(
+        CF_META,
+        &meta::deleted_stream(DEFAULT_SHARD, job_id, stream_id),
+    )?
+    .is_some())
 }
 
 /// The record of `stream` in `job`, or the refusal.
