@@ -262,6 +262,34 @@ fn a_user_session_with_the_cli() {
     assert_eq!(cas.status.code(), Some(3), "condition failure exit code");
     assert_eq!(run(&["get", "myjob", "counts", "user42"]).trim(), "17");
 
+    // A backup, and a second cluster started from it.
+    let saved = tmp.path().join("backup");
+    let saved_json = run_json(&["snapshot", "--save", saved.to_str().unwrap()]);
+    assert!(saved_json["index"].as_u64().unwrap() > 0, "{saved_json}");
+    let restored = tmp.path().join("restored");
+    let _down_restored = Down(restored.clone());
+    ok(&[
+        "local",
+        "up",
+        "--nodes",
+        "3",
+        "--dir",
+        restored.to_str().unwrap(),
+        "--restore-from",
+        saved.to_str().unwrap(),
+    ]);
+    let restored_endpoints = std::fs::read_to_string(restored.join("endpoints")).unwrap();
+    let from_backup = ok(&[
+        "--endpoints",
+        restored_endpoints.trim(),
+        "get",
+        "myjob",
+        "counts",
+        "user42",
+    ]);
+    assert_eq!(from_backup.trim(), "17");
+    ok(&["local", "down", "--dir", restored.to_str().unwrap()]);
+
     // A fourth node: started empty, added as learner, promoted to voter.
     let added = json(&["local", "add-node", "--dir", d, "--id", "4"]);
     let addr = added["addr"].as_str().unwrap().to_string();

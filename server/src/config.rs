@@ -31,6 +31,12 @@ pub struct ServerConfig {
     /// in the Raft membership, e.g. a fault-injecting proxy per link in the
     /// lab. Default empty.
     pub peer_addrs: Vec<String>,
+    /// A snapshot saved with `streamshield snapshot --save DIR`: a node
+    /// whose data directory is empty starts from it, as a member of
+    /// `initial_cluster` (which it requires), as etcd's `etcdutl snapshot
+    /// restore` does (`restore.rs`). Ignored once the data directory holds
+    /// a store. Default none.
+    pub restore_from: Option<PathBuf>,
     /// Where `/metrics` (Prometheus text format) is served; none if unset.
     pub metrics_listen: Option<SocketAddr>,
     /// Threads that run the node's async work (gRPC, Raft, apply); 0 means
@@ -197,6 +203,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("data"),
             initial_cluster: Vec::new(),
             peer_addrs: Vec::new(),
+            restore_from: None,
             metrics_listen: None,
             worker_threads: 0,
             malloc_arenas: 2,
@@ -255,6 +262,8 @@ pub enum ConfigError {
     BadPeer { entry: String },
     #[error("initial_cluster does not contain this node's id {id}")]
     SelfNotInCluster { id: u64 },
+    #[error("restore_from needs initial_cluster: the members the restored cluster starts with")]
+    RestoreWithoutCluster,
     #[error("initial_cluster names node {id} twice")]
     DuplicatePeer { id: u64 },
     #[error("election timeout must satisfy heartbeat < min <= max, got heartbeat {heartbeat} min {min} max {max}")]
@@ -293,6 +302,9 @@ impl ServerConfig {
         let peers = self.initial_peers()?;
         if !peers.is_empty() && !peers.iter().any(|(id, _)| *id == self.id) {
             return Err(ConfigError::SelfNotInCluster { id: self.id });
+        }
+        if self.restore_from.is_some() && peers.is_empty() {
+            return Err(ConfigError::RestoreWithoutCluster);
         }
         let r = &self.raft;
         if !(r.heartbeat_ms > 0

@@ -15,7 +15,8 @@
 //! flight are bounded node-wide ([`service::node_limit`]). Requests are checked by
 //! [`validate`] before anything is proposed, and every failure becomes a
 //! gRPC status in [`error`]. [`liveness`] keeps the health service
-//! truthful and ends a node whose disk failed ([`storage_fault`]). The
+//! truthful and ends a node whose disk failed ([`storage_fault`]).
+//! [`restore`] starts an empty node from a saved snapshot. The
 //! binary only parses [`config::ServerConfig`] from TOML, flags and
 //! environment.
 
@@ -30,6 +31,7 @@ pub mod log_cache;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod restore;
 mod rocks;
 pub mod segment_log;
 pub mod service;

@@ -246,6 +246,18 @@ impl LogStore {
         self.queue.wake.notify_all();
     }
 
+    /// Closes the store and waits until its fsync thread has let go of
+    /// RocksDB, so that the store is shut before its directory goes or
+    /// another opens it (a restore hands it to the node).
+    pub async fn close_and_wait(self) {
+        let db = self.db().clone();
+        self.close();
+        drop(self);
+        while Arc::strong_count(&db) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Claims the disk for an inline fsync if nothing is queued or being
     /// synced (callbacks must fire in append order).
     fn claim_inline_sync(&self) -> bool {
@@ -518,15 +530,8 @@ mod tests {
         }
     }
 
-    /// Closes the store and waits until its fsync thread has let go of
-    /// RocksDB, so that the store is shut before its directory goes.
     async fn close_and_wait(log: LogStore) {
-        let db = log.db().clone();
-        log.close();
-        drop(log);
-        while Arc::strong_count(&db) > 1 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        log.close_and_wait().await
     }
 
     fn log_id(term: u64, index: u64) -> LogId {

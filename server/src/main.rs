@@ -44,6 +44,10 @@ struct Flags {
     /// `2=host:port,3=host:port` (a proxy per link, in the lab).
     #[arg(long, env = "STREAMSHIELD_PEER_ADDRS", value_delimiter = ',')]
     peer_addrs: Option<Vec<String>>,
+    /// Start an empty data directory from a snapshot saved with
+    /// `streamshield snapshot --save DIR`, as a member of --initial-cluster.
+    #[arg(long, env = "STREAMSHIELD_RESTORE_FROM")]
+    restore_from: Option<PathBuf>,
     /// Threads for the node's async work; 0 = one per core.
     #[arg(long, env = "STREAMSHIELD_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -148,6 +152,9 @@ fn load(flags: Flags) -> anyhow::Result<(ServerConfig, bool)> {
         dedupe_session_ttl_ms => limits.dedupe_session_ttl_ms,
         session_sweep_interval_ms => limits.session_sweep_interval_ms,
     );
+    if let Some(dir) = flags.restore_from {
+        c.restore_from = Some(dir);
+    }
     if flags.tls_ca.is_some() {
         c.tls.ca_file = flags.tls_ca;
     }

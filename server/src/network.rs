@@ -469,7 +469,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
 /// Feeds the header, then every file in chunks, then the end marker. If a
 /// read fails the stream just ends without `done`, and the receiver
 /// rejects the partial snapshot.
-async fn stream_files(
+pub(crate) async fn stream_files(
     pinned: PinnedSnapshot,
     header: pb::SnapshotHeader,
     chunk_bytes: usize,

@@ -20,6 +20,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::liveness;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, MAX_RAFT_MESSAGE_BYTES};
+use crate::restore;
 use crate::service::{
     admin::AdminService, auth::AuthService, node_limit::InFlight, raft::RaftService,
     state::StateService, streams::StreamsService, tasks::TasksService, NodeContext,
@@ -71,6 +72,8 @@ pub enum NodeError {
     Failed(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
 }
 
 /// How long a stopping node waits for its connections to close before it
@@ -138,6 +141,13 @@ pub async fn run(
         path: data_dir.display().to_string(),
         source,
     })?;
+    if let Some(from) = &config.restore_from {
+        if restore::pristine(&data_dir) {
+            restore::restore(from, &data_dir, config.id, &config.initial_peers()?).await?;
+        } else {
+            tracing::info!(from = %from.display(), "the data directory holds a store: nothing restored");
+        }
+    }
     let log_path = data_dir.join("raft");
     let log_store = LogStore::open(&log_path)
         .map_err(|source| NodeError::OpenLog {

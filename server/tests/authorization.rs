@@ -107,6 +107,17 @@ async fn grants_decide_who_may_write_and_read_each_job() {
     for who in [&alice, &bob] {
         let e = who.delete_job("j", true).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        // Nor does either take a copy of the whole cluster's state.
+        // (at the leader: a follower sends a denied caller there).
+        let dir = t.dir.path().join("not-theirs");
+        let (_, leader) = admin.wait_for_leader().await.unwrap();
+        match who.save_snapshot(&leader, &dir).await {
+            Err(streamshield_client::SaveSnapshotError::Client(e)) => {
+                assert_eq!(e.code(), Code::PermissionDenied, "{e}")
+            }
+            other => panic!("a snapshot saved by a non-admin: {other:?}"),
+        }
+        assert!(!dir.exists());
     }
     let kv = admin.get("j", "s", "x", Consistency::Linearizable).await;
     assert_eq!(kv.unwrap().expect("x").value, b"alice's");

@@ -161,3 +161,38 @@ pub async fn snapshot(args: &Args, node: Option<&str>) -> anyhow::Result<ExitCod
     emit(args.json, json!({"snapshots": rows}), || text.join("\n"));
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn save_snapshot(
+    args: &Args,
+    node: Option<&str>,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let client = args.client()?;
+    let addr = match node {
+        Some(n) => n.to_string(),
+        None => client.wait_for_leader().await?.1,
+    };
+    let s = client.save_snapshot(&addr, dir).await?;
+    emit(
+        args.json,
+        json!({
+            "addr": addr,
+            "dir": dir.display().to_string(),
+            "index": s.index,
+            "term": s.term,
+            "files": s.files,
+            "bytes": s.bytes,
+        }),
+        || {
+            format!(
+                "saved the snapshot of {addr} at index {} (term {}) to {}: {} files, {} bytes",
+                s.index,
+                s.term,
+                dir.display(),
+                s.files,
+                s.bytes
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -30,6 +30,11 @@ pub enum LocalCmd {
         /// --insecure.
         #[arg(long)]
         tls: bool,
+        /// Start the nodes from a snapshot saved with `snapshot --save`
+        /// (a new cluster with the old one's data; ignored by nodes that
+        /// already hold data).
+        #[arg(long, value_name = "SAVED_DIR")]
+        restore_from: Option<PathBuf>,
     },
     /// Stop every node of the cluster in DIR (SIGTERM, then SIGKILL).
     Down {
@@ -129,9 +134,17 @@ pub async fn run(args: &Args, cmd: &LocalCmd) -> anyhow::Result<ExitCode> {
             dir,
             server_args,
             tls,
+            restore_from,
         } => {
             let bin = server_binary()?;
-            let mut c = LocalCluster::layout(dir, *nodes, &bin, server_args, true)?;
+            let mut server_args = server_args.clone();
+            if let Some(saved) = restore_from {
+                let saved = saved
+                    .canonicalize()
+                    .with_context(|| format!("no saved snapshot at {}", saved.display()))?;
+                server_args.push(format!("--restore-from={}", saved.display()));
+            }
+            let mut c = LocalCluster::layout(dir, *nodes, &bin, &server_args, true)?;
             if *tls {
                 c.enable_tls()?;
             }

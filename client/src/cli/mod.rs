@@ -91,11 +91,18 @@ pub enum Cmd {
     /// Cluster membership.
     #[command(subcommand)]
     Members(cluster::MembersCmd),
-    /// Ask a node to build a snapshot now (which also purges its log).
+    /// Ask a node to build a snapshot now (which also purges its log),
+    /// and with --save keep a copy of it here.
     Snapshot {
-        /// The node to ask (default: every endpoint).
+        /// The node to ask (default: every endpoint; with --save, the
+        /// leader).
         #[arg(long)]
         node: Option<String>,
+        /// Write the snapshot's files into this new directory, as
+        /// `etcdctl snapshot save`; nodes started on empty data
+        /// directories with `--restore-from DIR` begin from it.
+        #[arg(long, value_name = "DIR")]
+        save: Option<std::path::PathBuf>,
     },
     /// Who may do what: grants of roles, bearer tokens.
     #[command(subcommand)]
@@ -152,7 +159,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Cmd::Tasks { job } => tasks_cmd::run(&args, job).await,
         Cmd::Streams(s) => streams_cmd::run(&args, s).await,
         Cmd::Members(m) => cluster::members(&args, m).await,
-        Cmd::Snapshot { node } => cluster::snapshot(&args, node.as_deref()).await,
+        Cmd::Snapshot { node, save: None } => cluster::snapshot(&args, node.as_deref()).await,
+        Cmd::Snapshot {
+            node,
+            save: Some(dir),
+        } => cluster::save_snapshot(&args, node.as_deref(), dir).await,
         Cmd::Auth(a) => auth_cmd::run(&args, a).await,
         Cmd::Local(l) => local_cmd::run(&args, l).await,
     }

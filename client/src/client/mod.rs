@@ -30,11 +30,13 @@ const MAX_BACKOFF: Duration = Duration::from_millis(25);
 mod admin;
 mod config;
 mod kv;
+mod snapshot_save;
 mod streams;
 mod tasks;
 
 pub use config::{ClientConfig, ClientTls};
 pub use kv::{Consistency, ScanOptions, ScanPage, WriteResult};
+pub use snapshot_save::{SaveSnapshotError, SavedSnapshot};
 pub use streams::Producer;
 
 /// One node: its channel and, once used, the tasks that coalesce calls

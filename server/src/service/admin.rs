@@ -7,15 +7,25 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, ServerState};
 use streamshield_proto::v1::{self as pb, admin_server::Admin};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::authz::Action;
 use super::{NodeContext, PROPOSAL_TIMEOUT};
+use crate::codec;
 use crate::error::ServiceError;
 use crate::keys::{DEFAULT_SHARD, MAX_KEY_GROUPS, MAX_TABLES};
+use crate::network::stream_files;
 use crate::state_machine::meta;
 use crate::types::Membership;
 use crate::validate;
+
+/// Chunks of a saved snapshot: small enough for any client's default
+/// message limit (4 MiB).
+const SAVE_CHUNK_BYTES: usize = 1 << 20;
+
+type SnapshotChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotChunk, Status>> + Send>>;
 
 /// `ListJobs` pages: the default size and the largest (a job's summary
 /// is tens of bytes; 1,000 of them stay far below gRPC's 4 MiB message).
@@ -29,6 +39,39 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
+    }
+
+    /// Builds a snapshot of at least everything applied now; its index.
+    async fn snapshot_now(&self) -> Result<u64, ServiceError> {
+        let applied = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map_or(0, |l| l.index);
+        self.ctx
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let mut rx = self.ctx.raft.metrics();
+        let done = tokio::time::timeout(PROPOSAL_TIMEOUT, async {
+            loop {
+                let idx = rx.borrow_watched().snapshot.as_ref().map_or(0, |l| l.index);
+                if idx >= applied {
+                    return idx;
+                }
+                if rx.changed().await.is_err() {
+                    return idx;
+                }
+            }
+        })
+        .await
+        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
+        Ok(done)
     }
 }
 
@@ -324,37 +367,39 @@ impl Admin for AdminService {
         request: Request<pb::TriggerSnapshotRequest>,
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
         self.ctx.authorize(request.extensions(), Action::Admin)?;
-        let applied = self
-            .ctx
-            .raft
-            .metrics()
-            .borrow_watched()
-            .last_applied
-            .as_ref()
-            .map_or(0, |l| l.index);
-        self.ctx
-            .raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-        let mut rx = self.ctx.raft.metrics();
-        let done = tokio::time::timeout(PROPOSAL_TIMEOUT, async {
-            loop {
-                let idx = rx.borrow_watched().snapshot.as_ref().map_or(0, |l| l.index);
-                if idx >= applied {
-                    return idx;
-                }
-                if rx.changed().await.is_err() {
-                    return idx;
-                }
-            }
-        })
-        .await
-        .map_err(|_| ServiceError::Timeout(PROPOSAL_TIMEOUT))?;
+        let snapshot_index = self.snapshot_now().await?;
         Ok(Response::new(pb::TriggerSnapshotResponse {
-            snapshot_index: done,
+            snapshot_index,
         }))
+    }
+
+    type SaveSnapshotStream = SnapshotChunks;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        self.ctx.authorize(request.extensions(), Action::Admin)?;
+        self.snapshot_now().await?;
+        let sm = self.ctx.sm.clone();
+        let (meta, pinned) = tokio::task::spawn_blocking(move || sm.pin_current_snapshot())
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("snapshot task: {e}")))?
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::Unavailable("the node has no snapshot yet".into()))?;
+        tracing::info!(last_log_id = ?meta.last_log_id, "sending a snapshot to save");
+        let header = pb::SnapshotHeader {
+            vote: None,
+            meta: Some(codec::snapshot_meta_to_pb(&meta)),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(e) = stream_files(pinned, header, SAVE_CHUNK_BYTES, tx).await {
+                tracing::warn!(error = %e, "sending a snapshot to save failed");
+            }
+        });
+        let chunks = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
 

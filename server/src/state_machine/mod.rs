@@ -251,6 +251,18 @@ impl SmShared {
         Ok((db, loaded))
     }
 
+    /// The node's current snapshot, pinned so that a newer one cannot
+    /// delete its files while they are read; `None` before the first.
+    pub fn pin_current_snapshot(
+        &self,
+    ) -> io::Result<Option<(SnapshotMeta, snapshot::PinnedSnapshot)>> {
+        let _g = self.snap_lock.lock().expect("snapshot lock");
+        match snapshot::current(&self.snap_root)? {
+            None => Ok(None),
+            Some((meta, files)) => Ok(Some((meta, snapshot::PinnedSnapshot::pin(&files)?))),
+        }
+    }
+
     fn build_snapshot(&self) -> io::Result<SnapshotOf> {
         let _g = self.snap_lock.lock().expect("snapshot lock");
         let started = Instant::now();
