@@ -226,6 +226,14 @@ def run(o):
              A.DeleteJobRequest(job="wide", force=True), C.NOT_FOUND)
     o.expect("deleting a job named with a NUL", o.admin.DeleteJob,
              A.DeleteJobRequest(job="a\0b", force=True), C.INVALID_ARGUMENT)
+    save = lambda req, timeout=None, metadata=None: list(o.admin.SaveSnapshot(req, timeout=timeout, metadata=metadata))
+    o.expect("a saved snapshot: a header, files, an end", save, A.SaveSnapshotRequest(), C.OK,
+             lambda chunks: chunks[0].header.meta.last_log_id.index > 0 and chunks[-1].done
+             and all(c.file and "/" not in c.file for c in chunks[1:-1]))
+    o.expect("the tasks after task u32::MAX", o.tasks.ListTasks,
+             T.ListTasksRequest(job="outside", start_after=U32), C.OK, lambda r: not r.tasks and not r.more)
+    o.expect("the tasks", o.tasks.ListTasks, T.ListTasksRequest(job="outside"), C.OK,
+             lambda r: [t.task for t in r.tasks] == [0] and not r.more)
     o.expect("the job's streams", o.streams.ListStreams, R.ListStreamsRequest(job="outside"), C.OK,
              lambda r: [x.name for x in r.streams] == ["out"])
     o.expect("the streams of shard u32::MAX", o.streams.ListStreams,
@@ -304,6 +312,9 @@ def run_tls(o, tls_dir):
              lambda r: [j.job for j in r.jobs] == ["py"], metadata=bearer(token))
     o.expect("the writer deletes its job", admin.DeleteJob, A.DeleteJobRequest(job="py", force=True),
              C.PERMISSION_DENIED, metadata=bearer(token))
+    save = lambda req, timeout=None, metadata=None: list(admin.SaveSnapshot(req, timeout=timeout, metadata=metadata))
+    o.expect("the writer saves the cluster's snapshot", save, A.SaveSnapshotRequest(), C.PERMISSION_DENIED,
+             metadata=bearer(token))
     o.expect("no job made by the writer", o.admin.DescribeJob, A.DescribeJobRequest(job="mine"), C.NOT_FOUND)
     o.expect("nothing written to the other job", o.state.Get,
              S.GetRequest(job="other", state="s", key=b"k"), C.NOT_FOUND)

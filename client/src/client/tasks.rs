@@ -94,18 +94,31 @@ impl Client {
             .await
     }
 
-    /// Every task of `job` with its lease and last checkpoint.
+    /// Every task of `job` with its lease and last checkpoint, fetched a
+    /// page at a time (pages are bounded in bytes on the node); the
+    /// answer's `applied_index` is that of the last page.
     pub async fn list_tasks(
         &self,
         job: &str,
         consistency: Consistency,
     ) -> Result<pb::ListTasksResponse, ClientError> {
-        let req = pb::ListTasksRequest {
-            shard: 0,
-            job: job.into(),
-            consistency: consistency.to_pb(),
-        };
-        self.tasks(req, |mut c, r| async move { c.list_tasks(r).await })
-            .await
+        let mut all = pb::ListTasksResponse::default();
+        loop {
+            let req = pb::ListTasksRequest {
+                shard: 0,
+                job: job.into(),
+                consistency: consistency.to_pb(),
+                start_after: all.tasks.last().map(|t| t.task),
+            };
+            let page = self
+                .tasks(req, |mut c, r| async move { c.list_tasks(r).await })
+                .await?;
+            all.tasks.extend(page.tasks);
+            all.applied_index = page.applied_index;
+            all.answered_by = page.answered_by;
+            if !page.more {
+                return Ok(all);
+            }
+        }
     }
 }

@@ -245,11 +245,19 @@ impl Tasks for TasksService {
         }
         let applied_index = self.ctx.sm.applied_index();
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
-        let tasks = read::tasks(&db, info.as_deref(), r.shard, &r.job)?;
+        let (tasks, more) = read::tasks(
+            &db,
+            info.as_deref(),
+            r.shard,
+            &r.job,
+            r.start_after,
+            self.ctx.limits.max_scan_bytes,
+        )?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.into_iter().map(task_info).collect(),
             applied_index,
             answered_by: self.ctx.id,
+            more,
         }))
     }
 }

@@ -233,29 +233,45 @@ impl Candidates {
 }
 
 /// Every task record of a job, by task index.
+/// The job's task records by index after `start_after`, until their
+/// stored bytes reach `max_bytes` (at least one), and whether more follow.
 pub fn tasks(
     db: &DB,
     info: Option<&pb::JobInfo>,
     shard: u32,
     job: &str,
-) -> Result<Vec<pb::TaskRecord>, ServiceError> {
+    start_after: Option<u32>,
+    max_bytes: usize,
+) -> Result<(Vec<pb::TaskRecord>, bool), ServiceError> {
     use prost::Message;
     let info = info.ok_or_else(|| ServiceError::JobNotFound {
         job: job.to_string(),
     })?;
     let cf = rocks::cf(db, CF_META)?;
     let prefix = keys::meta::task_prefix(shard, info.job_id);
+    let from = match start_after {
+        None => prefix.clone(),
+        Some(t) => match t.checked_add(1) {
+            Some(next) => keys::meta::task(shard, info.job_id, next),
+            None => return Ok((Vec::new(), false)),
+        },
+    };
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+    let mut bytes = 0usize;
+    for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
         let (k, v) = item.map_err(io_err)?;
         if !k.starts_with(&prefix) {
             break;
         }
+        if bytes >= max_bytes {
+            return Ok((out, true));
+        }
+        bytes += v.len();
         out.push(
             pb::TaskRecord::decode(v.as_ref()).map_err(|e| corrupt(format!("task record: {e}")))?,
         );
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// The job's id and the record of its stream `stream`, or which is missing.

@@ -582,3 +582,33 @@ fn a_session_sweep_walks_past_task_and_stream_records() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_job_s_tasks_are_listed_in_pages_of_bounded_bytes() {
+    use crate::state_machine::read;
+    let mut f = Fixture::new();
+    for task in 0..4 {
+        granted(&acquire(&mut f, task, (task, task + 1), ""));
+    }
+    let job = crate::state_machine::meta::load_job(&f.db, 0, "j")
+        .unwrap()
+        .unwrap();
+    let page = |after, max_bytes| read::tasks(&f.db, Some(&job), 0, "j", after, max_bytes).unwrap();
+    let (all, more) = page(None, usize::MAX);
+    assert_eq!((all.len(), more), (4, false));
+    // One byte a page: every page holds one task, in order, none twice.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let (tasks, more) = page(after, 1);
+        assert_eq!(tasks.len(), 1);
+        seen.push(tasks[0].task);
+        after = Some(tasks[0].task);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, [0, 1, 2, 3]);
+    assert_eq!(page(Some(3), 1), (Vec::new(), false));
+    assert_eq!(page(Some(u32::MAX), 1), (Vec::new(), false));
+}
