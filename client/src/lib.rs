@@ -37,8 +37,8 @@ mod transport;
 pub use auth::{role_name, Role};
 pub use batch::WriteBatch;
 pub use client::{
-    Client, ClientConfig, ClientTls, Consistency, Producer, SaveSnapshotError, SavedSnapshot,
-    ScanOptions, ScanPage, WriteResult,
+    Client, ClientConfig, ClientTls, Consistency, Producer, Retention, SaveSnapshotError,
+    SavedSnapshot, ScanOptions, ScanPage, WriteResult,
 };
 pub use error::{ClientError, Missing};
 pub use streamshield_proto::key_group;

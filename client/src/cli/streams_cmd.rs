@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use serde_json::json;
-use streamshield_client::{pb, Producer};
+use streamshield_client::{pb, Producer, Retention};
 
 use super::{emit, Args};
 
@@ -22,6 +22,10 @@ pub enum StreamsCmd {
         /// the oldest (0: keep everything).
         #[arg(long, default_value_t = 0)]
         retention_bytes: u64,
+        /// Drop records older than this many milliseconds, as Kafka's
+        /// retention.ms (0: keep them).
+        #[arg(long, default_value_t = 0)]
+        retention_ms: u64,
     },
     /// Per partition: start and end offset, bytes held.
     Describe { job: String, stream: String },
@@ -72,6 +76,7 @@ pub async fn run(args: &Args, cmd: &StreamsCmd) -> anyhow::Result<ExitCode> {
                         "stream": s.name,
                         "partitions": s.partitions,
                         "retention_bytes": s.retention_bytes,
+                        "retention_ms": s.retention_ms,
                         "created_index": s.created_index,
                     })
                 })
@@ -103,9 +108,14 @@ pub async fn run(args: &Args, cmd: &StreamsCmd) -> anyhow::Result<ExitCode> {
             stream,
             partitions,
             retention_bytes,
+            retention_ms,
         } => {
+            let retention = Retention {
+                bytes: *retention_bytes,
+                ms: *retention_ms,
+            };
             let s = c
-                .create_stream(job, stream, *partitions, *retention_bytes)
+                .create_stream_with_retention(job, stream, *partitions, retention)
                 .await?;
             emit(args.json, stream_json(&s), || {
                 format!(
@@ -221,6 +231,7 @@ fn stream_json(s: &pb::StreamInfo) -> serde_json::Value {
         "stream": s.stream,
         "partitions": s.partitions,
         "retention_bytes": s.retention_bytes,
+        "retention_ms": s.retention_ms,
         "partition_info": s.partition_info.iter().map(|p| json!({
             "partition": p.partition,
             "start_offset": p.start_offset,

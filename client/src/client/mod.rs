@@ -37,7 +37,7 @@ mod tasks;
 pub use config::{ClientConfig, ClientTls};
 pub use kv::{Consistency, ScanOptions, ScanPage, WriteResult};
 pub use snapshot_save::{SaveSnapshotError, SavedSnapshot};
-pub use streams::Producer;
+pub use streams::{Producer, Retention};
 
 /// One node: its channel and, once used, the tasks that coalesce calls
 /// to it.

@@ -25,6 +25,16 @@ pub struct Producer {
     pub seq: u64,
 }
 
+/// How much of its past a stream partition keeps; 0 for no bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Bytes of keys and values.
+    pub bytes: u64,
+    /// Age in milliseconds, by the time each record's entry was proposed
+    /// (Kafka's `retention.ms`).
+    pub ms: u64,
+}
+
 impl Client {
     /// One `Streams` call routed as `route` asks, retried as every call is.
     async fn streams<Req, Resp, F, Fut>(
@@ -48,12 +58,30 @@ impl Client {
         partitions: u32,
         retention_bytes: u64,
     ) -> Result<pb::StreamInfo, ClientError> {
+        let retention = Retention {
+            bytes: retention_bytes,
+            ms: 0,
+        };
+        self.create_stream_with_retention(job, stream, partitions, retention)
+            .await
+    }
+
+    /// Creates a stream whose partitions drop their oldest records past
+    /// `retention` (by bytes, by age, or both).
+    pub async fn create_stream_with_retention(
+        &self,
+        job: &str,
+        stream: &str,
+        partitions: u32,
+        retention: Retention,
+    ) -> Result<pb::StreamInfo, ClientError> {
         let req = pb::CreateStreamRequest {
             shard: 0,
             job: job.into(),
             stream: stream.into(),
             partitions,
-            retention_bytes,
+            retention_bytes: retention.bytes,
+            retention_ms: retention.ms,
         };
         let r = self
             .streams(Route::Leader, req, |mut c, r| async move {

@@ -199,6 +199,7 @@ impl Streams for StreamsService {
             stream: r.stream.clone(),
             partitions: r.partitions,
             retention_bytes: r.retention_bytes,
+            retention_ms: r.retention_ms,
         });
         match self.ctx.propose_kind(cmd).await? {
             (_, command_response::Kind::StreamCreated(_)) => {
@@ -379,6 +380,7 @@ impl Streams for StreamsService {
                     partitions: s.partitions,
                     retention_bytes: s.retention_bytes,
                     created_index: s.created_index,
+                    retention_ms: s.retention_ms,
                 })
                 .collect(),
         }))

@@ -364,6 +364,7 @@ pub fn describe_stream(
         retention_bytes: s.retention_bytes,
         partition_info,
         created_index: s.created_index,
+        retention_ms: s.retention_ms,
     })
 }
 

@@ -28,6 +28,8 @@ mod output_tests;
 pub mod promotion;
 #[cfg(test)]
 mod promotion_tests;
+#[cfg(test)]
+mod retention_tests;
 mod run_encoder;
 #[cfg(test)]
 mod stream_removal_tests;

@@ -20,6 +20,7 @@ pub(super) fn create_stream(f: &mut Fixture, name: &str, partitions: u32) {
             stream: name.into(),
             partitions,
             retention_bytes: 0,
+            retention_ms: 0,
         })),
     });
     assert!(
@@ -352,6 +353,7 @@ fn a_job_has_at_most_max_streams_and_entries_from_before_apply_as_they_did() {
                 stream: name.into(),
                 partitions: 1,
                 retention_bytes: 0,
+                retention_ms: 0,
             })),
         })
     };

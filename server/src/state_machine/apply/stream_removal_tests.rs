@@ -37,6 +37,7 @@ fn created_id(f: &mut Fixture, name: &str) -> u32 {
             stream: name.into(),
             partitions: 2,
             retention_bytes: 0,
+            retention_ms: 0,
         })),
     });
     match r.kind {

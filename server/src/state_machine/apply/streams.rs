@@ -102,6 +102,7 @@ pub fn create(
         partitions: c.partitions,
         retention_bytes: c.retention_bytes,
         created_index: at.index,
+        retention_ms: c.retention_ms,
     };
     p.put(
         CF_META,
@@ -297,22 +298,33 @@ pub fn append_records(
     }
     t.state.end_offset = end;
     metrics::counter!("streamshield_stream_records_appended_total").increment(records.len() as u64);
-    if t.stream.retention_bytes > 0 && t.state.bytes > t.stream.retention_bytes {
+    let over_bytes = t.stream.retention_bytes > 0 && t.state.bytes > t.stream.retention_bytes;
+    // Records proposed before this: older than the stream keeps. Entries
+    // without a leader time (from before the envelope) trim nothing.
+    let cutoff = (t.stream.retention_ms > 0 && at.time_ms > 0)
+        .then(|| at.time_ms.saturating_sub(t.stream.retention_ms));
+    if over_bytes || cutoff.is_some() {
         let mut to = t.state.start_offset;
         let mut dropped = 0;
-        while t.state.bytes > t.stream.retention_bytes
-            && to < t.state.end_offset
-            && dropped < MAX_TRIMMED_PER_APPLY
-        {
+        while to < t.state.end_offset && dropped < MAX_TRIMMED_PER_APPLY {
             let k = keys::record_key(DEFAULT_SHARD, job_id, sid, partition, to);
-            if let Some(raw) = p.get(CF_STREAMS, &k)? {
-                let r = pb::StoredRecord::decode(raw.as_slice())
-                    .map_err(|e| corrupt(format!("stream record: {e}")))?;
-                t.state.bytes = t
-                    .state
-                    .bytes
-                    .saturating_sub((r.key.len() + r.value.len()) as u64);
+            let Some(raw) = p.get(CF_STREAMS, &k)? else {
+                to += 1;
+                dropped += 1;
+                continue;
+            };
+            let r = pb::StoredRecord::decode(raw.as_slice())
+                .map_err(|e| corrupt(format!("stream record: {e}")))?;
+            let too_many_bytes =
+                t.stream.retention_bytes > 0 && t.state.bytes > t.stream.retention_bytes;
+            let too_old = cutoff.is_some_and(|c| r.timestamp_ms < c);
+            if !too_many_bytes && !too_old {
+                break;
             }
+            t.state.bytes = t
+                .state
+                .bytes
+                .saturating_sub((r.key.len() + r.value.len()) as u64);
             to += 1;
             dropped += 1;
         }

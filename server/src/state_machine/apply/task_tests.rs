@@ -399,6 +399,7 @@ fn create_stream(
             stream: name.into(),
             partitions,
             retention_bytes,
+            retention_ms: 0,
         })),
     })
 }

@@ -584,15 +584,19 @@ mod fuzz {
             (
                 stream_name(),
                 prop_oneof![Just(0u32), 1u32..3, Just(u32::MAX)],
+                small(),
                 small()
             )
-                .prop_map(|(stream, partitions, retention_bytes)| pb::Command {
-                    kind: Some(command::Kind::CreateStream(pb::StreamCreate {
-                        job: "j".into(),
-                        stream,
-                        partitions,
-                        retention_bytes,
-                    })),
+                .prop_map(|(stream, partitions, retention_bytes, retention_ms)| {
+                    pb::Command {
+                        kind: Some(command::Kind::CreateStream(pb::StreamCreate {
+                            job: "j".into(),
+                            stream,
+                            partitions,
+                            retention_bytes,
+                            retention_ms,
+                        })),
+                    }
                 }),
             (outputs(), small(), small()).prop_map(|(o, producer_id, producer_seq)| pb::Command {
                 kind: Some(command::Kind::Append(pb::StreamAppend {
