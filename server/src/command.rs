@@ -49,7 +49,8 @@ use streamshield_proto::v1 as pb;
 /// in a job whose name a deleted job had starts above that job's
 /// generations; a stream deleted with its records (`StreamDelete`,
 /// `apply/streams.rs`), its id never used again and outputs staged for it
-/// dropped at their promotion.
+/// dropped at their promotion; streams that drop records older than their
+/// `retention_ms` by the entries' leader time.
 pub const FORMAT: u32 = 9;
 
 #[derive(Clone)]
