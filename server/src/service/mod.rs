@@ -30,12 +30,14 @@ use openraft::raft::linearizable_read::LinearizerOption;
 use openraft::ReadPolicy;
 use streamshield_proto::v1 as pb;
 
+use self::authz::Action;
 use crate::command::SharedCommand;
 use crate::config::Limits;
 use crate::error::{rejected, MembershipRefusal, ServiceError};
 use crate::keys::DEFAULT_SHARD;
 use crate::state_machine::SmShared;
 use crate::types::{Raft, TypeConfig};
+use crate::validate;
 
 fn membership_refusal(
     e: openraft::errors::ChangeMembershipError<
@@ -290,6 +292,25 @@ impl NodeContext {
                 Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
             }
         }
+    }
+
+    /// The checks of a read of a whole job's records (its tasks, its
+    /// streams): shard, name, the caller's right to read the job, then
+    /// read-index when the read asks to be linearizable.
+    pub async fn check_job_read(
+        &self,
+        ext: &tonic::Extensions,
+        shard: u32,
+        job: &str,
+        consistency: i32,
+    ) -> Result<(), ServiceError> {
+        self.check_shard(shard)?;
+        validate::name("job", job, &self.limits)?;
+        self.authorize(ext, Action::Read { job })?;
+        if validate::consistency(consistency)? == pb::Consistency::Linearizable {
+            self.linearize().await?;
+        }
+        Ok(())
     }
 
     pub fn check_shard(&self, shard: u32) -> Result<(), ServiceError> {

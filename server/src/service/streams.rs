@@ -55,6 +55,17 @@ impl StreamsService {
         self.ctx.authorize(ext, action)
     }
 
+    /// The checks of a call that changes a stream of the job.
+    fn check_write(
+        &self,
+        ext: &tonic::Extensions,
+        shard: u32,
+        job: &str,
+        stream: &str,
+    ) -> Result<super::authz::Identity, ServiceError> {
+        self.check(ext, shard, job, stream, Action::Write { job })
+    }
+
     /// A read's checks, then read-index when it asks to be linearizable.
     async fn check_read(
         &self,
@@ -339,13 +350,7 @@ impl Streams for StreamsService {
         request: Request<pb::DeleteStreamRequest>,
     ) -> Result<Response<pb::DeleteStreamResponse>, Status> {
         let (_, ext, r) = request.into_parts();
-        self.check(
-            &ext,
-            r.shard,
-            &r.job,
-            &r.stream,
-            Action::Write { job: &r.job },
-        )?;
+        self.check_write(&ext, r.shard, &r.job, &r.stream)?;
         let cmd = command::Kind::DeleteStream(pb::StreamDelete {
             job: r.job.clone(),
             stream: r.stream.clone(),
@@ -364,12 +369,9 @@ impl Streams for StreamsService {
         request: Request<pb::ListStreamsRequest>,
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
         let (_, ext, r) = request.into_parts();
-        self.ctx.check_shard(r.shard)?;
-        validate::name("job", &r.job, &self.ctx.limits)?;
-        self.ctx.authorize(&ext, Action::Read { job: &r.job })?;
-        if validate::consistency(r.consistency)? == pb::Consistency::Linearizable {
-            self.ctx.linearize().await?;
-        }
+        self.ctx
+            .check_job_read(&ext, r.shard, &r.job, r.consistency)
+            .await?;
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
         let streams = read::list_streams(&db, info.as_deref(), r.shard, &r.job)?;
         Ok(Response::new(pb::ListStreamsResponse {
@@ -391,13 +393,7 @@ impl Streams for StreamsService {
         request: Request<pb::TrimStreamRequest>,
     ) -> Result<Response<pb::TrimStreamResponse>, Status> {
         let (_, ext, r) = request.into_parts();
-        self.check(
-            &ext,
-            r.shard,
-            &r.job,
-            &r.stream,
-            Action::Write { job: &r.job },
-        )?;
+        self.check_write(&ext, r.shard, &r.job, &r.stream)?;
         let cmd = command::Kind::TrimStream(pb::StreamTrim {
             job: r.job,
             stream: r.stream,

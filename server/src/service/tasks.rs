@@ -237,12 +237,9 @@ impl Tasks for TasksService {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let (_, ext, r) = request.into_parts();
-        self.ctx.check_shard(r.shard)?;
-        validate::name("job", &r.job, &self.ctx.limits)?;
-        self.ctx.authorize(&ext, Action::Read { job: &r.job })?;
-        if validate::consistency(r.consistency)? == pb::Consistency::Linearizable {
-            self.ctx.linearize().await?;
-        }
+        self.ctx
+            .check_job_read(&ext, r.shard, &r.job, r.consistency)
+            .await?;
         let applied_index = self.ctx.sm.applied_index();
         let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
         let (tasks, more) = read::tasks(

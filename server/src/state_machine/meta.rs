@@ -36,6 +36,13 @@ pub fn decode_u32(raw: &[u8]) -> std::io::Result<u32> {
     Ok(u32::from_be_bytes(b))
 }
 
+pub fn decode_u64(raw: &[u8]) -> std::io::Result<u64> {
+    let b: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| corrupt("counter is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
 pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
     job.states
         .iter()

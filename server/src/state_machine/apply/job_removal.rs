@@ -87,13 +87,7 @@ pub fn delete_job(p: &mut PendingWrites, d: &pb::JobDelete) -> io::Result<pb::Co
 pub fn first_generation(p: &mut PendingWrites, shard: u32, name: &str) -> io::Result<u64> {
     match p.get(CF_META, &meta::deleted_job(shard, name))? {
         None => Ok(0),
-        Some(raw) => {
-            let b: [u8; 8] = raw
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt("a deleted job's generation is not 8 bytes"))?;
-            Ok(u64::from_be_bytes(b))
-        }
+        Some(raw) => crate::state_machine::meta::decode_u64(&raw),
     }
 }
 

@@ -2,14 +2,10 @@
 //! through the apply path: the entries' leader time decides, on every
 //! replica alike.
 
-use prost::Message;
-use rocksdb::IteratorMode;
 use streamshield_proto::v1::{self as pb, command, command_response};
 
 use super::fixture::Fixture;
-use crate::keys;
-use crate::rocks;
-use crate::state_machine::meta::CF_STREAMS;
+use super::task_tests::stream_records as stored;
 
 fn create(f: &mut Fixture, retention_bytes: u64, retention_ms: u64) {
     let r = f.apply(pb::Command {
@@ -51,22 +47,6 @@ fn append(f: &mut Fixture, values: &[&str]) {
     );
 }
 
-/// (offset, value, timestamp) of every stored record.
-fn stored(f: &Fixture) -> Vec<(u64, String, u64)> {
-    let cf = rocks::cf(&f.db, CF_STREAMS).unwrap();
-    f.db.iterator_cf(cf, IteratorMode::Start)
-        .map(|kv| {
-            let (k, v) = kv.unwrap();
-            let r = pb::StoredRecord::decode(v.as_ref()).unwrap();
-            (
-                keys::offset_of_record(&k).unwrap(),
-                String::from_utf8(r.value).unwrap(),
-                r.timestamp_ms,
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn records_older_than_the_retention_go_as_new_ones_come() {
     let mut f = Fixture::new();
@@ -82,7 +62,7 @@ fn records_older_than_the_retention_go_as_new_ones_come() {
     // Past it for the first two, not for "c".
     f.time_ms = 11_200;
     append(&mut f, &["e"]);
-    let left: Vec<(u64, String)> = stored(&f).into_iter().map(|(o, v, _)| (o, v)).collect();
+    let left: Vec<(u64, String)> = stored(&f);
     assert_eq!(
         left,
         [(2, "c".into()), (3, "d".into()), (4, "e".into())],
@@ -102,11 +82,11 @@ fn retention_by_age_and_by_bytes_each_trim_and_a_stream_without_either_keeps_all
     f.time_ms = 5_000;
     append(&mut f, &["a", "b"]);
     append(&mut f, &["c", "d"]);
-    let by_bytes: Vec<String> = stored(&f).into_iter().map(|(_, v, _)| v).collect();
+    let by_bytes: Vec<String> = stored(&f).into_iter().map(|(_, v)| v).collect();
     assert_eq!(by_bytes, ["b", "c", "d"]);
     f.time_ms = 7_000;
     append(&mut f, &["e"]);
-    let by_age: Vec<String> = stored(&f).into_iter().map(|(_, v, _)| v).collect();
+    let by_age: Vec<String> = stored(&f).into_iter().map(|(_, v)| v).collect();
     assert_eq!(by_age, ["e"]);
 
     let mut g = Fixture::new();

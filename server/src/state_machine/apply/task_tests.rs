@@ -414,7 +414,7 @@ fn entries(values: &[&str]) -> Vec<pb::StreamEntry> {
         .collect()
 }
 
-fn stream_records(f: &Fixture) -> Vec<(u64, String)> {
+pub(super) fn stream_records(f: &Fixture) -> Vec<(u64, String)> {
     let cf = rocks::cf(&f.db, crate::state_machine::meta::CF_STREAMS).unwrap();
     f.db.iterator_cf(cf, IteratorMode::Start)
         .map(|kv| {
