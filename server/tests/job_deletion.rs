@@ -13,12 +13,7 @@ use streamshield_client::{pb, ClientError, Consistency, TaskSessionConfig, TaskS
 use tonic::Code;
 
 fn spec() -> TaskSpec {
-    TaskSpec {
-        job: "orders".into(),
-        task: 0,
-        key_groups: 0..4,
-        input_partitions: Vec::new(),
-    }
+    whole_job_task("orders", 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use streamshield_client::{Consistency, TaskSessionConfig, TaskSpec};
+use streamshield_client::{Consistency, TaskSessionConfig};
 use streamshield_proto::v1 as pb;
 
 const JOB: &str = "big";
@@ -57,14 +57,8 @@ async fn read_all(c: &streamshield_client::Client, partition: u32, n: usize) -> 
 async fn task_with_big_epoch(c: &streamshield_client::Client) -> streamshield_client::TaskSession {
     c.create_job(JOB, 4).await.expect("job");
     c.create_stream(JOB, "out", 2, 0).await.expect("stream");
-    let spec = TaskSpec {
-        job: JOB.into(),
-        task: 0,
-        key_groups: 0..4,
-        input_partitions: Vec::new(),
-    };
     let (mut task, _) = c
-        .acquire(spec, TaskSessionConfig::default())
+        .acquire(whole_job_task(JOB, 4), TaskSessionConfig::default())
         .await
         .expect("lease");
     for i in 0..RECORDS {

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use streamshield_client::{pb, Consistency, Producer, TaskSessionConfig, TaskSpec};
+use streamshield_client::{pb, Consistency, Producer, TaskSessionConfig};
 use tonic::Code;
 
 fn record(value: &str) -> pb::Record {
@@ -39,14 +39,8 @@ async fn a_deleted_stream_is_gone_and_its_name_makes_a_new_one() {
 
     // A task stages an output for clicks and a write; it commits after
     // the stream is deleted and made again.
-    let spec = TaskSpec {
-        job: "feed".into(),
-        task: 0,
-        key_groups: 0..4,
-        input_partitions: Vec::new(),
-    };
     let (mut task, _) = c
-        .acquire(spec, TaskSessionConfig::default())
+        .acquire(whole_job_task("feed", 4), TaskSessionConfig::default())
         .await
         .expect("lease");
     task.put("s", "k", "committed").await.unwrap();

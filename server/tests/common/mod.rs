@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use streamshield_client::local::LocalCluster;
-use streamshield_client::{pb, Client, ClientConfig};
+use streamshield_client::{pb, Client, ClientConfig, TaskSpec};
 use tempfile::TempDir;
 
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_streamshield-server");
@@ -362,5 +362,15 @@ pub async fn expect_code<T: std::fmt::Debug>(
     match r {
         Ok(v) => panic!("{what}: expected {code:?}, got OK {v:?}"),
         Err(s) => assert_eq!(s.code(), code, "{what}: {}", s.message()),
+    }
+}
+
+/// Task 0 of `job`, owning all of its `key_groups`, reading no input.
+pub fn whole_job_task(job: &str, key_groups: u32) -> TaskSpec {
+    TaskSpec {
+        job: job.into(),
+        task: 0,
+        key_groups: 0..key_groups,
+        input_partitions: Vec::new(),
     }
 }
