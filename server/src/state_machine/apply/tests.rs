@@ -448,6 +448,12 @@ mod fuzz {
                 }
             }),
             task_command(),
+            stream_name().prop_map(|stream| pb::Command {
+                kind: Some(command::Kind::DeleteStream(pb::StreamDelete {
+                    job: "j".into(),
+                    stream,
+                })),
+            }),
             (prop_oneof![Just("j".to_string()), ".{0,4}"], any::<bool>()).prop_map(
                 |(job, force)| pb::Command {
                     kind: Some(command::Kind::DeleteJob(pb::JobDelete { job, force })),
@@ -670,7 +676,7 @@ mod fuzz {
                         | command::Kind::CreateStream(_) | command::Kind::Append(_)
                         | command::Kind::TrimStream(_) | command::Kind::PromoteEpoch(_)
                         | command::Kind::SetTableMode(_) | command::Kind::RegisterClient(_)
-                        | command::Kind::DeleteJob(_))
+                        | command::Kind::DeleteJob(_) | command::Kind::DeleteStream(_))
                 );
                 let before = all_cfs(&f);
                 let r = f.apply(cmd);
