@@ -432,7 +432,7 @@ fn commit_applied(
     )?;
     let jobs_changed = pending.jobs_changed();
     let auth_changed = pending.auth_changed();
-    let streams_appended = pending.streams_were_appended();
+    let streams_changed = pending.streams_did_change();
     let promotions_changed = pending.promotions_changed();
     let db = pending.db();
     let started = Instant::now();
@@ -451,7 +451,7 @@ fn commit_applied(
     }
     shared.applied.store(last.index, Ordering::Release);
     metrics::gauge!("streamshield_applied_index").set(last.index as f64);
-    if streams_appended {
+    if streams_changed {
         shared.appended.send_replace(last.index);
     }
     for (responder, response) in answers.drain(..) {

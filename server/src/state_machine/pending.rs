@@ -98,7 +98,7 @@ pub struct PendingWrites<'a> {
     jobs_changed: bool,
     auth_changed: bool,
     promotions_changed: bool,
-    streams_appended: bool,
+    streams_changed: bool,
     memo: Option<&'a Mutex<ApplyMemo>>,
     /// Per client seen in this chunk: no answer stored or staged has a
     /// `seq` above this.
@@ -140,7 +140,7 @@ impl<'a> PendingWrites<'a> {
             jobs_changed: false,
             auth_changed: false,
             promotions_changed: false,
-            streams_appended: false,
+            streams_changed: false,
             memo: None,
             seq_bounds: HashMap::new(),
         }
@@ -436,14 +436,14 @@ impl<'a> PendingWrites<'a> {
         self.auth_changed
     }
 
-    /// Records went into a stream partition: subscribers are woken once
-    /// they are written.
-    pub fn streams_appended(&mut self) {
-        self.streams_appended = true;
+    /// Records went into a stream partition, or a stream or job went:
+    /// subscribers are woken once the chunk is written, to read on or end.
+    pub fn streams_changed(&mut self) {
+        self.streams_changed = true;
     }
 
-    pub fn streams_were_appended(&self) -> bool {
-        self.streams_appended
+    pub fn streams_did_change(&self) -> bool {
+        self.streams_changed
     }
 
     /// Counts an applied entry; callers bound a chunk by it.

@@ -71,8 +71,7 @@ pub fn delete_job(p: &mut PendingWrites, d: &pb::JobDelete) -> io::Result<pb::Co
             top_generation.to_be_bytes().to_vec(),
         )?;
     }
-    // Subscribers of its streams look again, and end.
-    p.streams_appended();
+    p.streams_changed();
     metrics::counter!("streamshield_jobs_deleted_total").increment(1);
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::JobDeleted(pb::JobDeleted {

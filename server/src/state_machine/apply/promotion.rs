@@ -409,7 +409,7 @@ fn finish(p: &mut PendingWrites, job: &pb::JobInfo, task: u32) -> io::Result<()>
         .any(|t| t.task == task && !t.held.is_empty())
     {
         // Subscribers of the held partitions wake to what they may read now.
-        p.streams_appended();
+        p.streams_changed();
     }
     list.tasks.retain(|t| t.task != task);
     if list.tasks.is_empty() {

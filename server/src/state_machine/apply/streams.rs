@@ -162,8 +162,7 @@ pub fn delete(p: &mut PendingWrites, d: &pb::StreamDelete) -> io::Result<pb::Com
         &meta::next_stream_id(DEFAULT_SHARD, job_id),
         next.to_be_bytes().to_vec(),
     )?;
-    // Its subscribers look again, and end.
-    p.streams_appended();
+    p.streams_changed();
     Ok(pb::CommandResponse {
         kind: Some(command_response::Kind::StreamDeleted(sid)),
     })
@@ -335,7 +334,7 @@ pub fn append_records(
         &meta::partition(DEFAULT_SHARD, job_id, sid, partition),
         t.state.encode_to_vec(),
     )?;
-    p.streams_appended();
+    p.streams_changed();
     metrics::gauge!(
         "streamshield_stream_end_offset",
         "job" => job.job.clone(),
