@@ -109,6 +109,19 @@ impl EpochOps {
         Some(self.get(*i))
     }
 
+    /// The newest write of each key of `state` that starts with `prefix`
+    /// this epoch, in no order: a pass over every key written this epoch.
+    pub fn newest_with_prefix<'a>(
+        &'a self,
+        state: &'a str,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = &'a pb::Op> + 'a {
+        self.newest
+            .iter()
+            .map(|&i| self.get(i))
+            .filter(move |o| o.state == state && o.key.starts_with(prefix))
+    }
+
     /// The unsent ops as a batch of their own, if there are any.
     pub fn seal(&mut self) -> Option<Slice> {
         if self.unsent.is_empty() {

@@ -41,8 +41,8 @@ pub use client::{
     SavedSnapshot, ScanOptions, ScanPage, WriteResult,
 };
 pub use error::{ClientError, Missing};
-pub use streamshield_proto::key_group;
 pub use streamshield_proto::v1 as pb;
+pub use streamshield_proto::{key_group, placed_key_group, placement_key, prefixed_key};
 pub use task_session::{Committed, TaskSession, TaskSessionConfig, TaskSpec};
 
 /// Logging for the command-line programs (`streamshield`,

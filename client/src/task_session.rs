@@ -286,6 +286,45 @@ impl TaskSession {
         }
     }
 
+    /// The task's view of every key of `state` that starts with `prefix`
+    /// in key group `key_group`, in key order: its own uncommitted writes
+    /// over the committed values (a prefix-placed table's entries of one
+    /// placement key all sit in its group, `crate::prefixed_key`). Costs a
+    /// scan of the committed keys and a pass over the keys written this
+    /// epoch.
+    pub async fn scan_prefix(
+        &self,
+        state: &str,
+        prefix: &[u8],
+        key_group: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let committed = match self
+            .client
+            .scan_key_groups(
+                &self.spec.job,
+                state,
+                prefix,
+                Some(key_group..key_group + 1),
+                Consistency::Linearizable,
+            )
+            .await
+        {
+            Ok(kvs) => kvs,
+            // A table the job has not written yet holds nothing.
+            Err(ClientError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut view: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+            committed.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        for o in self.held.newest_with_prefix(state, prefix) {
+            match &o.kind {
+                Some(op::Kind::Put(p)) => view.insert(o.key.clone(), p.value.clone()),
+                _ => view.remove(&o.key),
+            };
+        }
+        Ok(view.into_iter().collect())
+    }
+
     fn check_failed(&self) -> Result<(), ClientError> {
         match self.failed.lock().expect("failed").take() {
             Some(e) => Err(e),

@@ -202,6 +202,41 @@ fn a_user_session_with_the_cli() {
     // Jobs listed; one deleted with its state and streams.
     run(&["jobs", "create", "scratch", "--key-groups", "4"]);
     run(&["put", "scratch", "t", "k", "v"]);
+    // A table that places keys by a length-prefixed placement key.
+    let declared = run_json(&[
+        "jobs",
+        "set-mode",
+        "scratch",
+        "entries",
+        "async",
+        "--placement",
+        "prefix",
+    ]);
+    let entries = declared["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "entries")
+        .unwrap()
+        .clone();
+    assert_eq!(entries["placement"], "prefix", "{declared}");
+    assert!(run(&["jobs", "describe", "scratch"]).contains("entries (async, prefix-placed)"));
+    let moved = cli(&with(&[
+        "jobs",
+        "set-mode",
+        "scratch",
+        "t",
+        "sync",
+        "--placement",
+        "prefix",
+    ])
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    assert!(
+        !moved.status.success(),
+        "an existing table's placement is fixed"
+    );
     let listed = run_json(&["jobs", "list"]);
     let names: Vec<&str> = listed["jobs"]
         .as_array()

@@ -145,6 +145,23 @@ def run(o):
              C.INVALID_ARGUMENT)
     o.expect("a write mode no version knows", o.admin.CreateJob,
              A.CreateJobRequest(job="wide", tables=[A.TableMode(state="t", mode=99)]), C.INVALID_ARGUMENT)
+    o.expect("a key placement no version knows", o.admin.CreateJob,
+             A.CreateJobRequest(job="wide", tables=[A.TableMode(state="t", placement=-7)]), C.INVALID_ARGUMENT)
+    o.expect("a job of its own for prefix-placed tables", o.admin.CreateJob,
+             A.CreateJobRequest(job="placing", tables=[A.TableMode(state="whole")]), C.OK)
+    o.expect("a prefix-placed table", o.admin.SetTableMode,
+             A.SetTableModeRequest(job="placing", state="placed", mode=0, placement=1), C.OK)
+    o.expect("an existing table placed anew", o.admin.SetTableMode,
+             A.SetTableModeRequest(job="placing", state="whole", mode=0, placement=1), C.FAILED_PRECONDITION)
+    for name, key in [("a placement length past the key", b"\xff\xffshort"), ("a one-byte key", b"\x01"),
+                      ("an empty-bodied length", b"\x00")]:
+        o.expect(f"prefix-placed write: {name}", o.state.Write,
+                 S.WriteRequest(job="placing", ops=[put("placed", key=key)]), C.INVALID_ARGUMENT)
+        o.expect(f"prefix-placed read: {name}", o.state.Get,
+                 S.GetRequest(job="placing", state="placed", key=key), C.INVALID_ARGUMENT)
+    o.expect("a placed write", o.state.Write,
+             S.WriteRequest(job="placing", ops=[put("placed", key=b"\x00\x01uentry")]), C.OK)
+    o.expect("the placing job deleted", o.admin.DeleteJob, A.DeleteJobRequest(job="placing"), C.OK)
     o.expect("a job name with a NUL", o.admin.CreateJob, A.CreateJobRequest(job="a\0b"), C.INVALID_ARGUMENT)
     o.expect("one write of 10,000 new tables", o.state.Write,
              S.WriteRequest(job="outside", ops=[put(f"t{i}") for i in range(10_000)]),

@@ -6,8 +6,14 @@
 //! store. Absent keys are cached too (a new key costs one read, not one
 //! per record). Least recently used values go first when the budget is
 //! spent, so a task's state can be far larger than its memory.
+//!
+//! A prefix can be marked complete: every key under it is cached, so a
+//! key under it that is not cached is absent, without a read. A map
+//! state loads one key's entries with one scan and marks them so; each new
+//! entry (a new window) then costs no read. Evicting or dropping any
+//! key under a complete prefix unmarks it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 type Key = (String, Vec<u8>);
 
@@ -22,6 +28,9 @@ pub struct StateCache {
     tick: u64,
     entries: HashMap<Key, Entry>,
     by_use: BTreeMap<u64, Key>,
+    /// `(table, prefix)`s whose keys are all cached. None is a prefix of
+    /// another (callers mark length-prefixed keys' prefixes).
+    complete: BTreeSet<Key>,
 }
 
 fn cost(k: &Key, v: &Option<Vec<u8>>) -> usize {
@@ -37,6 +46,38 @@ impl StateCache {
             tick: 0,
             entries: HashMap::new(),
             by_use: BTreeMap::new(),
+            complete: BTreeSet::new(),
+        }
+    }
+
+    /// Marks every key of `table` under `prefix` as cached; the caller
+    /// inserts them next (an eviction among them unmarks it). Nothing is
+    /// marked without a budget: nothing would stay cached.
+    pub fn mark_complete(&mut self, table: &str, prefix: &[u8]) {
+        if self.budget > 0 {
+            self.complete.insert((table.to_string(), prefix.to_vec()));
+        }
+    }
+
+    /// The complete prefix `key` of `table` is under, if any.
+    fn covering(&self, table: &str, key: &[u8]) -> Option<&Key> {
+        let probe = (table.to_string(), key.to_vec());
+        self.complete
+            .range(..=probe)
+            .next_back()
+            .filter(|(t, p)| t == table && key.starts_with(p))
+    }
+
+    /// Whether `key` is cached or known absent under a complete prefix.
+    pub fn knows(&self, table: &str, key: &[u8]) -> bool {
+        self.entries
+            .contains_key(&(table.to_string(), key.to_vec()))
+            || self.covering(table, key).is_some()
+    }
+
+    fn uncover(&mut self, table: &str, key: &[u8]) {
+        if let Some(k) = self.covering(table, key).cloned() {
+            self.complete.remove(&k);
         }
     }
 
@@ -44,7 +85,9 @@ impl StateCache {
     pub fn get(&mut self, table: &str, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let k = (table.to_string(), key.to_vec());
         self.tick += 1;
-        let e = self.entries.get_mut(&k)?;
+        let Some(e) = self.entries.get_mut(&k) else {
+            return self.covering(table, key).map(|_| None);
+        };
         let old = std::mem::replace(&mut e.used, self.tick);
         let value = e.value.clone();
         self.by_use.remove(&old);
@@ -61,6 +104,7 @@ impl StateCache {
             self.by_use.remove(&old.used);
         }
         if c > self.budget {
+            self.uncover(table, key);
             return;
         }
         self.bytes += c;
@@ -79,6 +123,7 @@ impl StateCache {
             if let Some(e) = self.entries.remove(&victim) {
                 self.bytes -= cost(&victim, &e.value);
             }
+            self.uncover(&victim.0, &victim.1);
         }
     }
 
@@ -123,6 +168,31 @@ mod tests {
         c.insert("t", b"k", Some(vec![1; 10]));
         assert_eq!(c.bytes(), 64 + 1 + 1 + 10);
         assert_eq!(c.get("t", b"k"), Some(Some(vec![1; 10])));
+    }
+
+    #[test]
+    fn a_key_under_a_complete_prefix_is_known_absent_until_one_of_its_keys_goes() {
+        let mut c = StateCache::new(4 * (64 + 1 + 3 + 1));
+        c.mark_complete("t", b"a");
+        c.insert("t", b"a:1", Some(vec![1]));
+        assert_eq!(c.get("t", b"a:2"), Some(None), "absent without a read");
+        assert_eq!(c.get("t", b"b:1"), None, "another prefix is unknown");
+        assert_eq!(c.get("u", b"a:2"), None, "another table too");
+        assert!(c.knows("t", b"a:9") && !c.knows("t", b"b"));
+        // Three more keys overflow the budget and evict a:1, the oldest.
+        for k in [b"b:1", b"b:2", b"b:3", b"b:4"] {
+            c.insert("t", k, Some(vec![1]));
+        }
+        assert_eq!(c.get("t", b"a:1"), None);
+        assert_eq!(c.get("t", b"a:2"), None, "no longer known absent");
+        // A value too large to keep unmarks its prefix too.
+        c.mark_complete("t", b"b");
+        c.insert("t", b"b:5", Some(vec![0; 1000]));
+        assert!(!c.knows("t", b"b:6"));
+        // Without a budget nothing is marked.
+        let mut none = StateCache::new(0);
+        none.mark_complete("t", b"a");
+        assert_eq!(none.get("t", b"a:1"), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub(crate) struct Output {
 pub struct Context {
     pub(crate) backing: Backing,
     cache: StateCache,
+    cache_bytes: usize,
     pub(crate) key: Vec<u8>,
     pub(crate) timers: Timers,
     pub(crate) watermark: i64,
@@ -55,6 +56,7 @@ impl Context {
         Self {
             backing,
             cache: StateCache::new(cache_bytes),
+            cache_bytes,
             key: Vec::new(),
             timers: Timers::default(),
             watermark: NO_WATERMARK,
@@ -129,17 +131,8 @@ impl Context {
     /// The current key's value in `table`: the task's own latest write,
     /// else the committed value.
     pub(crate) async fn get_raw(&mut self, table: &str) -> Result<Option<Vec<u8>>, RuntimeError> {
-        if let Some(v) = self.cache.get(table, &self.key) {
-            return Ok(v);
-        }
-        let v = match &mut self.backing {
-            Backing::Session(s) => s.get(table, &self.key).await?,
-            Backing::Memory { tables, .. } => {
-                tables.get(&(table.to_string(), self.key.clone())).cloned()
-            }
-        };
-        self.cache.insert(table, &self.key, v.clone());
-        Ok(v)
+        let key = self.key.clone();
+        self.get_at(table, &key).await
     }
 
     /// Writes (or with `None` deletes) the current key's value in `table`,
@@ -150,6 +143,38 @@ impl Context {
         value: Option<Vec<u8>>,
     ) -> Result<(), RuntimeError> {
         let key = self.key.clone();
+        self.put_at(table, key, value).await
+    }
+
+    /// `key`'s value in `table` (a key of the current key's key group, as
+    /// the entries of a prefix-placed table are): the task's own latest
+    /// write, else the committed value.
+    pub(crate) async fn get_at(
+        &mut self,
+        table: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RuntimeError> {
+        if let Some(v) = self.cache.get(table, key) {
+            return Ok(v);
+        }
+        let v = match &mut self.backing {
+            Backing::Session(s) => s.get(table, key).await?,
+            Backing::Memory { tables, .. } => {
+                tables.get(&(table.to_string(), key.to_vec())).cloned()
+            }
+        };
+        self.cache.insert(table, key, v.clone());
+        Ok(v)
+    }
+
+    /// Writes (or with `None` deletes) `key` in `table`, as part of the
+    /// open epoch.
+    pub(crate) async fn put_at(
+        &mut self,
+        table: &str,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), RuntimeError> {
         match &mut self.backing {
             Backing::Session(s) => match &value {
                 Some(v) => s.put(table, key.clone(), v.clone()).await?,
@@ -165,6 +190,54 @@ impl Context {
         }
         self.cache.insert(table, &key, value);
         Ok(())
+    }
+
+    /// Reads every key of `table` under `prefix` into the cache, marked
+    /// complete ([`StateCache::mark_complete`]), unless `key` (under it)
+    /// is cached or known absent already, or there is no cache: later
+    /// reads of keys under the prefix, present or absent, then read
+    /// nothing from the store.
+    pub(crate) async fn load_prefix(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<(), RuntimeError> {
+        if self.cache_bytes == 0 || self.cache.knows(table, key) {
+            return Ok(());
+        }
+        let all = self.scan_at(table, prefix).await?;
+        self.cache.mark_complete(table, prefix);
+        for (k, v) in all {
+            self.cache.insert(table, &k, Some(v));
+        }
+        Ok(())
+    }
+
+    /// Every key of `table` that starts with `prefix`, with its value, in
+    /// key order, as the task sees them (its own writes over the committed
+    /// state). Only the current key's key group is read: `prefix` must
+    /// start with the current key as a prefix-placed table's placement key
+    /// (`streamshield_client::prefixed_key`).
+    pub(crate) async fn scan_at(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RuntimeError> {
+        match &mut self.backing {
+            Backing::Session(s) => {
+                let group = u32::from(streamshield_client::key_group(
+                    &self.key,
+                    s.job_key_groups(),
+                ));
+                Ok(s.scan_prefix(table, prefix, group).await?)
+            }
+            Backing::Memory { tables, .. } => Ok(tables
+                .range((table.to_string(), prefix.to_vec())..)
+                .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()),
+        }
     }
 
     pub(crate) fn session_mut(&mut self) -> Option<&mut TaskSession> {

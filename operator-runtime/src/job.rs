@@ -8,11 +8,12 @@
 
 use std::sync::Arc;
 
-use streamshield_client::{Client, ClientError};
+use streamshield_client::{pb, Client, ClientError};
 
 use crate::config::JobConfig;
 use crate::error::RuntimeError;
 use crate::operator::{DynOperator, Operator};
+use crate::state::MAP_TABLE;
 
 type MakeOperator = Arc<dyn Fn() -> Box<dyn DynOperator> + Send + Sync>;
 
@@ -146,8 +147,9 @@ impl JobDef {
         Ok(())
     }
 
-    /// Creates the store jobs and streams the job needs; what exists
-    /// already is kept (and must have the configured partitions).
+    /// Creates the store jobs and streams the job needs, and declares
+    /// each job's map-state table ([`MAP_TABLE`]); what exists already is
+    /// kept (and must have the configured partitions).
     pub async fn setup(&self, client: &Client, cfg: &JobConfig) -> Result<(), RuntimeError> {
         self.validate(cfg)?;
         for i in 0..self.stages.len() {
@@ -162,6 +164,24 @@ impl JobDef {
                     "store job {job:?} has {} key groups, the configuration {}",
                     info.key_groups, cfg.key_groups
                 )));
+            }
+            // Map states keep an entry per stored key, placed by the key
+            // they belong to; the table must be declared so before its
+            // first write (a table's placement never changes).
+            let prefix = pb::KeyPlacement::Prefix as i32;
+            if !info
+                .states
+                .iter()
+                .any(|t| t.name == MAP_TABLE && t.placement == prefix)
+            {
+                client
+                    .declare_table(
+                        &job,
+                        MAP_TABLE,
+                        pb::WriteMode::Async,
+                        Some(pb::KeyPlacement::Prefix),
+                    )
+                    .await?;
             }
             let mut streams = vec![self.stages[i].output.clone()];
             if i == 0 {

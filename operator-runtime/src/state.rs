@@ -1,12 +1,15 @@
 //! Keyed state, in the spirit of Flink's: handles named once, each call
 //! scoped to the current key of the [`Context`].
 //!
-//! Every kind is one value per key in a state table of the stage's store
-//! job (the table is the handle's name), encoded with serde (JSON). A map
-//! or list is one value holding all its entries: the store places a key by
-//! the hash of the whole stored key, so entries under composite keys would
-//! land in other tasks' key groups. Maps and lists per key should
-//! therefore stay small (kilobytes, not megabytes).
+//! A value, list, reducing or aggregating state is one value per key in a
+//! state table of the stage's store job (the table is the handle's name),
+//! encoded with serde (JSON). A map state keeps one stored value per
+//! entry, in the job's one prefix-placed table [`MAP_TABLE`]: an entry's
+//! key is the current key as its placement key, then the state's name and
+//! the entry's key, so every entry of a key sits in that key's key group
+//! (owned by the task that owns the key) and a write touches one entry,
+//! however large the map. A list is one value: keep lists small per key
+//! (kilobytes, not megabytes).
 
 use std::marker::PhantomData;
 
@@ -72,7 +75,12 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     }
 }
 
-/// A map per key, ordered by its keys.
+/// The state table of every [`MapState`]'s entries: placed by a length-
+/// prefixed placement key (`KeyPlacement::Prefix`), declared so by
+/// [`crate::Job::setup`].
+pub const MAP_TABLE: &str = "__map";
+
+/// A map per key, ordered by its keys, one stored value per entry.
 pub struct MapState<K, V> {
     name: String,
     _t: PhantomData<fn() -> (K, V)>,
@@ -90,44 +98,76 @@ where
         }
     }
 
-    /// Every entry, in key order.
-    pub async fn entries(&self, ctx: &mut Context) -> Result<Vec<(K, V)>, RuntimeError> {
-        Ok(load(ctx, &self.name).await?.unwrap_or_default())
+    /// Where the current key's entries of this map start: the current key
+    /// as the placement key, then the map's name, length first.
+    fn prefix(&self, ctx: &Context) -> Result<Vec<u8>, RuntimeError> {
+        let too_long = |what: &str| RuntimeError::BadState {
+            state: self.name.clone(),
+            why: format!("{what} is longer than a map entry's 65,535 bytes"),
+        };
+        let name = self.name.as_bytes();
+        let name_len = u16::try_from(name.len()).map_err(|_| too_long("the name"))?;
+        if ctx.key().len() > usize::from(u16::MAX) {
+            return Err(too_long("the current key"));
+        }
+        let mut rest = Vec::with_capacity(2 + name.len());
+        rest.extend_from_slice(&name_len.to_be_bytes());
+        rest.extend_from_slice(name);
+        Ok(streamshield_client::prefixed_key(ctx.key(), &rest))
     }
 
+    fn entry_key(&self, ctx: &Context, k: &K) -> Result<Vec<u8>, RuntimeError> {
+        let mut key = self.prefix(ctx)?;
+        key.extend_from_slice(&encode(&self.name, k)?);
+        Ok(key)
+    }
+
+    /// Every entry, in key order: one scan of the current key's entries.
+    pub async fn entries(&self, ctx: &mut Context) -> Result<Vec<(K, V)>, RuntimeError> {
+        let prefix = self.prefix(ctx)?;
+        let mut out = Vec::new();
+        for (key, value) in ctx.scan_at(MAP_TABLE, &prefix).await? {
+            let k: K = decode(&self.name, &key[prefix.len()..])?;
+            out.push((k, decode(&self.name, &value)?));
+        }
+        // Stored in the order of their encodings; handed out in K's.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// An entry: the first read of the current key's map loads all its
+    /// entries (one scan), after which entries it lacks, such as a new
+    /// window's, are known absent without a read.
     pub async fn get(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
-        let entries = self.entries(ctx).await?;
-        Ok(entries
-            .binary_search_by(|(e, _)| e.cmp(k))
-            .ok()
-            .map(|i| entries[i].1.clone()))
+        let key = self.entry_key(ctx, k)?;
+        ctx.load_prefix(MAP_TABLE, &self.prefix(ctx)?, &key).await?;
+        match ctx.get_at(MAP_TABLE, &key).await? {
+            Some(raw) => decode(&self.name, &raw).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub async fn put(&self, ctx: &mut Context, k: K, v: V) -> Result<(), RuntimeError> {
-        let mut entries = self.entries(ctx).await?;
-        match entries.binary_search_by(|(e, _)| e.cmp(&k)) {
-            Ok(i) => entries[i].1 = v,
-            Err(i) => entries.insert(i, (k, v)),
-        }
-        store(ctx, &self.name, &entries).await
+        let key = self.entry_key(ctx, &k)?;
+        let raw = encode(&self.name, &v)?;
+        ctx.put_at(MAP_TABLE, key, Some(raw)).await
     }
 
     pub async fn remove(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
-        let mut entries = self.entries(ctx).await?;
-        let Ok(i) = entries.binary_search_by(|(e, _)| e.cmp(k)) else {
-            return Ok(None);
-        };
-        let (_, v) = entries.remove(i);
-        if entries.is_empty() {
-            ctx.put_raw(&self.name, None).await?;
-        } else {
-            store(ctx, &self.name, &entries).await?;
+        let old = self.get(ctx, k).await?;
+        if old.is_some() {
+            let key = self.entry_key(ctx, k)?;
+            ctx.put_at(MAP_TABLE, key, None).await?;
         }
-        Ok(Some(v))
+        Ok(old)
     }
 
     pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
-        ctx.put_raw(&self.name, None).await
+        let prefix = self.prefix(ctx)?;
+        for (key, _) in ctx.scan_at(MAP_TABLE, &prefix).await? {
+            ctx.put_at(MAP_TABLE, key, None).await?;
+        }
+        Ok(())
     }
 }
 
@@ -293,6 +333,35 @@ mod tests {
             assert_eq!(m.remove(ctx, &"a".into()).await.unwrap(), None);
             assert_eq!(m.remove(ctx, &"b".into()).await.unwrap(), Some(3));
             assert_eq!(h.stored(), 0, "an emptied map leaves nothing stored");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_map_keeps_an_entry_per_stored_key_apart_from_other_keys_and_maps() {
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            // "m" is a prefix of "mm", and 9 sorts after 10 as JSON bytes.
+            let (m, mm) = (
+                MapState::<i64, i64>::new("m"),
+                MapState::<i64, i64>::new("mm"),
+            );
+            for k in [10, 9, -3] {
+                m.put(h.context_for(b"a"), k, k * 2).await.unwrap();
+            }
+            m.put(h.context_for(b"ab"), 1, 1).await.unwrap();
+            mm.put(h.context_for(b"a"), 7, 7).await.unwrap();
+            assert_eq!(h.stored(), 5, "one stored value per entry");
+            assert_eq!(
+                m.entries(h.context_for(b"a")).await.unwrap(),
+                vec![(-3, -6), (9, 18), (10, 20)]
+            );
+            assert_eq!(m.entries(h.context_for(b"ab")).await.unwrap(), vec![(1, 1)]);
+            assert_eq!(mm.entries(h.context_for(b"a")).await.unwrap(), vec![(7, 7)]);
+            m.clear(h.context_for(b"a")).await.unwrap();
+            assert_eq!(m.entries(h.context_for(b"a")).await.unwrap(), vec![]);
+            assert_eq!(m.get(h.context_for(b"a"), &9).await.unwrap(), None);
+            assert_eq!(mm.get(h.context_for(b"a"), &7).await.unwrap(), Some(7));
+            assert_eq!(h.stored(), 2);
         }
     }
 

@@ -28,6 +28,14 @@ impl Window {
 /// Which windows an event belongs to.
 pub trait WindowAssigner: Send + Sync + 'static {
     fn assign(&self, event_time: i64) -> Vec<Window>;
+
+    /// The one window whose last millisecond is `max_timestamp`, for
+    /// assigners of windows of one size: its timer then reads that
+    /// window's state alone. `None` (the default) has the timer scan the
+    /// key's windows for those that end then.
+    fn window_ending_at(&self, _max_timestamp: i64) -> Option<Window> {
+        None
+    }
 }
 
 /// Fixed, non-overlapping windows of `size_ms`, aligned to the epoch.
@@ -43,6 +51,13 @@ impl WindowAssigner for TumblingWindows {
             start,
             end: start + self.size_ms,
         }]
+    }
+
+    fn window_ending_at(&self, max_timestamp: i64) -> Option<Window> {
+        Some(Window {
+            start: max_timestamp + 1 - self.size_ms,
+            end: max_timestamp + 1,
+        })
     }
 }
 
@@ -68,6 +83,13 @@ impl WindowAssigner for SlidingWindows {
         }
         out.reverse();
         out
+    }
+
+    fn window_ending_at(&self, max_timestamp: i64) -> Option<Window> {
+        Some(Window {
+            start: max_timestamp + 1 - self.size_ms,
+            end: max_timestamp + 1,
+        })
     }
 }
 
@@ -133,7 +155,14 @@ where
     }
 
     async fn on_timer(&mut self, ctx: &mut Context, time: i64) -> Result<(), RuntimeError> {
-        for (w, acc) in self.windows.entries(ctx).await? {
+        let due = match self.assigner.window_ending_at(time) {
+            Some(w) => match self.windows.get(ctx, &w).await? {
+                Some(acc) => vec![(w, acc)],
+                None => Vec::new(),
+            },
+            None => self.windows.entries(ctx).await?,
+        };
+        for (w, acc) in due {
             if w.max_timestamp() != time {
                 continue;
             }
@@ -200,6 +229,24 @@ mod tests {
         assert_eq!(w.assign(9), vec![Window { start: 0, end: 10 }]);
         assert_eq!(w.assign(10), vec![Window { start: 10, end: 20 }]);
         assert_eq!(w.assign(-1), vec![Window { start: -10, end: 0 }]);
+    }
+
+    #[test]
+    fn the_window_ending_at_a_timer_is_the_one_assigned_that_ends_then() {
+        let assigners: [Box<dyn WindowAssigner>; 2] = [
+            Box::new(TumblingWindows { size_ms: 10 }),
+            Box::new(SlidingWindows {
+                size_ms: 10,
+                slide_ms: 5,
+            }),
+        ];
+        for a in &assigners {
+            for t in -25..40 {
+                for w in a.assign(t) {
+                    assert_eq!(a.window_ending_at(w.max_timestamp()), Some(w), "t = {t}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -302,6 +349,41 @@ mod operator_tests {
             )]
         );
         assert_eq!(h.stored(), 0, "fired windows leave no state behind");
+    }
+
+    /// Sliding windows that do not say which window ends when: their
+    /// timers scan the key's windows.
+    struct ScannedSliding(SlidingWindows);
+    impl WindowAssigner for ScannedSliding {
+        fn assign(&self, t: i64) -> Vec<Window> {
+            self.0.assign(t)
+        }
+    }
+
+    async fn sums_of(assigner: impl WindowAssigner) -> Vec<(String, WindowResult<i64>)> {
+        let mut h = Harness::new(WindowedAggregate::new(assigner, Sum, amount), 0);
+        for (k, v, t) in [
+            (&b"a"[..], "1", 1),
+            (b"a", "2", 6),
+            (b"b", "4", 7),
+            (b"a", "8", 12),
+        ] {
+            h.process(k, v.as_bytes(), t).await.unwrap();
+        }
+        h.advance_watermark(i64::MAX).await.unwrap();
+        assert_eq!(h.stored(), 0, "fired windows leave no state behind");
+        results(h.take_output())
+    }
+
+    #[tokio::test]
+    async fn timers_of_an_assigner_without_window_ending_at_scan_and_fire_the_same() {
+        let sliding = SlidingWindows {
+            size_ms: 10,
+            slide_ms: 5,
+        };
+        let direct = sums_of(sliding).await;
+        assert_eq!(direct.len(), 6);
+        assert_eq!(sums_of(ScannedSliding(sliding)).await, direct);
     }
 
     #[tokio::test]

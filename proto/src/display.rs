@@ -76,8 +76,8 @@ impl fmt::Display for Command {
             Some(command::Kind::Commands(l)) => write!(f, "commands({})", l.commands.len()),
             Some(command::Kind::SetTableMode(t)) => write!(
                 f,
-                "set_table_mode(job={}, state={}, mode={})",
-                t.job, t.state, t.mode
+                "set_table_mode(job={}, state={}, mode={}, placement={:?})",
+                t.job, t.state, t.mode, t.placement
             ),
             Some(command::Kind::PromoteEpoch(p)) => write!(
                 f,

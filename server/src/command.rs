@@ -50,8 +50,10 @@ use streamshield_proto::v1 as pb;
 /// generations; a stream deleted with its records (`StreamDelete`,
 /// `apply/streams.rs`), its id never used again and outputs staged for it
 /// dropped at their promotion; streams that drop records older than their
-/// `retention_ms` by the entries' leader time.
-pub const FORMAT: u32 = 9;
+/// `retention_ms` by the entries' leader time; 10: tables that place keys
+/// by a length-prefixed placement key (`TableModeSet.placement`,
+/// `KeyPlacement::Prefix`), whose keys are placed, staged and refused by it.
+pub const FORMAT: u32 = 10;
 
 #[derive(Clone)]
 pub struct SharedCommand(Arc<Inner>);

@@ -240,10 +240,18 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
     let table = |state: &str, mode: i32| pb::TableMode {
         state: state.into(),
         mode,
+        placement: None,
     };
     for (what, tables) in [
         ("a table mode out of range", vec![table("t", 7)]),
         ("a table without a name", vec![table("", 0)]),
+        (
+            "a key placement out of range",
+            vec![pb::TableMode {
+                placement: Some(i32::MIN),
+                ..table("t", 0)
+            }],
+        ),
         ("a negative table mode", vec![table("t", i32::MIN)]),
         ("a table declared twice", vec![table("t", 0), table("t", 1)]),
         (
@@ -283,6 +291,20 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
                 job: "good".into(),
                 state: "t".into(),
                 mode: 2,
+                placement: None,
+            })
+            .await,
+        Code::InvalidArgument,
+    )
+    .await;
+    expect_code(
+        "a key placement out of range",
+        admin
+            .set_table_mode(pb::SetTableModeRequest {
+                job: "good".into(),
+                state: "t".into(),
+                mode: 1,
+                placement: Some(2),
             })
             .await,
         Code::InvalidArgument,
@@ -295,6 +317,7 @@ async fn every_bad_input_gets_its_status_and_changes_nothing() {
                 job: "nope".into(),
                 state: "t".into(),
                 mode: 1,
+                placement: None,
             })
             .await,
         Code::NotFound,

@@ -44,7 +44,35 @@ pub enum JobsCmd {
         table: String,
         #[arg(value_enum)]
         mode: ModeArg,
+        /// For a new table: how it places keys in key groups. `prefix`:
+        /// every key starts with a placement key, length first (a u16,
+        /// big-endian), and only that places it. Fixed once the table exists.
+        #[arg(long, value_enum)]
+        placement: Option<PlacementArg>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum PlacementArg {
+    WholeKey,
+    Prefix,
+}
+
+impl PlacementArg {
+    fn to_pb(self) -> pb::KeyPlacement {
+        match self {
+            Self::WholeKey => pb::KeyPlacement::WholeKey,
+            Self::Prefix => pb::KeyPlacement::Prefix,
+        }
+    }
+}
+
+fn placement_name(p: i32) -> &'static str {
+    match pb::KeyPlacement::try_from(p) {
+        Ok(pb::KeyPlacement::WholeKey) => "whole-key",
+        Ok(pb::KeyPlacement::Prefix) => "prefix",
+        Err(_) => "unknown",
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -148,6 +176,7 @@ fn job_json(j: &pb::JobInfo) -> Value {
             "name": s.name,
             "state_id": s.state_id,
             "default_mode": s.default_mode.map(|m| mode_name(Some(m))),
+            "placement": placement_name(s.placement),
         })).collect::<Vec<_>>(),
     })
 }
@@ -225,15 +254,32 @@ pub async fn jobs(args: &Args, cmd: &JobsCmd) -> anyhow::Result<ExitCode> {
                 .await?
         }
         JobsCmd::Describe { job } => client.describe_job(job).await?,
-        JobsCmd::SetMode { job, table, mode } => {
-            client.set_table_mode(job, table, mode.to_pb()).await?
+        JobsCmd::SetMode {
+            job,
+            table,
+            mode,
+            placement,
+        } => {
+            client
+                .declare_table(job, table, mode.to_pb(), placement.map(PlacementArg::to_pb))
+                .await?
         }
     };
     emit(args.json, job_json(&info), || {
         let states: Vec<String> = info
             .states
             .iter()
-            .map(|s| format!("{} ({})", s.name, mode_name(s.default_mode)))
+            .map(|s| match pb::KeyPlacement::try_from(s.placement) {
+                Ok(pb::KeyPlacement::WholeKey) => {
+                    format!("{} ({})", s.name, mode_name(s.default_mode))
+                }
+                _ => format!(
+                    "{} ({}, {}-placed)",
+                    s.name,
+                    mode_name(s.default_mode),
+                    placement_name(s.placement)
+                ),
+            })
             .collect();
         format!(
             "job {} (id {}): {} key groups, state tables: [{}]",

@@ -57,6 +57,7 @@ impl Client {
                 .map(|(state, mode)| pb::TableMode {
                     state: state.to_string(),
                     mode: *mode as i32,
+                    placement: None,
                 })
                 .collect(),
         };
@@ -74,10 +75,26 @@ impl Client {
         state: &str,
         mode: pb::WriteMode,
     ) -> Result<pb::JobInfo, ClientError> {
+        self.declare_table(job, state, mode, None).await
+    }
+
+    /// [`Client::set_table_mode`], and for a new table how it places its
+    /// keys in key groups: with [`pb::KeyPlacement::Prefix`], keys made by
+    /// [`crate::prefixed_key`] go to their placement key's
+    /// group. Naming another placement than an existing table's is
+    /// refused (`FailedPrecondition`); the same one, or none, is not.
+    pub async fn declare_table(
+        &self,
+        job: &str,
+        state: &str,
+        mode: pb::WriteMode,
+        placement: Option<pb::KeyPlacement>,
+    ) -> Result<pb::JobInfo, ClientError> {
         let req = pb::SetTableModeRequest {
             job: job.into(),
             state: state.into(),
             mode: mode as i32,
+            placement: placement.map(|p| p as i32),
         };
         let r = self
             .admin(req, |mut c, r| async move { c.set_table_mode(r).await })

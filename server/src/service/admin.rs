@@ -216,7 +216,13 @@ impl Admin for AdminService {
                 )
                 .into());
             }
-            tables.push(table_mode(&r.job, &t.state, t.mode, &self.ctx.limits)?);
+            tables.push(table_mode(
+                &r.job,
+                &t.state,
+                t.mode,
+                t.placement,
+                &self.ctx.limits,
+            )?);
         }
         let resp = self
             .ctx
@@ -256,7 +262,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::SetTableModeResponse>, Status> {
         self.ctx.authorize(request.extensions(), Action::Admin)?;
         let r = request.into_inner();
-        let cmd = table_mode(&r.job, &r.state, r.mode, &self.ctx.limits)?;
+        let cmd = table_mode(&r.job, &r.state, r.mode, r.placement, &self.ctx.limits)?;
         let resp = self
             .ctx
             .propose(pb::Command {
@@ -403,12 +409,13 @@ impl Admin for AdminService {
     }
 }
 
-/// A table's declared mode as the log carries it, once its names and mode
-/// are valid.
+/// A table's declared mode and placement as the log carries them, once its
+/// names, mode and placement are valid.
 fn table_mode(
     job: &str,
     state: &str,
     mode: i32,
+    placement: Option<i32>,
     limits: &crate::config::Limits,
 ) -> Result<pb::TableModeSet, ServiceError> {
     validate::name("job", job, limits)?;
@@ -419,9 +426,16 @@ fn table_mode(
             format!("{mode} is not a write mode (0 SYNC, 1 ASYNC)"),
         ));
     }
+    if let Some(p) = placement.filter(|p| pb::KeyPlacement::try_from(*p).is_err()) {
+        return Err(ServiceError::invalid(
+            "placement",
+            format!("{p} is not a key placement (0 WHOLE_KEY, 1 PREFIX)"),
+        ));
+    }
     Ok(pb::TableModeSet {
         job: job.to_string(),
         state: state.to_string(),
         mode,
+        placement,
     })
 }

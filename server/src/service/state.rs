@@ -9,7 +9,6 @@ use tonic::{Extensions, Request, Response, Status, Streaming};
 use super::authz::Action;
 use super::{session, NodeContext};
 use crate::error::{item_error, ServiceError};
-use crate::keys;
 use crate::state_machine::read;
 use crate::validate;
 
@@ -51,7 +50,7 @@ impl StateService {
             let (db, info) = self.ctx.sm.job(r.shard, &r.job)?;
             let seq = match &info {
                 Some(info) => {
-                    let group = u32::from(keys::key_group(&r.key, info.key_groups));
+                    let group = u32::from(read::placed(info, &r.state, &r.key)?);
                     let settled =
                         self.ctx
                             .sm

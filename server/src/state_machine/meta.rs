@@ -50,6 +50,31 @@ pub fn state_id(job: &pb::JobInfo, state: &str) -> Option<u32> {
         .map(|s| s.state_id)
 }
 
+/// How table `state` of `job` places its keys in key groups; `None` for a
+/// value this version does not know (only damage writes one). A table not
+/// made yet places by the whole key, as it will once a write makes it.
+pub fn placement(job: &pb::JobInfo, state: &str) -> Option<pb::KeyPlacement> {
+    match job.states.iter().find(|s| s.name == state) {
+        Some(t) => pb::KeyPlacement::try_from(t.placement).ok(),
+        None => Some(pb::KeyPlacement::WholeKey),
+    }
+}
+
+/// The key group of `key` in table `state` of `job`: `None` for a key its
+/// table refuses (a prefix-placed table's key that does not start with its
+/// placement key, [`streamshield_proto::placement_key`]).
+pub fn key_group(job: &pb::JobInfo, state: &str, key: &[u8]) -> Option<u16> {
+    streamshield_proto::placed_key_group(key, placement(job, state)?, job.key_groups)
+}
+
+/// Why a key was refused by [`key_group`].
+pub fn misplaced_key(state: &str) -> String {
+    format!(
+        "table {state:?} places keys by a length-prefixed placement key \
+         ([n: u16 big-endian][n bytes]...), and this key does not start with one"
+    )
+}
+
 /// Up to `limit` jobs of `shard` in name order after `start_after` that
 /// `keep` accepts, and whether more follow.
 pub fn list_jobs(

@@ -30,6 +30,12 @@ fn resolve<'a>(
     Ok((info, sid))
 }
 
+/// The key group of `key` in table `state`, or why its table refuses it.
+pub fn placed(info: &pb::JobInfo, state: &str, key: &[u8]) -> Result<u16, ServiceError> {
+    m::key_group(info, state, key)
+        .ok_or_else(|| ServiceError::invalid("key", m::misplaced_key(state)))
+}
+
 fn to_kv(key: &[u8], v: StoredValue, group: u16) -> pb::KeyValue {
     pb::KeyValue {
         key: key.to_vec(),
@@ -49,7 +55,7 @@ pub fn get(
     key: &[u8],
 ) -> Result<Option<pb::KeyValue>, ServiceError> {
     let (info, sid) = resolve(info, job, state)?;
-    let group = keys::key_group(key, info.key_groups);
+    let group = placed(info, state, key)?;
     let cf = rocks::cf(db, CF_DATA)?;
     let dk = keys::data_key(shard, info.job_id, group, sid, key);
     match db.get_pinned_cf(cf, dk).map_err(io_err)? {

@@ -42,7 +42,7 @@ use super::streams;
 use super::{error_response, jobs, refusal, At};
 use crate::keys::{self, DEFAULT_SHARD};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::CF_STAGED;
+use crate::state_machine::meta::{self as m, CF_STAGED};
 use crate::state_machine::pending::PendingWrites;
 
 /// Epochs of one task that may have staged writes and no commit yet: a
@@ -231,7 +231,12 @@ pub fn stage(p: &mut PendingWrites, at: At, s: &pb::StageOps) -> io::Result<pb::
                     pb::staged_op::Kind::Put(v) => Some(v.as_slice()),
                     _ => None,
                 };
-                let group = keys::key_group(&o.key, job.key_groups);
+                let Some(group) = m::key_group(&job, &o.state, &o.key) else {
+                    return Ok(error_response(
+                        Code::InvalidArgument,
+                        m::misplaced_key(&o.state),
+                    ));
+                };
                 if !leases::owns(&task, group) {
                     return Ok(leases::outside_range(&task, group));
                 }

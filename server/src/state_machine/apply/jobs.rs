@@ -67,6 +67,9 @@ pub fn create_job(
     if let Some(bad) = c.tables.iter().find(|t| known_mode(t.mode).is_none()) {
         return Ok(bad_mode(bad));
     }
+    if let Some(bad) = c.tables.iter().find(|t| !known_placement(t.placement)) {
+        return Ok(bad_placement(bad));
+    }
     let job_id = match p.get(CF_META, meta::NEXT_JOB_ID)? {
         None => 1,
         Some(raw) => m::decode_u32(&raw)?,
@@ -79,8 +82,8 @@ pub fn create_job(
         created_index: index,
     };
     for t in &c.tables {
-        if declare(&mut info, &t.state, t.mode, format).is_err() {
-            return Ok(too_many_tables(&c.job));
+        if let Err(refused) = declare(&mut info, t, format) {
+            return Ok(refused.response(&c.job, &t.state));
         }
     }
     p.put(CF_META, &meta::job(shard, &c.job), info.encode_to_vec())?;
@@ -125,6 +128,7 @@ pub fn table_id(
         name: name.to_string(),
         state_id: sid,
         default_mode: None,
+        placement: pb::KeyPlacement::WholeKey as i32,
     });
     *changed = true;
     Ok(Some(sid))
@@ -146,14 +150,84 @@ fn bad_mode(t: &pb::TableModeSet) -> pb::CommandResponse {
     )
 }
 
-/// Table `name` of `job`, made if new, with default mode `mode` (known).
-fn declare(job: &mut pb::JobInfo, name: &str, mode: i32, format: u32) -> Result<(), TooManyTables> {
-    let mut changed = false;
-    let sid = table_id(job, name, true, &mut changed, format)?.expect("made when absent");
-    if let Some(t) = job.states.iter_mut().find(|t| t.state_id == sid) {
-        t.default_mode = Some(mode);
+/// Whether a replicated placement value is absent or one this version
+/// knows.
+fn known_placement(placement: Option<i32>) -> bool {
+    placement.is_none_or(|p| pb::KeyPlacement::try_from(p).is_ok())
+}
+
+fn bad_placement(t: &pb::TableModeSet) -> pb::CommandResponse {
+    error_response(
+        Code::InvalidArgument,
+        format!(
+            "table {:?}: {} is not a key placement",
+            t.state,
+            t.placement.unwrap_or_default()
+        ),
+    )
+}
+
+/// Why a table's declaration was refused.
+enum Refusal {
+    TooManyTables,
+    /// The table exists with placement `has`; the declaration names `asked`.
+    PlacementFixed {
+        has: i32,
+        asked: i32,
+    },
+}
+
+impl Refusal {
+    fn response(&self, job: &str, state: &str) -> pb::CommandResponse {
+        match *self {
+            Self::TooManyTables => too_many_tables(job),
+            Self::PlacementFixed { has, asked } => error_response(
+                Code::FailedPrecondition,
+                format!(
+                    "table {state:?} of job {job:?} places keys by {}, fixed since it was made: \
+                     declare a new table to place keys by {}",
+                    placement_name(has),
+                    placement_name(asked)
+                ),
+            ),
+        }
     }
+}
+
+/// Table `t.state` of `job`, made if new, with default mode `t.mode` and
+/// (for a new table) placement `t.placement`, both known. A placement
+/// other than an existing table's is refused: its keys already sit in the
+/// key groups their placement gave them.
+fn declare(job: &mut pb::JobInfo, t: &pb::TableModeSet, format: u32) -> Result<(), Refusal> {
+    let existing = m::state_id(job, &t.state).is_some();
+    let mut changed = false;
+    let sid = table_id(job, &t.state, true, &mut changed, format)
+        .map_err(|TooManyTables| Refusal::TooManyTables)?
+        .expect("made when absent");
+    let table = job
+        .states
+        .iter_mut()
+        .find(|s| s.state_id == sid)
+        .expect("the table just found or made");
+    if let Some(asked) = t.placement {
+        if existing && table.placement != asked {
+            return Err(Refusal::PlacementFixed {
+                has: table.placement,
+                asked,
+            });
+        }
+        table.placement = asked;
+    }
+    table.default_mode = Some(t.mode);
     Ok(())
+}
+
+fn placement_name(p: i32) -> &'static str {
+    match pb::KeyPlacement::try_from(p) {
+        Ok(pb::KeyPlacement::WholeKey) => "the whole key",
+        Ok(pb::KeyPlacement::Prefix) => "a length-prefixed placement key",
+        Err(_) => "an unknown placement",
+    }
 }
 
 /// Declares a table of a job, or changes its default write mode.
@@ -170,8 +244,11 @@ pub fn set_table_mode(
     if known_mode(s.mode).is_none() {
         return Ok(bad_mode(s));
     }
-    if declare(&mut job, &s.state, s.mode, at.format).is_err() {
-        return Ok(too_many_tables(&s.job));
+    if !known_placement(s.placement) {
+        return Ok(bad_placement(s));
+    }
+    if let Err(refused) = declare(&mut job, s, at.format) {
+        return Ok(refused.response(&s.job, &s.state));
     }
     store_job(p, keys::DEFAULT_SHARD, &job)?;
     Ok(pb::CommandResponse {
@@ -202,6 +279,7 @@ mod tests {
                 job: job.into(),
                 state: state.into(),
                 mode,
+                placement: None,
             })),
         })
     }
@@ -245,11 +323,13 @@ mod tests {
                         job: "m".into(),
                         state: "counts".into(),
                         mode: sync,
+                        placement: None,
                     },
                     pb::TableModeSet {
                         job: "m".into(),
                         state: "windows".into(),
                         mode: not,
+                        placement: None,
                     },
                 ],
             })),
@@ -305,6 +385,7 @@ mod tests {
                     job: "bad".into(),
                     state: "t".into(),
                     mode: 9,
+                    placement: None,
                 }],
             })),
         });
@@ -394,6 +475,7 @@ mod tests {
                 job: "big".into(),
                 state,
                 mode: 0,
+                placement: None,
             })
             .collect();
         let r = f.apply(pb::Command {

@@ -11,7 +11,7 @@ use super::{error_response, jobs, leased_writes, leases, not_found, promotion, A
 use crate::error::ServiceError;
 use crate::keys::{self, meta, StoredValue};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::{CF_DATA, CF_META};
+use crate::state_machine::meta::{self as m, CF_DATA, CF_META};
 use crate::state_machine::pending::PendingWrites;
 use crate::state_machine::sessions;
 
@@ -219,19 +219,34 @@ pub(super) fn write_outcome(
             "an op or condition has no kind",
         ));
     }
+    let keys = w
+        .ops
+        .iter()
+        .map(|o| (&o.state, &o.key))
+        .chain(w.conditions.iter().map(|c| (&c.state, &c.key)));
+    for (state, key) in keys {
+        if m::key_group(&job, state, key).is_none() {
+            return Ok(error_response(
+                Code::InvalidArgument,
+                m::misplaced_key(state),
+            ));
+        }
+    }
     if let Some(lease) = &w.lease {
         if let Err(refused) = leases::check_write(p, &job, owner, lease, w)? {
             return Ok(refused);
         }
     }
-    let data_key = |job: &pb::JobInfo, state_id: u32, key: &[u8]| {
-        let group = keys::key_group(key, job.key_groups);
-        keys::data_key(shard, job.job_id, group, state_id, key)
+    let group = |job: &pb::JobInfo, state: &str, key: &[u8]| {
+        m::key_group(job, state, key).expect("every key checked above")
+    };
+    let data_key = |job: &pb::JobInfo, state: &str, state_id: u32, key: &[u8]| {
+        keys::data_key(shard, job.job_id, group(job, state, key), state_id, key)
     };
 
     for (i, c) in w.conditions.iter().enumerate() {
         let current = match crate::state_machine::meta::state_id(&job, &c.state) {
-            Some(sid) => read_value(p, &data_key(&job, sid, &c.key))?,
+            Some(sid) => read_value(p, &data_key(&job, &c.state, sid, &c.key))?,
             None => None,
         };
         let holds = match c.test.as_ref().expect("checked above") {
@@ -254,7 +269,7 @@ pub(super) fn write_outcome(
                     value: cur.value,
                     version: cur.version,
                     mod_index: cur.mod_index,
-                    key_group: u32::from(keys::key_group(&c.key, job.key_groups)),
+                    key_group: u32::from(group(&job, &c.state, &c.key)),
                 }),
             }));
         }
@@ -278,7 +293,7 @@ pub(super) fn write_outcome(
             versions.push(0);
             continue;
         };
-        let dk = data_key(&job, sid, &o.key);
+        let dk = data_key(&job, &o.state, sid, &o.key);
         match o.kind.as_ref().expect("checked above") {
             sync_op::Kind::Put(put) => {
                 // Earlier ops of this request and earlier entries of this

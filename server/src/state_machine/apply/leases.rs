@@ -18,7 +18,7 @@ use super::{error_response, job_removal, jobs, leased_writes, not_found, promoti
 use crate::error::ServiceError;
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::{CF_META, CF_STAGED};
+use crate::state_machine::meta::{self as m, CF_META, CF_STAGED};
 use crate::state_machine::pending::PendingWrites;
 
 /// A refusal to answer instead of applying, or what was asked for.
@@ -287,16 +287,15 @@ pub fn check_write(
         Ok(r) => r,
         Err(refused) => return Ok(Err(refused)),
     };
-    let mut keys = w
+    // Every key is placeable: `kv::write_outcome` refused the write otherwise.
+    let mut groups = w
         .ops
         .iter()
-        .map(|o| o.key.as_slice())
-        .chain(w.conditions.iter().map(|c| c.key.as_slice()));
-    if let Some(outside) = keys.find(|k| !owns(&record, keys::key_group(k, job.key_groups))) {
-        return Ok(Err(outside_range(
-            &record,
-            keys::key_group(outside, job.key_groups),
-        )));
+        .map(|o| (&o.state, &o.key))
+        .chain(w.conditions.iter().map(|c| (&c.state, &c.key)))
+        .filter_map(|(state, key)| m::key_group(job, state, key));
+    if let Some(outside) = groups.find(|g| !owns(&record, *g)) {
+        return Ok(Err(outside_range(&record, outside)));
     }
     Ok(Ok(()))
 }

@@ -25,6 +25,8 @@ mod leased_writes;
 mod leases;
 #[cfg(test)]
 mod output_tests;
+#[cfg(test)]
+mod placement_tests;
 pub mod promotion;
 #[cfg(test)]
 mod promotion_tests;

@@ -46,7 +46,7 @@ use tonic::Code;
 use super::{jobs, leases, refusal, streams, At};
 use crate::keys::{self, meta, DEFAULT_SHARD};
 use crate::rocks::corrupt;
-use crate::state_machine::meta::{CF_META, CF_STAGED};
+use crate::state_machine::meta::{self as m, CF_META, CF_STAGED};
 use crate::state_machine::pending::PendingWrites;
 
 /// The first state-machine format whose commits promote large epochs in
@@ -450,7 +450,10 @@ pub fn refuse_write(
         return Ok(None);
     };
     for o in &w.ops {
-        let group = u32::from(keys::key_group(&o.key, job.key_groups));
+        // A key its table refuses is refused by the write itself.
+        let Some(group) = m::key_group(&job, &o.state, &o.key).map(u32::from) else {
+            continue;
+        };
         if let Some(t) = list
             .tasks
             .iter()

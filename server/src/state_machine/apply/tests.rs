@@ -488,11 +488,13 @@ mod fuzz {
         (
             prop_oneof![Just("s".to_string()), ".{0,3}"],
             prop_oneof![0i32..2, Just(7), Just(i32::MIN), Just(i32::MAX)],
+            prop::option::of(prop_oneof![0i32..2, Just(2), Just(-1)]),
         )
-            .prop_map(move |(state, mode)| pb::TableModeSet {
+            .prop_map(move |(state, mode, placement)| pb::TableModeSet {
                 job: job.to_string(),
                 state,
                 mode,
+                placement,
             })
     }
 
