@@ -24,6 +24,14 @@ fn spec(groups: std::ops::Range<u32>) -> TaskSpec {
     }
 }
 
+/// Job `placed` with its prefix-placed table `entries`.
+async fn placed_job(c: &Client, mode: pb::WriteMode) -> pb::JobInfo {
+    c.create_job("placed", GROUPS).await.expect("create job");
+    c.declare_table("placed", "entries", mode, Some(pb::KeyPlacement::Prefix))
+        .await
+        .expect("declare")
+}
+
 fn entry(user: &[u8], i: usize) -> Vec<u8> {
     prefixed_key(user, format!("entry-{i:03}").as_bytes())
 }
@@ -47,16 +55,7 @@ async fn scan_group(c: &Client, prefix: &[u8], group: u32) -> Vec<(Vec<u8>, Vec<
 async fn a_placement_keys_entries_are_written_and_read_in_its_key_group() {
     let t = TestCluster::start(3, &[]).await;
     let c = t.client();
-    c.create_job("placed", GROUPS).await.expect("create job");
-    let job = c
-        .declare_table(
-            "placed",
-            "entries",
-            pb::WriteMode::Async,
-            Some(pb::KeyPlacement::Prefix),
-        )
-        .await
-        .expect("declare");
+    let job = placed_job(&c, pb::WriteMode::Async).await;
     let table = job.states.iter().find(|s| s.name == "entries").unwrap();
     assert_eq!(table.placement, pb::KeyPlacement::Prefix as i32);
 
@@ -127,15 +126,7 @@ async fn a_placement_keys_entries_are_written_and_read_in_its_key_group() {
 async fn keys_without_a_placement_key_are_refused_and_a_placement_is_fixed() {
     let t = TestCluster::start(3, &[]).await;
     let c = t.client();
-    c.create_job("placed", GROUPS).await.expect("create job");
-    c.declare_table(
-        "placed",
-        "entries",
-        pb::WriteMode::Sync,
-        Some(pb::KeyPlacement::Prefix),
-    )
-    .await
-    .expect("declare");
+    placed_job(&c, pb::WriteMode::Sync).await;
     for bad in [&b""[..], b"\x00", b"\x00\x10too short"] {
         let w = WriteBatch::new("placed".to_string()).put("entries", bad.to_vec(), b"v".to_vec());
         let r = c.write(w).await;

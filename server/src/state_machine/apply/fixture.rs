@@ -82,6 +82,21 @@ impl Fixture {
         })
     }
 
+    /// A sync write of one put to job `j`.
+    pub fn put(&mut self, state: &str, key: &[u8], value: &[u8]) -> pb::CommandResponse {
+        self.write(pb::SyncWrite {
+            job: "j".into(),
+            ops: vec![pb::SyncOp {
+                state: state.into(),
+                key: key.to_vec(),
+                kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
+                    value: value.to_vec(),
+                })),
+            }],
+            ..Default::default()
+        })
+    }
+
     /// A client id handed out to `principal` (`RegisterClient`).
     pub fn register(&mut self, principal: &str) -> u64 {
         let r = self.apply(pb::Command {

@@ -103,17 +103,7 @@ fn a_key_without_a_placement_key_is_refused_everywhere_and_changes_nothing() {
             0,
             "{bad:?}: the batch's good op is not staged either"
         );
-        let r = f.write(pb::SyncWrite {
-            job: "j".into(),
-            ops: vec![pb::SyncOp {
-                state: "s".into(),
-                key: bad.to_vec(),
-                kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
-                    value: b"v".to_vec(),
-                })),
-            }],
-            ..Default::default()
-        });
+        let r = f.put("s", bad, b"v");
         assert_eq!(code(&r), Some(Code::InvalidArgument), "{bad:?}");
         let info = load_job(&f.db, 0, "j").unwrap();
         let read = crate::state_machine::read::get(&f.db, info.as_ref(), 0, "j", "s", bad);
@@ -127,17 +117,7 @@ fn a_key_without_a_placement_key_is_refused_everywhere_and_changes_nothing() {
     }
     // The same bytes are an ordinary key of a table that places by the
     // whole key.
-    let r = f.write(pb::SyncWrite {
-        job: "j".into(),
-        ops: vec![pb::SyncOp {
-            state: "whole".into(),
-            key: b"\x00".to_vec(),
-            kind: Some(pb::sync_op::Kind::Put(pb::SyncPut {
-                value: b"v".to_vec(),
-            })),
-        }],
-        ..Default::default()
-    });
+    let r = f.put("whole", b"\x00", b"v");
     assert_eq!(code(&r), None);
 }
 
