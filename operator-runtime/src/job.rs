@@ -13,7 +13,7 @@ use streamshield_client::{pb, Client, ClientError};
 use crate::config::JobConfig;
 use crate::error::RuntimeError;
 use crate::operator::{DynOperator, Operator};
-use crate::state::MAP_TABLE;
+use crate::state::{LIST_TABLE, MAP_TABLE};
 
 type MakeOperator = Arc<dyn Fn() -> Box<dyn DynOperator> + Send + Sync>;
 
@@ -148,8 +148,9 @@ impl JobDef {
     }
 
     /// Creates the store jobs and streams the job needs, and declares
-    /// each job's map-state table ([`MAP_TABLE`]); what exists already is
-    /// kept (and must have the configured partitions).
+    /// each job's map and list tables ([`MAP_TABLE`], [`LIST_TABLE`]);
+    /// what exists already is kept (and must have the configured
+    /// partitions).
     pub async fn setup(&self, client: &Client, cfg: &JobConfig) -> Result<(), RuntimeError> {
         self.validate(cfg)?;
         for i in 0..self.stages.len() {
@@ -165,23 +166,26 @@ impl JobDef {
                     info.key_groups, cfg.key_groups
                 )));
             }
-            // Map states keep an entry per stored key, placed by the key
-            // they belong to; the table must be declared so before its
-            // first write (a table's placement never changes).
+            // Map entries and list elements are stored one per key,
+            // placed by the key they belong to; their tables must be
+            // declared so before their first write (a table's placement
+            // never changes).
             let prefix = pb::KeyPlacement::Prefix as i32;
-            if !info
-                .states
-                .iter()
-                .any(|t| t.name == MAP_TABLE && t.placement == prefix)
-            {
-                client
-                    .declare_table(
-                        &job,
-                        MAP_TABLE,
-                        pb::WriteMode::Async,
-                        Some(pb::KeyPlacement::Prefix),
-                    )
-                    .await?;
+            for table in [MAP_TABLE, LIST_TABLE] {
+                if !info
+                    .states
+                    .iter()
+                    .any(|t| t.name == table && t.placement == prefix)
+                {
+                    client
+                        .declare_table(
+                            &job,
+                            table,
+                            pb::WriteMode::Async,
+                            Some(pb::KeyPlacement::Prefix),
+                        )
+                        .await?;
+                }
             }
             let mut streams = vec![self.stages[i].output.clone()];
             if i == 0 {

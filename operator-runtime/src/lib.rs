@@ -47,5 +47,8 @@ pub use context::Context;
 pub use error::RuntimeError;
 pub use job::{JobDef, StreamRef};
 pub use operator::{FlatMap, Input, Operator};
-pub use state::{Aggregate, AggregatingState, ListState, MapState, ReducingState, ValueState};
+pub use state::{
+    Aggregate, AggregatingState, ListState, MapState, ReducingState, ValueState, LIST_TABLE,
+    MAP_TABLE,
+};
 pub use supervisor::{JobStatus, Recovery, Supervisor, SupervisorConfig, SupervisorEvent};

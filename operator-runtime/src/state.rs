@@ -1,15 +1,14 @@
 //! Keyed state, in the spirit of Flink's: handles named once, each call
 //! scoped to the current key of the [`Context`].
 //!
-//! A value, list, reducing or aggregating state is one value per key in a
+//! A value, reducing or aggregating state is one value per key in a
 //! state table of the stage's store job (the table is the handle's name),
-//! encoded with serde (JSON). A map state keeps one stored value per
-//! entry, in the job's one prefix-placed table [`MAP_TABLE`]: an entry's
-//! key is the current key as its placement key, then the state's name and
-//! the entry's key, so every entry of a key sits in that key's key group
-//! (owned by the task that owns the key) and a write touches one entry,
-//! however large the map. A list is one value: keep lists small per key
-//! (kilobytes, not megabytes).
+//! encoded with serde (JSON). A map or list state keeps one stored value
+//! per entry or element, in a prefix-placed table ([`MAP_TABLE`],
+//! [`LIST_TABLE`]): its key is the current key as the placement key, then
+//! the state's name and the entry's key or element's index, so every entry
+//! of a key sits in that key's key group (owned by the task that owns the
+//! key) and a write touches one entry, however large the map or list.
 
 use std::marker::PhantomData;
 
@@ -98,22 +97,9 @@ where
         }
     }
 
-    /// Where the current key's entries of this map start: the current key
-    /// as the placement key, then the map's name, length first.
+    /// Where the current key's entries of this map start.
     fn prefix(&self, ctx: &Context) -> Result<Vec<u8>, RuntimeError> {
-        let too_long = |what: &str| RuntimeError::BadState {
-            state: self.name.clone(),
-            why: format!("{what} is longer than a map entry's 65,535 bytes"),
-        };
-        let name = self.name.as_bytes();
-        let name_len = u16::try_from(name.len()).map_err(|_| too_long("the name"))?;
-        if ctx.key().len() > usize::from(u16::MAX) {
-            return Err(too_long("the current key"));
-        }
-        let mut rest = Vec::with_capacity(2 + name.len());
-        rest.extend_from_slice(&name_len.to_be_bytes());
-        rest.extend_from_slice(name);
-        Ok(streamshield_client::prefixed_key(ctx.key(), &rest))
+        placed_prefix(ctx, &self.name)
     }
 
     fn entry_key(&self, ctx: &Context, k: &K) -> Result<Vec<u8>, RuntimeError> {
@@ -171,7 +157,35 @@ where
     }
 }
 
-/// A list per key, in the order of its adds.
+/// The state table of every [`ListState`]'s elements, placed like
+/// [`MAP_TABLE`] and declared so by [`crate::Job::setup`].
+pub const LIST_TABLE: &str = "__list";
+
+/// Where the current key's keys of state `name` start in a prefix-placed
+/// table: the current key as the placement key, then the name, length
+/// first.
+fn placed_prefix(ctx: &Context, name: &str) -> Result<Vec<u8>, RuntimeError> {
+    let too_long = |what: &str| RuntimeError::BadState {
+        state: name.to_string(),
+        why: format!("{what} is longer than a placement key's 65,535 bytes"),
+    };
+    let name_len = u16::try_from(name.len()).map_err(|_| too_long("the name"))?;
+    if ctx.key().len() > usize::from(u16::MAX) {
+        return Err(too_long("the current key"));
+    }
+    let mut rest = Vec::with_capacity(2 + name.len());
+    rest.extend_from_slice(&name_len.to_be_bytes());
+    rest.extend_from_slice(name.as_bytes());
+    Ok(streamshield_client::prefixed_key(ctx.key(), &rest))
+}
+
+/// A list per key, in the order of its adds, one stored value per
+/// element: an add writes its element and the list's length, however
+/// long the list.
+///
+/// In [`LIST_TABLE`], the key's prefix itself holds the length (a u64,
+/// big-endian) and element `i` sits at the prefix plus `i` (big-endian),
+/// so a scan of the prefix reads them in order.
 pub struct ListState<T> {
     name: String,
     _t: PhantomData<fn() -> T>,
@@ -185,25 +199,78 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         }
     }
 
+    fn element_key(prefix: &[u8], i: u64) -> Vec<u8> {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    }
+
+    /// The list's length: one read per key, then cached.
+    async fn len_at(&self, ctx: &mut Context, prefix: &[u8]) -> Result<u64, RuntimeError> {
+        match ctx.get_at(LIST_TABLE, prefix).await? {
+            None => Ok(0),
+            Some(raw) => <[u8; 8]>::try_from(raw.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| RuntimeError::BadState {
+                    state: self.name.clone(),
+                    why: format!("a list length of {} bytes, not 8", raw.len()),
+                }),
+        }
+    }
+
     pub async fn get(&self, ctx: &mut Context) -> Result<Vec<T>, RuntimeError> {
-        Ok(load(ctx, &self.name).await?.unwrap_or_default())
+        let prefix = placed_prefix(ctx, &self.name)?;
+        if self.len_at(ctx, &prefix).await? == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (key, value) in ctx.scan_at(LIST_TABLE, &prefix).await? {
+            // The prefix's own key is the length.
+            if key.len() > prefix.len() {
+                out.push(decode(&self.name, &value)?);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn add(&self, ctx: &mut Context, v: T) -> Result<(), RuntimeError> {
-        let mut list = self.get(ctx).await?;
-        list.push(v);
-        store(ctx, &self.name, &list).await
+        let prefix = placed_prefix(ctx, &self.name)?;
+        let n = self.len_at(ctx, &prefix).await?;
+        let raw = encode(&self.name, &v)?;
+        ctx.put_at(LIST_TABLE, Self::element_key(&prefix, n), Some(raw))
+            .await?;
+        ctx.put_at(LIST_TABLE, prefix, Some((n + 1).to_be_bytes().to_vec()))
+            .await
     }
 
     pub async fn update(&self, ctx: &mut Context, list: &[T]) -> Result<(), RuntimeError> {
-        if list.is_empty() {
-            return self.clear(ctx).await;
+        self.clear(ctx).await?;
+        let prefix = placed_prefix(ctx, &self.name)?;
+        for (i, v) in list.iter().enumerate() {
+            let raw = encode(&self.name, v)?;
+            ctx.put_at(LIST_TABLE, Self::element_key(&prefix, i as u64), Some(raw))
+                .await?;
         }
-        store(ctx, &self.name, &list).await
+        if !list.is_empty() {
+            let len = (list.len() as u64).to_be_bytes().to_vec();
+            ctx.put_at(LIST_TABLE, prefix, Some(len)).await?;
+        }
+        Ok(())
     }
 
+    /// Deletes every element and the length: no scan, the indices are
+    /// `0..len`.
     pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
-        ctx.put_raw(&self.name, None).await
+        let prefix = placed_prefix(ctx, &self.name)?;
+        let n = self.len_at(ctx, &prefix).await?;
+        for i in 0..n {
+            ctx.put_at(LIST_TABLE, Self::element_key(&prefix, i), None)
+                .await?;
+        }
+        if n > 0 {
+            ctx.put_at(LIST_TABLE, prefix, None).await?;
+        }
+        Ok(())
     }
 }
 
@@ -381,6 +448,44 @@ mod tests {
             assert_eq!(l.get(ctx).await.unwrap(), Vec::<u32>::new());
             assert_eq!(h.stored(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_list_keeps_an_element_per_stored_key_in_order_apart_from_others() {
+        for cache in CACHES {
+            let mut h = Harness::new(Idle, cache);
+            let (l, ll) = (ListState::<u32>::new("l"), ListState::<u32>::new("ll"));
+            // Past 255 elements an index takes a second byte: order holds.
+            for i in 0..300 {
+                l.add(h.context_for(b"k"), i).await.unwrap();
+            }
+            ll.add(h.context_for(b"k"), 7).await.unwrap();
+            l.add(h.context_for(b"k2"), 9).await.unwrap();
+            assert_eq!(
+                h.stored(),
+                300 + 1 + 2 + 2,
+                "an element each, a length per list"
+            );
+            let got = l.get(h.context_for(b"k")).await.unwrap();
+            assert_eq!(got, (0..300).collect::<Vec<_>>());
+            assert_eq!(ll.get(h.context_for(b"k")).await.unwrap(), vec![7]);
+            assert_eq!(l.get(h.context_for(b"k2")).await.unwrap(), vec![9]);
+            l.update(h.context_for(b"k"), &[5, 6]).await.unwrap();
+            assert_eq!(l.get(h.context_for(b"k")).await.unwrap(), vec![5, 6]);
+            assert_eq!(h.stored(), 3 + 2 + 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_length_that_is_not_8_bytes_is_an_error_not_a_panic() {
+        let mut h = Harness::new(Idle, 0);
+        let ctx = h.context_for(b"k");
+        let prefix = placed_prefix(ctx, "l").unwrap();
+        ctx.put_at(LIST_TABLE, prefix, Some(vec![1, 2, 3]))
+            .await
+            .unwrap();
+        let err = ListState::<u32>::new("l").add(ctx, 1).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::BadState { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -57,6 +57,24 @@ async fn a_rescale_from_4_to_2_to_6_tasks_keeps_the_result_exact() {
     let cfg = config(window_sum::NAME, "ws-rescale", &[("window", 6)], 0);
     let (n, users, seed) = (30_000, 300, 53);
     job.setup(&c.client, &cfg).await.expect("setup");
+    // Map entries and list elements are placed by the key they belong to:
+    // their tables are declared so before any task writes.
+    let store = c
+        .client
+        .describe_job(&job.store_job(&cfg, 0))
+        .await
+        .expect("describe");
+    for table in [
+        streamshield_runtime::MAP_TABLE,
+        streamshield_runtime::LIST_TABLE,
+    ] {
+        let t = store.states.iter().find(|t| t.name == table);
+        assert_eq!(
+            t.map(|t| t.placement),
+            Some(streamshield_client::pb::KeyPlacement::Prefix as i32),
+            "{table}"
+        );
+    }
     let feeder = c.feeding(&job, &cfg, window_sum::input(&cfg, n, users, seed), 30, 300);
 
     phase(&c, &job, 4, 3_000).await;
