@@ -50,11 +50,16 @@ impl StateCache {
         }
     }
 
+    /// Whether it has a budget at all (a cache of 0 bytes keeps nothing).
+    pub fn keeps_anything(&self) -> bool {
+        self.budget > 0
+    }
+
     /// Marks every key of `table` under `prefix` as cached; the caller
     /// inserts them next (an eviction among them unmarks it). Nothing is
     /// marked without a budget: nothing would stay cached.
     pub fn mark_complete(&mut self, table: &str, prefix: &[u8]) {
-        if self.budget > 0 {
+        if self.keeps_anything() {
             self.complete.insert((table.to_string(), prefix.to_vec()));
         }
     }

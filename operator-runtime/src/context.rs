@@ -32,7 +32,6 @@ pub(crate) struct Output {
 pub struct Context {
     pub(crate) backing: Backing,
     cache: StateCache,
-    cache_bytes: usize,
     pub(crate) key: Vec<u8>,
     pub(crate) timers: Timers,
     pub(crate) watermark: i64,
@@ -56,7 +55,6 @@ impl Context {
         Self {
             backing,
             cache: StateCache::new(cache_bytes),
-            cache_bytes,
             key: Vec::new(),
             timers: Timers::default(),
             watermark: NO_WATERMARK,
@@ -203,7 +201,7 @@ impl Context {
         prefix: &[u8],
         key: &[u8],
     ) -> Result<(), RuntimeError> {
-        if self.cache_bytes == 0 || self.cache.knows(table, key) {
+        if !self.cache.keeps_anything() || self.cache.knows(table, key) {
             return Ok(());
         }
         let all = self.scan_at(table, prefix).await?;

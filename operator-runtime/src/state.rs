@@ -97,20 +97,16 @@ where
         }
     }
 
-    /// Where the current key's entries of this map start.
-    fn prefix(&self, ctx: &Context) -> Result<Vec<u8>, RuntimeError> {
-        placed_prefix(ctx, &self.name)
-    }
-
-    fn entry_key(&self, ctx: &Context, k: &K) -> Result<Vec<u8>, RuntimeError> {
-        let mut key = self.prefix(ctx)?;
+    /// Entry `k`'s key under the current key's `prefix`.
+    fn entry_key(&self, prefix: &[u8], k: &K) -> Result<Vec<u8>, RuntimeError> {
+        let mut key = prefix.to_vec();
         key.extend_from_slice(&encode(&self.name, k)?);
         Ok(key)
     }
 
     /// Every entry, in key order: one scan of the current key's entries.
     pub async fn entries(&self, ctx: &mut Context) -> Result<Vec<(K, V)>, RuntimeError> {
-        let prefix = self.prefix(ctx)?;
+        let prefix = placed_prefix(ctx, &self.name)?;
         let mut out = Vec::new();
         for (key, value) in ctx.scan_at(MAP_TABLE, &prefix).await? {
             let k: K = decode(&self.name, &key[prefix.len()..])?;
@@ -125,8 +121,9 @@ where
     /// entries (one scan), after which entries it lacks, such as a new
     /// window's, are known absent without a read.
     pub async fn get(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
-        let key = self.entry_key(ctx, k)?;
-        ctx.load_prefix(MAP_TABLE, &self.prefix(ctx)?, &key).await?;
+        let prefix = placed_prefix(ctx, &self.name)?;
+        let key = self.entry_key(&prefix, k)?;
+        ctx.load_prefix(MAP_TABLE, &prefix, &key).await?;
         match ctx.get_at(MAP_TABLE, &key).await? {
             Some(raw) => decode(&self.name, &raw).map(Some),
             None => Ok(None),
@@ -134,7 +131,7 @@ where
     }
 
     pub async fn put(&self, ctx: &mut Context, k: K, v: V) -> Result<(), RuntimeError> {
-        let key = self.entry_key(ctx, &k)?;
+        let key = self.entry_key(&placed_prefix(ctx, &self.name)?, &k)?;
         let raw = encode(&self.name, &v)?;
         ctx.put_at(MAP_TABLE, key, Some(raw)).await
     }
@@ -142,14 +139,14 @@ where
     pub async fn remove(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
         let old = self.get(ctx, k).await?;
         if old.is_some() {
-            let key = self.entry_key(ctx, k)?;
+            let key = self.entry_key(&placed_prefix(ctx, &self.name)?, k)?;
             ctx.put_at(MAP_TABLE, key, None).await?;
         }
         Ok(old)
     }
 
     pub async fn clear(&self, ctx: &mut Context) -> Result<(), RuntimeError> {
-        let prefix = self.prefix(ctx)?;
+        let prefix = placed_prefix(ctx, &self.name)?;
         for (key, _) in ctx.scan_at(MAP_TABLE, &prefix).await? {
             ctx.put_at(MAP_TABLE, key, None).await?;
         }

@@ -219,34 +219,37 @@ pub(super) fn write_outcome(
             "an op or condition has no kind",
         ));
     }
+    // Each key's group, once: the ops' then the conditions'.
+    let mut groups = Vec::with_capacity(w.ops.len() + w.conditions.len());
     let keys = w
         .ops
         .iter()
         .map(|o| (&o.state, &o.key))
         .chain(w.conditions.iter().map(|c| (&c.state, &c.key)));
     for (state, key) in keys {
-        if m::key_group(&job, state, key).is_none() {
-            return Ok(error_response(
-                Code::InvalidArgument,
-                m::misplaced_key(state),
-            ));
+        match m::key_group(&job, state, key) {
+            Some(g) => groups.push(g),
+            None => {
+                return Ok(error_response(
+                    Code::InvalidArgument,
+                    m::misplaced_key(state),
+                ))
+            }
         }
     }
+    let (op_groups, condition_groups) = groups.split_at(w.ops.len());
     if let Some(lease) = &w.lease {
         if let Err(refused) = leases::check_write(p, &job, owner, lease, w)? {
             return Ok(refused);
         }
     }
-    let group = |job: &pb::JobInfo, state: &str, key: &[u8]| {
-        m::key_group(job, state, key).expect("every key checked above")
-    };
-    let data_key = |job: &pb::JobInfo, state: &str, state_id: u32, key: &[u8]| {
-        keys::data_key(shard, job.job_id, group(job, state, key), state_id, key)
+    let data_key = |job: &pb::JobInfo, group: u16, state_id: u32, key: &[u8]| {
+        keys::data_key(shard, job.job_id, group, state_id, key)
     };
 
-    for (i, c) in w.conditions.iter().enumerate() {
+    for (i, (c, &group)) in w.conditions.iter().zip(condition_groups).enumerate() {
         let current = match crate::state_machine::meta::state_id(&job, &c.state) {
-            Some(sid) => read_value(p, &data_key(&job, &c.state, sid, &c.key))?,
+            Some(sid) => read_value(p, &data_key(&job, group, sid, &c.key))?,
             None => None,
         };
         let holds = match c.test.as_ref().expect("checked above") {
@@ -269,7 +272,7 @@ pub(super) fn write_outcome(
                     value: cur.value,
                     version: cur.version,
                     mod_index: cur.mod_index,
-                    key_group: u32::from(group(&job, &c.state, &c.key)),
+                    key_group: u32::from(group),
                 }),
             }));
         }
@@ -287,13 +290,13 @@ pub(super) fn write_outcome(
         }
     }
     let mut versions = Vec::with_capacity(w.ops.len());
-    for (o, sid) in w.ops.iter().zip(tables) {
+    for ((o, sid), &group) in w.ops.iter().zip(tables).zip(op_groups) {
         let Some(sid) = sid else {
             // A delete in a table that never existed.
             versions.push(0);
             continue;
         };
-        let dk = data_key(&job, &o.state, sid, &o.key);
+        let dk = data_key(&job, group, sid, &o.key);
         match o.kind.as_ref().expect("checked above") {
             sync_op::Kind::Put(put) => {
                 // Earlier ops of this request and earlier entries of this
