@@ -314,6 +314,48 @@ impl TaskSession {
             Err(ClientError::NotFound(_)) => Vec::new(),
             Err(e) => return Err(e),
         };
+        Ok(self.over_committed(committed, state, prefix))
+    }
+
+    /// [`Self::scan_prefix`] for a prefix that may hold more keys than a
+    /// caller wants in memory at once: the view if at most `limit`
+    /// committed keys start with `prefix` (one read of at most `limit`
+    /// keys), `None` if more do.
+    pub async fn scan_prefix_within(
+        &self,
+        state: &str,
+        prefix: &[u8],
+        key_group: u32,
+        limit: u32,
+    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, ClientError> {
+        let opts = crate::ScanOptions {
+            prefix: prefix.to_vec(),
+            start_after: Vec::new(),
+            // A limit of 0 asks the node for its default page.
+            limit: limit.max(1),
+            consistency: Consistency::Linearizable,
+            key_groups: Some(key_group..key_group + 1),
+        };
+        let committed = match self.client.scan(&self.spec.job, state, opts).await {
+            Ok(page) if page.more => return Ok(None),
+            Ok(page) => page.kvs,
+            Err(ClientError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if limit == 0 && !committed.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.over_committed(committed, state, prefix)))
+    }
+
+    /// `committed` (the keys of `state` under `prefix`) with this epoch's
+    /// own writes under `prefix` laid over them, in key order.
+    fn over_committed(
+        &self,
+        committed: Vec<pb::KeyValue>,
+        state: &str,
+        prefix: &[u8],
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut view: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
             committed.into_iter().map(|kv| (kv.key, kv.value)).collect();
         for o in self.held.newest_with_prefix(state, prefix) {
@@ -322,7 +364,7 @@ impl TaskSession {
                 _ => view.remove(&o.key),
             };
         }
-        Ok(view.into_iter().collect())
+        view.into_iter().collect()
     }
 
     fn check_failed(&self) -> Result<(), ClientError> {

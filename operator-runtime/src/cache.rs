@@ -12,8 +12,12 @@
 //! state loads one key's entries with one scan and marks them so; each new
 //! entry (a new window) then costs no read. Evicting or dropping any
 //! key under a complete prefix unmarks it.
+//!
+//! A prefix with more keys than one load takes, or more than stay cached,
+//! is remembered as large instead: its keys are then read one at a time,
+//! never by another scan that would only be evicted again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 type Key = (String, Vec<u8>);
 
@@ -31,7 +35,13 @@ pub struct StateCache {
     /// `(table, prefix)`s whose keys are all cached. None is a prefix of
     /// another (callers mark length-prefixed keys' prefixes).
     complete: BTreeSet<Key>,
+    /// `(table, prefix)`s not worth loading whole. Forgotten all at once
+    /// at [`MAX_LARGE`]: forgetting costs one bounded load per prefix.
+    large: HashSet<Key>,
 }
+
+/// Large prefixes remembered at most.
+const MAX_LARGE: usize = 65_536;
 
 fn cost(k: &Key, v: &Option<Vec<u8>>) -> usize {
     // The fixed part approximates the maps' own overhead per entry.
@@ -47,6 +57,7 @@ impl StateCache {
             entries: HashMap::new(),
             by_use: BTreeMap::new(),
             complete: BTreeSet::new(),
+            large: HashSet::new(),
         }
     }
 
@@ -62,6 +73,29 @@ impl StateCache {
         if self.keeps_anything() {
             self.complete.insert((table.to_string(), prefix.to_vec()));
         }
+    }
+
+    /// Whether every key of `table` under `prefix` is (still) cached.
+    pub fn is_complete(&self, table: &str, prefix: &[u8]) -> bool {
+        self.complete
+            .contains(&(table.to_string(), prefix.to_vec()))
+    }
+
+    /// Remembers that `prefix` of `table` holds too many keys to load.
+    pub fn mark_large(&mut self, table: &str, prefix: &[u8]) {
+        if self.large.len() >= MAX_LARGE {
+            self.large.clear();
+        }
+        self.large.insert((table.to_string(), prefix.to_vec()));
+    }
+
+    /// Forgets that `prefix` of `table` was large (its keys are gone).
+    pub fn unmark_large(&mut self, table: &str, prefix: &[u8]) {
+        self.large.remove(&(table.to_string(), prefix.to_vec()));
+    }
+
+    pub fn is_large(&self, table: &str, prefix: &[u8]) -> bool {
+        self.large.contains(&(table.to_string(), prefix.to_vec()))
     }
 
     /// The complete prefix `key` of `table` is under, if any.
@@ -198,6 +232,23 @@ mod tests {
         let mut none = StateCache::new(0);
         none.mark_complete("t", b"a");
         assert_eq!(none.get("t", b"a:1"), None);
+    }
+
+    #[test]
+    fn large_prefixes_are_remembered_until_unmarked_or_too_many() {
+        let mut c = StateCache::new(1 << 20);
+        c.mark_large("t", b"a");
+        assert!(c.is_large("t", b"a"));
+        assert!(!c.is_large("t", b"b") && !c.is_large("u", b"a"));
+        c.unmark_large("t", b"a");
+        assert!(!c.is_large("t", b"a"));
+        for i in 0..MAX_LARGE as u32 {
+            c.mark_large("t", &i.to_be_bytes());
+        }
+        assert!(c.is_large("t", &0u32.to_be_bytes()));
+        c.mark_large("t", b"one more");
+        assert!(c.is_large("t", b"one more"));
+        assert!(!c.is_large("t", &0u32.to_be_bytes()), "the rest forgotten");
     }
 
     #[test]

@@ -19,8 +19,17 @@ pub(crate) enum Backing {
     Memory {
         tables: BTreeMap<(String, Vec<u8>), Vec<u8>>,
         emitted: Vec<(u32, pb::Record)>,
+        /// The store's work for reads: one per request, plus one per key a
+        /// scan returns (what the cache saves shows in a unit test).
+        store_reads: u64,
     },
 }
+
+/// Keys of one prefix that [`Context::load_prefix`] loads at most (one
+/// page of the node's scan). A larger map is read an entry at a time, as
+/// a store without the load would: a task's first read of a map with
+/// millions of entries must not fetch them all.
+pub(crate) const LOAD_LIMIT: u32 = 1000;
 
 /// A stage's output: its stream and how keys pick partitions.
 #[derive(Debug, Clone)]
@@ -157,7 +166,12 @@ impl Context {
         }
         let v = match &mut self.backing {
             Backing::Session(s) => s.get(table, key).await?,
-            Backing::Memory { tables, .. } => {
+            Backing::Memory {
+                tables,
+                store_reads,
+                ..
+            } => {
+                *store_reads += 1;
                 tables.get(&(table.to_string(), key.to_vec())).cloned()
             }
         };
@@ -194,22 +208,74 @@ impl Context {
     /// complete ([`StateCache::mark_complete`]), unless `key` (under it)
     /// is cached or known absent already, or there is no cache: later
     /// reads of keys under the prefix, present or absent, then read
-    /// nothing from the store.
+    /// nothing from the store. A prefix with more than [`LOAD_LIMIT`]
+    /// committed keys, or more than stay cached, is marked large and
+    /// never loaded again: its keys are read one at a time.
     pub(crate) async fn load_prefix(
         &mut self,
         table: &str,
         prefix: &[u8],
         key: &[u8],
     ) -> Result<(), RuntimeError> {
-        if !self.cache.keeps_anything() || self.cache.knows(table, key) {
+        if !self.cache.keeps_anything()
+            || self.cache.knows(table, key)
+            || self.cache.is_large(table, prefix)
+        {
             return Ok(());
         }
-        let all = self.scan_at(table, prefix).await?;
+        let Some(all) = self.scan_within_at(table, prefix, LOAD_LIMIT).await? else {
+            self.cache.mark_large(table, prefix);
+            return Ok(());
+        };
         self.cache.mark_complete(table, prefix);
         for (k, v) in all {
             self.cache.insert(table, &k, Some(v));
         }
+        if !self.cache.is_complete(table, prefix) {
+            // Its own keys evicted each other.
+            self.cache.mark_large(table, prefix);
+        }
         Ok(())
+    }
+
+    /// After every key of `table` under `prefix` was deleted: all its
+    /// keys are known absent, however many it had.
+    pub(crate) fn cleared_prefix(&mut self, table: &str, prefix: &[u8]) {
+        self.cache.unmark_large(table, prefix);
+        self.cache.mark_complete(table, prefix);
+    }
+
+    /// [`Self::scan_at`] if at most `limit` committed keys are under
+    /// `prefix`, else `None` (having read at most `limit` of them).
+    async fn scan_within_at(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        limit: u32,
+    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, RuntimeError> {
+        match &mut self.backing {
+            Backing::Session(s) => {
+                let group = u32::from(streamshield_client::key_group(
+                    &self.key,
+                    s.job_key_groups(),
+                ));
+                Ok(s.scan_prefix_within(table, prefix, group, limit).await?)
+            }
+            Backing::Memory {
+                tables,
+                store_reads,
+                ..
+            } => {
+                let found: Vec<_> = tables
+                    .range((table.to_string(), prefix.to_vec())..)
+                    .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                    .take(limit as usize + 1)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect();
+                *store_reads += 1 + found.len().min(limit as usize) as u64;
+                Ok((found.len() <= limit as usize).then_some(found))
+            }
+        }
     }
 
     /// Every key of `table` that starts with `prefix`, with its value, in
@@ -230,11 +296,19 @@ impl Context {
                 ));
                 Ok(s.scan_prefix(table, prefix, group).await?)
             }
-            Backing::Memory { tables, .. } => Ok(tables
-                .range((table.to_string(), prefix.to_vec())..)
-                .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()),
+            Backing::Memory {
+                tables,
+                store_reads,
+                ..
+            } => {
+                let found: Vec<_> = tables
+                    .range((table.to_string(), prefix.to_vec())..)
+                    .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect();
+                *store_reads += 1 + found.len() as u64;
+                Ok(found)
+            }
         }
     }
 

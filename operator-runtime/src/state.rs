@@ -119,7 +119,9 @@ where
 
     /// An entry: the first read of the current key's map loads all its
     /// entries (one scan), after which entries it lacks, such as a new
-    /// window's, are known absent without a read.
+    /// window's, are known absent without a read. A map of more entries
+    /// than one load takes (1,000), or than the cache keeps, is read an
+    /// entry at a time instead.
     pub async fn get(&self, ctx: &mut Context, k: &K) -> Result<Option<V>, RuntimeError> {
         let prefix = placed_prefix(ctx, &self.name)?;
         let key = self.entry_key(&prefix, k)?;
@@ -150,6 +152,7 @@ where
         for (key, _) in ctx.scan_at(MAP_TABLE, &prefix).await? {
             ctx.put_at(MAP_TABLE, key, None).await?;
         }
+        ctx.cleared_prefix(MAP_TABLE, &prefix);
         Ok(())
     }
 }
@@ -427,6 +430,51 @@ mod tests {
             assert_eq!(mm.get(h.context_for(b"a"), &7).await.unwrap(), Some(7));
             assert_eq!(h.stored(), 2);
         }
+    }
+
+    #[tokio::test]
+    async fn a_map_larger_than_a_load_or_than_the_cache_is_read_an_entry_at_a_time() {
+        let m = MapState::<u32, u32>::new("m");
+        // More entries than a load takes: one bounded scan, then a read
+        // per entry, never the whole map.
+        let mut h = Harness::new(Idle, 1 << 20);
+        let n = crate::context::LOAD_LIMIT + 500;
+        for i in 0..n {
+            m.put(h.context_for(b"big"), i, i).await.unwrap();
+        }
+        let before = h.store_reads();
+        for i in n..n + 100 {
+            assert_eq!(m.get(h.context_for(b"big"), &i).await.unwrap(), None);
+        }
+        let expected = 1 + u64::from(crate::context::LOAD_LIMIT) + 100;
+        assert_eq!(h.store_reads() - before, expected);
+
+        // Fewer than a load takes but more than the cache keeps (about 50
+        // entries): each read of an evicted entry scanned the whole map
+        // again, 100 scans of 500 here, before such a map was marked large.
+        let mut h = Harness::new(Idle, 50 * 100);
+        for i in 0..500 {
+            m.put(h.context_for(b"k"), i, i).await.unwrap();
+        }
+        let before = h.store_reads();
+        for i in 0..100 {
+            assert_eq!(m.get(h.context_for(b"k"), &i).await.unwrap(), Some(i));
+        }
+        let read = h.store_reads() - before;
+        assert!(read <= 1 + 500 + 100, "{read} reads for 100 entries");
+        assert_eq!(m.entries(h.context_for(b"k")).await.unwrap().len(), 500);
+
+        // A cleared map's entries are known absent, large or not (these
+        // keys' deletes were not the last ones the cache kept, and 1,000
+        // was never written).
+        m.clear(h.context_for(b"k")).await.unwrap();
+        let before = h.store_reads();
+        for i in [0, 1, 1000] {
+            assert_eq!(m.get(h.context_for(b"k"), &i).await.unwrap(), None);
+        }
+        m.put(h.context_for(b"k"), 1, 1).await.unwrap();
+        assert_eq!(m.get(h.context_for(b"k"), &1).await.unwrap(), Some(1));
+        assert_eq!(h.store_reads(), before, "no read after the clear");
     }
 
     #[tokio::test]

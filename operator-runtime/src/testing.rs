@@ -30,6 +30,7 @@ impl<O: Operator> Harness<O> {
         let backing = Backing::Memory {
             tables: BTreeMap::new(),
             emitted: Vec::new(),
+            store_reads: 0,
         };
         Self {
             op,
@@ -86,6 +87,15 @@ impl<O: Operator> Harness<O> {
     pub fn stored(&self) -> usize {
         match &self.ctx.backing {
             Backing::Memory { tables, .. } => tables.len(),
+            Backing::Session(_) => 0,
+        }
+    }
+
+    /// The (in-memory) store's work for reads so far: one per request,
+    /// plus one per key a scan returned.
+    pub fn store_reads(&self) -> u64 {
+        match &self.ctx.backing {
+            Backing::Memory { store_reads, .. } => *store_reads,
             Backing::Session(_) => 0,
         }
     }

@@ -85,6 +85,20 @@ async fn a_placement_keys_entries_are_written_and_read_in_its_key_group() {
         .expect("own scan");
     assert_eq!(own.len(), 49);
     assert_eq!(own[0], (keys[1].clone(), b"changed".to_vec()));
+    // Bounded: the same view while the committed entries fit the limit,
+    // none once they do not (50 committed, whatever this epoch deletes).
+    for (limit, fits) in [(50, true), (1000, true), (49, false), (1, false)] {
+        let within = s
+            .scan_prefix_within("entries", &prefix, g, limit)
+            .await
+            .expect("bounded scan");
+        assert_eq!(within.as_ref(), fits.then_some(&own), "limit {limit}");
+    }
+    let nothing = s
+        .scan_prefix_within("entries", &prefixed_key(b"nobody", b""), g, 0)
+        .await
+        .expect("empty bounded scan");
+    assert_eq!(nothing, Some(Vec::new()));
     let committed = scan_group(&c, &prefix, g).await;
     assert_eq!(committed.len(), 50, "others see the committed entries only");
     assert_eq!(
