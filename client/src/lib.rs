@@ -10,7 +10,9 @@
 //! HTTP/2 stream each.
 //! [`TaskSession`] is a stream task's write path: a lease that fences
 //! the task's earlier holders, writes staged in the background, and epoch
-//! commits that make them visible with the task's input offsets.
+//! commits that make them visible with the task's input offsets; with a
+//! commit target its batches are sized by the rate the cluster answers
+//! them (`batch_sizer.rs`).
 //! [`WriteBatch`] builds atomic conditional writes, [`ClientError`] says
 //! what went wrong by what the caller can do. [`local`] starts and stops
 //! clusters of real server processes on loopback for the CLI, the demo and
@@ -22,6 +24,7 @@
 
 mod auth;
 mod batch;
+mod batch_sizer;
 pub mod certs;
 mod client;
 mod coalesce;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use streamshield_proto::v1::{self as pb, op};
 use tokio::sync::Semaphore;
 
+use crate::batch_sizer::BatchSizer;
 use crate::epoch_ops::{EpochOps, Slice};
 use crate::shared_stage::SharedStageWrites;
 use crate::{Client, ClientError, Consistency};
@@ -53,6 +54,13 @@ pub struct TaskSessionConfig {
     /// halves a saturated commit's latency against 4 × 256 KiB for about
     /// a tenth less throughput (PERFORMANCE.md, "The session's window").
     pub window: usize,
+    /// Sizes batches (within 8 KiB and `batch_bytes`) so that what is in
+    /// flight drains within about this long at the rate the cluster has
+    /// been answering this session: a commit then waits about this long
+    /// for its batches, however many tasks share a saturated cluster.
+    /// Costs throughput at saturation, where it makes batches small
+    /// (README, "Tasks"). Default none: batches of `batch_bytes`.
+    pub commit_target: Option<Duration>,
     /// Rounds of re-sending missing seqs before a commit gives up. Default 5.
     pub resend_rounds: u32,
     /// State tables written synchronously: a `put` or `delete` of theirs
@@ -70,6 +78,7 @@ impl Default for TaskSessionConfig {
             batch_ops: 4096,
             linger: Duration::from_millis(25),
             window: 2,
+            commit_target: None,
             resend_rounds: 5,
             sync_tables: Vec::new(),
         }
@@ -112,6 +121,8 @@ pub struct TaskSession {
     held: EpochOps,
     first_unsent_at: Option<Instant>,
     window: Arc<Semaphore>,
+    /// With a commit target: the batch size it allows now.
+    sizer: Option<BatchSizer>,
     /// The first error of a background send that the commit must report
     /// (a fenced lease); transient failures show up as missing seqs.
     failed: Arc<Mutex<Option<ClientError>>>,
@@ -156,6 +167,9 @@ impl Client {
             generation: r.generation,
             job_key_groups: r.key_groups,
             window: Arc::new(Semaphore::new(config.window.max(1))),
+            sizer: config.commit_target.map(|target| {
+                BatchSizer::new(target, config.window, config.batch_bytes, Instant::now())
+            }),
             config,
             epoch,
             held: EpochOps::default(),
@@ -230,7 +244,7 @@ impl TaskSession {
     async fn flush_if_due(&mut self) -> Result<(), ClientError> {
         let now = Instant::now();
         let since = *self.first_unsent_at.get_or_insert(now);
-        if self.held.unsent_bytes() >= self.config.batch_bytes
+        if self.held.unsent_bytes() >= self.batch_bytes()
             || self.held.unsent_len() >= self.config.batch_ops
             || now.duration_since(since) >= self.config.linger
         {
@@ -367,6 +381,14 @@ impl TaskSession {
         view.into_iter().collect()
     }
 
+    /// The size at which a batch goes out: `batch_bytes`, or what the
+    /// commit target allows now.
+    pub fn batch_bytes(&self) -> usize {
+        self.sizer
+            .as_ref()
+            .map_or(self.config.batch_bytes, BatchSizer::limit)
+    }
+
     fn check_failed(&self) -> Result<(), ClientError> {
         match self.failed.lock().expect("failed").take() {
             Some(e) => Err(e),
@@ -376,10 +398,15 @@ impl TaskSession {
 
     /// Sends what is buffered as one batch, waiting for room in the window.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
+        let bytes = self.held.unsent_bytes() as u64;
         let Some(batch) = self.held.seal() else {
             return Ok(());
         };
         self.first_unsent_at = None;
+        let answered = self.sizer.as_mut().map(|s| {
+            s.retune(Instant::now());
+            s.answered()
+        });
         let req = self.stage_request(batch);
         let permit = self
             .window
@@ -391,7 +418,11 @@ impl TaskSession {
         tokio::spawn(async move {
             let _permit = permit;
             match client.stage_shared(req).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(a) = answered {
+                        a.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 // Fenced or refused for good: the commit reports it.
                 Err(
                     e @ (ClientError::StaleLease { .. }

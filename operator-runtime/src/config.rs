@@ -49,6 +49,12 @@ pub struct JobConfig {
     pub heartbeat_timeout_ms: u64,
     /// Bytes of state values a task keeps in memory. Default 64 MiB.
     pub cache_bytes: u64,
+    /// A task's writes in flight are sized to drain within this many
+    /// milliseconds at the rate the store answers them, so that a commit
+    /// waits about this long for them even when the store is saturated,
+    /// at some cost in throughput there (`TaskSessionConfig::commit_target`).
+    /// Default 0: off, batches of the client's default size.
+    pub commit_target_ms: u64,
     /// Tasks per stage; a stage not named has 1.
     pub parallelism: BTreeMap<String, u32>,
     /// State tables a task reads in full (its key groups' part) before it
@@ -69,6 +75,7 @@ impl Default for JobConfig {
             heartbeat_interval_ms: 50,
             heartbeat_timeout_ms: 300,
             cache_bytes: 64 << 20,
+            commit_target_ms: 0,
             parallelism: BTreeMap::new(),
             restore_tables: Vec::new(),
         }

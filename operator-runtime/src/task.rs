@@ -246,7 +246,11 @@ async fn run(args: TaskArgs<'_>) -> Result<(), RuntimeError> {
         key_groups: layout.groups_of_task(task, tasks),
         input_partitions: parts.clone().map(|p| (label.clone(), p)).collect(),
     };
-    let session_config = TaskSessionConfig::default();
+    let session_config = TaskSessionConfig {
+        commit_target: (cfg.commit_target_ms > 0)
+            .then(|| Duration::from_millis(cfg.commit_target_ms)),
+        ..TaskSessionConfig::default()
+    };
     let (session, _) = patiently("lease", || async {
         client
             .acquire(spec.clone(), session_config.clone())

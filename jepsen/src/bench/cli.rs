@@ -161,6 +161,11 @@ pub struct BenchArgs {
     /// `64KB` (default: the client's).
     #[arg(long, value_parser = parse_size)]
     pub task_batch_bytes: Option<u64>,
+    /// For `--workload task-session`: the sessions' `commit_target`, e.g.
+    /// `20ms`: batches sized so that what is in flight drains within it
+    /// (default: none, batches of `batch_bytes`).
+    #[arg(long, value_parser = parse_interval)]
+    pub task_commit_target: Option<Duration>,
     /// For `--workload epoch-commit`: bytes of values staged per large
     /// epoch.
     #[arg(long, default_value_t = 1 << 20)]
@@ -419,6 +424,7 @@ fn task_shape(a: &BenchArgs, warmup: Duration, measure: Duration) -> TaskBenchSh
         linger: a.task_linger,
         window: a.task_window,
         batch_bytes: a.task_batch_bytes.map(|b| b as usize),
+        commit_target: a.task_commit_target,
         value_size: a.load.value_size,
         warmup,
         measure,

@@ -375,6 +375,7 @@ pub async fn run(
                 linger: None,
                 window: None,
                 batch_bytes: None,
+                commit_target: None,
                 value_size: TASK_SESSION_VALUE_SIZE,
                 warmup: opts.warmup,
                 measure: opts.measure,

@@ -34,6 +34,7 @@ pub struct TaskBenchShape {
     pub linger: Option<Duration>,
     pub window: Option<usize>,
     pub batch_bytes: Option<usize>,
+    pub commit_target: Option<Duration>,
     pub value_size: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -130,6 +131,7 @@ fn session_config(shape: &TaskBenchShape) -> TaskSessionConfig {
     if let Some(b) = shape.batch_bytes {
         c.batch_bytes = b;
     }
+    c.commit_target = shape.commit_target;
     c
 }
 
