@@ -223,7 +223,7 @@ impl Context {
         {
             return Ok(());
         }
-        let Some(all) = self.scan_within_at(table, prefix, LOAD_LIMIT).await? else {
+        let Some(all) = self.scan_within_at(table, prefix, Some(LOAD_LIMIT)).await? else {
             self.cache.mark_large(table, prefix);
             return Ok(());
         };
@@ -245,39 +245,6 @@ impl Context {
         self.cache.mark_complete(table, prefix);
     }
 
-    /// [`Self::scan_at`] if at most `limit` committed keys are under
-    /// `prefix`, else `None` (having read at most `limit` of them).
-    async fn scan_within_at(
-        &mut self,
-        table: &str,
-        prefix: &[u8],
-        limit: u32,
-    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, RuntimeError> {
-        match &mut self.backing {
-            Backing::Session(s) => {
-                let group = u32::from(streamshield_client::key_group(
-                    &self.key,
-                    s.job_key_groups(),
-                ));
-                Ok(s.scan_prefix_within(table, prefix, group, limit).await?)
-            }
-            Backing::Memory {
-                tables,
-                store_reads,
-                ..
-            } => {
-                let found: Vec<_> = tables
-                    .range((table.to_string(), prefix.to_vec())..)
-                    .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
-                    .take(limit as usize + 1)
-                    .map(|((_, k), v)| (k.clone(), v.clone()))
-                    .collect();
-                *store_reads += 1 + found.len().min(limit as usize) as u64;
-                Ok((found.len() <= limit as usize).then_some(found))
-            }
-        }
-    }
-
     /// Every key of `table` that starts with `prefix`, with its value, in
     /// key order, as the task sees them (its own writes over the committed
     /// state). Only the current key's key group is read: `prefix` must
@@ -288,26 +255,45 @@ impl Context {
         table: &str,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RuntimeError> {
+        Ok(self
+            .scan_within_at(table, prefix, None)
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// [`Self::scan_at`], or with a `limit`, `None` if more than `limit`
+    /// committed keys are under `prefix` (having read at most `limit`).
+    async fn scan_within_at(
+        &mut self,
+        table: &str,
+        prefix: &[u8],
+        limit: Option<u32>,
+    ) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, RuntimeError> {
         match &mut self.backing {
             Backing::Session(s) => {
                 let group = u32::from(streamshield_client::key_group(
                     &self.key,
                     s.job_key_groups(),
                 ));
-                Ok(s.scan_prefix(table, prefix, group).await?)
+                Ok(match limit {
+                    Some(l) => s.scan_prefix_within(table, prefix, group, l).await?,
+                    None => Some(s.scan_prefix(table, prefix, group).await?),
+                })
             }
             Backing::Memory {
                 tables,
                 store_reads,
                 ..
             } => {
+                let cap = limit.map_or(usize::MAX, |l| l as usize);
                 let found: Vec<_> = tables
                     .range((table.to_string(), prefix.to_vec())..)
                     .take_while(|((t, k), _)| t == table && k.starts_with(prefix))
+                    .take(cap.saturating_add(1))
                     .map(|((_, k), v)| (k.clone(), v.clone()))
                     .collect();
-                *store_reads += 1 + found.len() as u64;
-                Ok(found)
+                *store_reads += 1 + found.len().min(cap) as u64;
+                Ok((found.len() <= cap).then_some(found))
             }
         }
     }
