@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The smallest batch a target shrinks to: below this the cluster's
-/// cost per update climbs steeply (PERFORMANCE.md, "The session's
-/// window": 1 × 8 KiB cost 13 µs of machine CPU per update, 2 × 128 KiB
-/// 6.5).
+/// cost per update climbs steeply (README, "Commit latency against
+/// throughput at saturation": sessions of 1 × 8 KiB cost 13.3-13.5 µs of
+/// machine CPU per update, of 2 × 128 KiB 6.3-7.6).
 pub const MIN_BATCH_BYTES: usize = 8 << 10;
 
 /// How often the answered rate is sampled: several round trips of a
