@@ -98,6 +98,28 @@ pub fn cf<'a>(db: &'a DB, name: &str) -> io::Result<&'a ColumnFamily> {
         .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))
 }
 
+/// Read options for an iterator that stops before `end`. Without the
+/// bound an iterator that runs out of live keys in its range walks on
+/// through every key a range deletion covers beyond it (they stay in the
+/// memtable and in SST files until compacted) looking for the next live
+/// one: the staged runs of every epoch committed since the last flush, in
+/// a task commit's scan of its own epoch (PERFORMANCE.md, "Range
+/// deletions and iterator bounds").
+pub fn until(end: &[u8]) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(end.to_vec());
+    opts
+}
+
+/// [`until`] the end of the keys that start with `prefix` (no bound for a
+/// prefix of 0xff bytes only, which has no end).
+pub fn within(prefix: &[u8]) -> rocksdb::ReadOptions {
+    match crate::keys::prefix_end(prefix) {
+        Some(end) => until(&end),
+        None => rocksdb::ReadOptions::default(),
+    }
+}
+
 pub fn io_err(e: rocksdb::Error) -> io::Error {
     io::Error::other(e)
 }

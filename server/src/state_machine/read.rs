@@ -138,7 +138,12 @@ pub fn scan(
         } else {
             prefix
         });
-        for item in snap.iterator_cf(cf, IteratorMode::From(&seek, Direction::Forward)) {
+        let group_keys = rocks::within(&base);
+        for item in snap.iterator_cf_opt(
+            cf,
+            group_keys,
+            IteratorMode::From(&seek, Direction::Forward),
+        ) {
             let (k, v) = item.map_err(io_err)?;
             if !k.starts_with(&base) {
                 break;
@@ -454,7 +459,12 @@ pub fn read_records(
     let start = keys::record_key(shard, job_id, s.stream_id, r.partition, from);
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+    let partition = rocks::within(&prefix);
+    for item in db.iterator_cf_opt(
+        cf,
+        partition,
+        IteratorMode::From(&start, Direction::Forward),
+    ) {
         let (k, v) = item.map_err(io_err)?;
         if !k.starts_with(&prefix) || out.len() >= r.max_records {
             break;
