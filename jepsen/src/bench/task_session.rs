@@ -17,6 +17,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use streamshield_client::{key_group, pb, Client, Consistency, TaskSessionConfig, TaskSpec};
+use tokio::sync::{mpsc, watch};
 
 /// Key groups of the benchmark's job.
 const KEY_GROUPS: u32 = 128;
@@ -150,13 +151,18 @@ async fn one_task(
     task: u32,
     groups: std::ops::Range<u32>,
     shape: TaskBenchShape,
-    start_at: Instant,
+    ready: mpsc::Sender<()>,
+    mut go: watch::Receiver<Option<Instant>>,
 ) -> anyhow::Result<TaskOutcome> {
+    let taken = take_task(&client, task, groups, shape.seed, session_config(&shape)).await;
+    // Said even when it failed: the others do not wait for it.
+    let _ = ready.send(()).await;
     let BenchTask {
         session: mut s,
         keys,
         mut rng,
-    } = take_task(&client, task, groups, shape.seed, session_config(&shape)).await?;
+    } = taken?;
+    let start_at = (*go.wait_for(Option::is_some).await?).unwrap_or_else(Instant::now);
     let mut value = vec![0u8; shape.value_size];
     let measure_from = start_at + shape.warmup;
     let end = measure_from + shape.measure;
@@ -280,13 +286,11 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
     }
     let tasks = shape.tasks.clamp(1, KEY_GROUPS);
     let per = KEY_GROUPS / tasks;
-    let start_at = Instant::now();
-    let cpu_window = tokio::spawn(async move {
-        tokio::time::sleep_until((start_at + shape.warmup).into()).await;
-        let from = cpu::sample();
-        tokio::time::sleep(shape.measure).await;
-        Some(cpu::sample()?.since(&from?))
-    });
+    // The clock starts once every task holds its lease and its keys
+    // (finding a task's keys costs more the fewer groups it owns: at 128
+    // tasks, seconds of the bench's CPU).
+    let (ready_tx, mut ready) = mpsc::channel(tasks as usize);
+    let (go_tx, go) = watch::channel(None);
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
             let end = if t + 1 == tasks {
@@ -294,9 +298,24 @@ pub async fn run(client: &Client, shape: TaskBenchShape) -> anyhow::Result<TaskB
             } else {
                 (t + 1) * per
             };
-            tokio::spawn(one_task(client.clone(), t, t * per..end, shape, start_at))
+            let (ready, go) = (ready_tx.clone(), go.clone());
+            tokio::spawn(one_task(client.clone(), t, t * per..end, shape, ready, go))
         })
         .collect();
+    drop(ready_tx);
+    for _ in 0..tasks {
+        if ready.recv().await.is_none() {
+            break;
+        }
+    }
+    let start_at = Instant::now();
+    go_tx.send_replace(Some(start_at));
+    let cpu_window = tokio::spawn(async move {
+        tokio::time::sleep_until((start_at + shape.warmup).into()).await;
+        let from = cpu::sample();
+        tokio::time::sleep(shape.measure).await;
+        Some(cpu::sample()?.since(&from?))
+    });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("static bounds");
     let mut staged_wait = hist.clone();
     let (mut ops, mut errors, mut first_error) = (0, 0, None);
