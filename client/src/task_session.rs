@@ -57,7 +57,8 @@ pub struct TaskSessionConfig {
     /// Sizes batches (within 8 KiB and `batch_bytes`) so that what is in
     /// flight drains within about this long at the rate the cluster has
     /// been answering this session: a commit then waits about this long
-    /// for its batches, however many tasks share a saturated cluster.
+    /// for its batches, however many tasks share a saturated cluster,
+    /// until their batches reach the floor.
     /// Costs throughput at saturation, where it makes batches small
     /// (README, "Tasks"). Default none: batches of `batch_bytes`.
     pub commit_target: Option<Duration>,
